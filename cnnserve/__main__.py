@@ -1,0 +1,3 @@
+from cnnserve.cli import main
+
+raise SystemExit(main())

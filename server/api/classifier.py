@@ -1,0 +1,162 @@
+"""The cnnserve.v1 ImageClassifier service: protobuf in, DataPlane calls, protobuf out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import numpy as np
+from cnnserve.server.api.errors import grpc_errors, status_for
+from cnnserve.server.dataplane import DataPlane
+from cnnserve.server.errors import InvalidInputError, ModelNotFoundError
+from cnnserve.server.model import ModelVersion
+from cnnserve.server.postprocess import top_k
+from cnnserve.server.preprocess import FloatTensor, ImageInput, PixelTensor
+
+from cnnserve.v1 import classifier_pb2 as pb
+from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
+
+API = "image"
+_REJECTION_REASONS = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "queue_full",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline_exceeded",
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid_input",
+    grpc.StatusCode.UNAVAILABLE: "unavailable",
+}
+
+
+def image_inputs(request: pb.ClassifyRequest) -> list[ImageInput]:
+    images: list[ImageInput] = []
+    for position, image in enumerate(request.images):
+        kind = image.WhichOneof("content")
+        if kind == "encoded":
+            images.append(image.encoded)
+        elif kind == "tensor":
+            tensor = image.tensor
+            if tensor.dtype == pb.FLOAT32:
+                images.append(FloatTensor(tuple(tensor.shape), tensor.data))
+            elif tensor.dtype == pb.UINT8:
+                images.append(PixelTensor(tuple(tensor.shape), tensor.data))
+            else:
+                raise InvalidInputError(f"image {position}: tensor dtype must be UINT8 or FLOAT32")
+        else:
+            raise InvalidInputError(f"image {position} is empty: set `encoded` or `tensor`")
+    return images
+
+
+def classify_response(
+    model: ModelVersion, probabilities: np.ndarray, k: int, with_probabilities: bool
+) -> pb.ClassifyResponse:
+    assert model.metadata is not None
+    labels = model.metadata.labels
+    best = top_k(probabilities, k)
+    results = []
+    for row, indices in zip(probabilities, best, strict=True):
+        top = [pb.LabelProbability(label=labels[i], index=int(i), probability=float(row[i])) for i in indices]
+        results.append(pb.Classification(top=top, probabilities=row.tolist() if with_probabilities else None))
+    return pb.ClassifyResponse(model=model.name, version=model.version, results=results)
+
+
+def model_info(versions: list[ModelVersion]) -> pb.ModelInfo:
+    """Describe a model from its versions (newest first); the newest loaded one supplies the metadata."""
+    info = pb.ModelInfo(name=versions[0].name)
+    described = next((v for v in versions if v.metadata is not None), None)
+    if described is not None and described.metadata is not None:
+        meta = described.metadata
+        pre = meta.preprocessing
+        info.description = meta.description
+        info.input.CopyFrom(
+            pb.InputSpec(
+                channels=pre.channels,
+                height=pre.height,
+                width=pre.width,
+                color=pre.color.value,
+                layout=pre.layout,
+            )
+        )
+        info.labels.extend(meta.labels)
+        info.preprocessing.CopyFrom(pb.Preprocessing(scale=pre.scale, mean=pre.mean, std=pre.std, invert=pre.invert))
+        info.output_kind = meta.output_kind.value
+    with_batcher = next((v for v in versions if v.batcher is not None), None)
+    if with_batcher is not None and with_batcher.batcher is not None:
+        settings = with_batcher.batcher.settings
+        info.batching.CopyFrom(
+            pb.BatchingSettings(
+                max_batch_size=settings.max_batch_size,
+                max_queue_delay_microseconds=round(settings.max_queue_delay_seconds * 1e6),
+                max_queue_size=settings.max_queue_size,
+            )
+        )
+    for v in versions:
+        stats = pb.ModelStatistics(request_count=v.request_count)
+        if v.batcher is not None:
+            s = v.batcher.statistics
+            stats.inference_count = s.inference_count
+            stats.execution_count = s.execution_count
+            stats.batch_size_counts.update(s.batch_size_counts)
+        info.versions.append(
+            pb.VersionInfo(
+                version=v.version,
+                state=v.state.value,
+                ready=v.ready,
+                reason=v.reason,
+                execution_provider=v.provider,
+                statistics=stats,
+            )
+        )
+    info.ready = any(v.ready for v in versions)
+    return info
+
+
+class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+        self._metrics = dataplane.metrics
+
+    @grpc_errors
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
+        started = time.perf_counter()
+        model_label = "unknown"
+        try:
+            model = self._dataplane.repository.get(request.model, request.version)
+            model_label = model.name
+            assert model.metadata is not None
+            label_count = len(model.metadata.labels)
+            k = request.top_k or 1
+            if not 1 <= k <= label_count:
+                raise InvalidInputError(f"top_k must be between 1 and {label_count} for {model.name}, got {k}")
+            deadline = self._dataplane.deadline(context.time_remaining())
+            probabilities = await self._dataplane.classify_images(model, image_inputs(request), deadline)
+            response = classify_response(model, probabilities, k, request.return_probabilities)
+        except Exception as exc:
+            code = status_for(exc)
+            self._metrics.requests.labels(model_label, API, code.name).inc()
+            reason = _REJECTION_REASONS.get(code)
+            if reason is not None and not isinstance(exc, ModelNotFoundError):
+                self._metrics.rejections.labels(model_label, reason).inc()
+            raise
+        except asyncio.CancelledError:
+            self._metrics.requests.labels(model_label, API, grpc.StatusCode.CANCELLED.name).inc()
+            self._metrics.rejections.labels(model_label, "cancelled").inc()
+            raise
+        self._metrics.requests.labels(model_label, API, "OK").inc()
+        self._metrics.request_latency.labels(model_label, API).observe(time.perf_counter() - started)
+        return response
+
+    @grpc_errors
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        repository = self._dataplane.repository
+        return pb.ListModelsResponse(models=[model_info(list(repository.versions(n))) for n in repository.names()])
+
+    @grpc_errors
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        repository = self._dataplane.repository
+        versions = list(repository.versions(request.name))
+        if not versions:
+            raise ModelNotFoundError(
+                f"unknown model {request.name!r}; the models served here are: {', '.join(repository.names()) or 'none'}"
+            )
+        return model_info(versions)

@@ -1,0 +1,123 @@
+"""The server process: load the repository, serve gRPC and metrics, shut down gracefully.
+
+Start-up: metrics and gRPC listen first (health NOT_SERVING, so probes and clients can see the server is there
+but not ready), every model loads and warms up, then health turns SERVING. Shutdown on SIGTERM or SIGINT: health
+turns NOT_SERVING at once, new calls are refused, accepted calls get up to `drain_timeout_seconds` to finish,
+then the batchers stop and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+
+import grpc
+from cnnserve.server.api.classifier import ImageClassifierServicer
+from cnnserve.server.dataplane import DataPlane
+from cnnserve.server.metrics import ServerMetrics
+from cnnserve.server.repository import ModelRepository
+from cnnserve.server.runtime import quiet_onnxruntime
+from cnnserve.server.settings import ServerSettings
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cnnserve.v1 import classifier_pb2, classifier_pb2_grpc
+
+_log = logging.getLogger(__name__)
+CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["ImageClassifier"].full_name
+
+
+class Server:
+    """A running cnnserve: `await start()`, then `await wait_for_termination()` or `await stop()`."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        self.repository = ModelRepository(settings, self.metrics)
+        self.dataplane = DataPlane(self.repository, settings, self.metrics)
+        self.health = health.aio.HealthServicer()
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        """Listen, load every model, then report SERVING. Returns when the server is ready (or failed models)."""
+        quiet_onnxruntime()
+        settings = self.settings
+        classifier_pb2_grpc.add_ImageClassifierServicer_to_server(ImageClassifierServicer(self.dataplane), self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        services = (CLASSIFIER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+        reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), self._grpc)
+        for service in ("", CLASSIFIER_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.metrics_port = self.metrics.serve(settings.host, settings.metrics_port)
+        self.grpc_port = self._grpc.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        await self._grpc.start()
+        _log.warning(
+            "serving plaintext gRPC on %s:%d (no TLS configured); metrics on http://%s:%d/metrics",
+            settings.host,
+            self.grpc_port,
+            settings.host,
+            self.metrics_port,
+        )
+        await self.repository.load_all()
+        for version in self.repository.versions():
+            _log.info(
+                "model %s v%d: %s on %s%s",
+                version.name,
+                version.version,
+                version.state.value,
+                version.provider or "-",
+                f" ({version.reason})" if version.reason else "",
+            )
+        if self.repository.all_ready:
+            for service in ("", CLASSIFIER_SERVICE):
+                await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            _log.info("ready: %d model(s) serving", len(self.repository.names()))
+        else:
+            _log.error("not every model loaded; health stays NOT_SERVING (GetModel tells why)")
+        if settings.port_file is not None:
+            settings.port_file.write_text(json.dumps({"grpc_port": self.grpc_port, "metrics_port": self.metrics_port}))
+
+    async def stop(self) -> None:
+        """Drain and stop; idempotent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        drain = self.settings.drain_timeout_seconds
+        _log.info("shutting down: NOT_SERVING now, draining for up to %.1fs", drain)
+        await self.health.enter_graceful_shutdown()
+        await self._grpc.stop(grace=drain)
+        await self.repository.close(drain_seconds=0)
+        _log.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        await self._grpc.wait_for_termination()
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run a server until SIGTERM or SIGINT, then shut it down gracefully."""
+    server = Server(settings)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    _log.info("settings: %s", settings.model_dump_json())
+    start = asyncio.create_task(server.start())
+    stop_wait = asyncio.create_task(stop_requested.wait())
+    await asyncio.wait({start, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if start.done():
+        start.result()
+        await stop_wait
+    else:
+        start.cancel()
+    await server.stop()

@@ -1,0 +1,294 @@
+"""The dynamic batcher: requests that arrive together run as one session call.
+
+One `DynamicBatcher` per model version. Callers `submit` an (n, C, H, W) array and await their own n output
+rows. A single asyncio task forms batches:
+
+1. wait for a free instance (a slot among `instances` concurrent session calls), so that while one batch runs
+   the next one keeps filling in the queue;
+2. block until the first live request is queued;
+3. fill until the queue holds `max_batch_size` rows, or until the oldest request has waited
+   `max_queue_delay_seconds`, whichever comes first;
+4. take whole requests from the front up to `max_batch_size` rows, concatenate them once, run the session in a
+   worker thread, and hand each caller exactly its rows.
+
+Requests larger than `max_batch_size` are cut into slices that queue separately. A full queue refuses at once
+(QueueFullError). Each request carries a deadline on the monotonic clock; a timer answers it
+DeadlineExceededError when it expires while queued, and such requests, like cancelled ones, are dropped before
+a batch is formed, never computed. A failed batch fails only its own callers, all with the same error. If the
+batching task itself dies, every queued request fails at once instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from cnnserve.server.errors import (
+    CnnserveError,
+    DeadlineExceededError,
+    InferenceError,
+    QueueFullError,
+    UnavailableError,
+)
+from cnnserve.server.settings import BatchingSettings
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class _QueuedRequest:
+    inputs: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    enqueued_at: float
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.inputs)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """What one executed batch looked like; handed to the batcher's observer."""
+
+    size: int
+    requests: int
+    queue_wait_seconds: tuple[float, ...]
+    """Per request: from enqueue to the start of its batch."""
+    compute_seconds: float
+    failed: bool
+
+
+@dataclass
+class BatchStatistics:
+    """Counters since the batcher started; read by GetModel."""
+
+    inference_count: int = 0
+    execution_count: int = 0
+    batch_size_counts: dict[int, int] = field(default_factory=dict)
+
+    def record(self, size: int) -> None:
+        self.inference_count += size
+        self.execution_count += 1
+        self.batch_size_counts[size] = self.batch_size_counts.get(size, 0) + 1
+
+
+RunBatch = Callable[[np.ndarray], np.ndarray]
+
+
+class DynamicBatcher:
+    """Groups concurrent requests for one model into batches; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        settings: BatchingSettings,
+        *,
+        name: str,
+        on_batch: Callable[[BatchRecord], None] | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self._settings = settings
+        self._name = name
+        self._on_batch = on_batch
+        self._queue: deque[_QueuedRequest] = deque()
+        self._queued_rows = 0
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.instances)
+        self._executor = ThreadPoolExecutor(settings.instances, thread_name_prefix=f"infer-{name}")
+        self._running: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.statistics = BatchStatistics()
+
+    @property
+    def settings(self) -> BatchingSettings:
+        return self._settings
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def start(self) -> None:
+        """Start the batching task on the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self._form_batches(), name=f"batcher-{self._name}")
+
+    async def submit(self, inputs: np.ndarray, deadline: float) -> np.ndarray:
+        """Queue `inputs` (n rows) and wait for its n output rows.
+
+        `deadline` is on `time.monotonic()`. Raises QueueFullError at once when the queue cannot take the rows,
+        DeadlineExceededError when the deadline passes before the batch runs, UnavailableError once the batcher
+        is closing, and the batch's error when the batch fails.
+        """
+        if self._closed:
+            raise UnavailableError(f"model {self._name} is unloading or the server is shutting down; retry")
+        limit = self._settings.max_batch_size
+        if len(inputs) > limit:
+            slices = [inputs[start : start + limit] for start in range(0, len(inputs), limit)]
+            if self._queued_rows + len(inputs) > self._settings.max_queue_size:
+                raise self._queue_full(len(inputs))
+            parts = await asyncio.gather(*(self.submit(part, deadline) for part in slices))
+            return np.concatenate(parts)
+        if self._queued_rows + len(inputs) > self._settings.max_queue_size:
+            raise self._queue_full(len(inputs))
+        loop = asyncio.get_running_loop()
+        request = _QueuedRequest(inputs, loop.create_future(), time.monotonic())
+        request.timer = loop.call_at(_loop_time(loop, deadline), _expire, request.future, self._name)
+        self._queue.append(request)
+        self._queued_rows += request.rows
+        if len(self._queue) == 1 or self._queued_rows >= limit:
+            self._wakeup.set()
+        try:
+            return await request.future
+        finally:
+            request.timer.cancel()
+
+    async def close(self, drain_seconds: float) -> None:
+        """Refuse new requests, let queued and running batches finish for up to `drain_seconds`, then stop.
+
+        Whatever is still queued after that fails with UnavailableError.
+        """
+        self._closed = True
+        end = time.monotonic() + drain_seconds
+        while (self._queue or self._running) and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._fail_queued(UnavailableError(f"model {self._name} was unloaded before this request ran; retry"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _queue_full(self, rows: int) -> QueueFullError:
+        return QueueFullError(
+            f"model {self._name} has {self._queued_rows} images queued and takes at most "
+            f"{self._settings.max_queue_size}; {rows} more do not fit. Retry with backoff"
+        )
+
+    async def _form_batches(self) -> None:
+        try:
+            while True:
+                await self._slots.acquire()
+                try:
+                    batch = await self._next_batch()
+                except BaseException:
+                    self._slots.release()
+                    raise
+                task = asyncio.get_running_loop().create_task(self._execute(batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            _log.exception("batcher of %s died", self._name)
+            self._fail_queued(InferenceError(f"the batcher of model {self._name} failed: {exc}"))
+            self._closed = True
+            raise
+
+    async def _next_batch(self) -> list[_QueuedRequest]:
+        """Block for the first live request, then fill until full or the oldest request's delay is spent."""
+        settings = self._settings
+        while True:
+            self._drop_finished_front()
+            if self._queue:
+                break
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        dispatch_at = self._queue[0].enqueued_at + settings.max_queue_delay_seconds
+        while self._queued_rows < settings.max_batch_size:
+            remaining = dispatch_at - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                break
+        batch: list[_QueuedRequest] = []
+        rows = 0
+        while self._queue:
+            request = self._queue[0]
+            if request.future.done():
+                self._pop_front()
+                continue
+            if rows + request.rows > settings.max_batch_size:
+                break
+            self._pop_front()
+            batch.append(request)
+            rows += request.rows
+        if not batch:
+            return await self._next_batch()
+        return batch
+
+    def _drop_finished_front(self) -> None:
+        while self._queue and self._queue[0].future.done():
+            self._pop_front()
+
+    def _pop_front(self) -> _QueuedRequest:
+        request = self._queue.popleft()
+        self._queued_rows -= request.rows
+        return request
+
+    async def _execute(self, batch: list[_QueuedRequest]) -> None:
+        started = time.monotonic()
+        rows = sum(request.rows for request in batch)
+        failed = False
+        try:
+            inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([r.inputs for r in batch])
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, inputs)
+            if len(outputs) != rows:
+                raise InferenceError(f"model {self._name} returned {len(outputs)} rows for a batch of {rows}")
+            offset = 0
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_result(outputs[offset : offset + request.rows])
+                offset += request.rows
+        except Exception as exc:
+            failed = True
+            error = (
+                exc
+                if isinstance(exc, CnnserveError)
+                else InferenceError(f"model {self._name} failed on a batch of {rows} images: {exc}")
+            )
+            _log.warning("batch of %d for %s failed: %s", rows, self._name, exc)
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(error)
+        finally:
+            self._slots.release()
+        self.statistics.record(rows)
+        if self._on_batch is not None:
+            self._on_batch(
+                BatchRecord(
+                    size=rows,
+                    requests=len(batch),
+                    queue_wait_seconds=tuple(started - request.enqueued_at for request in batch),
+                    compute_seconds=time.monotonic() - started,
+                    failed=failed,
+                )
+            )
+
+    def _fail_queued(self, error: CnnserveError) -> None:
+        while self._queue:
+            request = self._pop_front()
+            if not request.future.done():
+                request.future.set_exception(error)
+
+
+def _loop_time(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
+    """Convert a `time.monotonic()` deadline to the loop's clock (the same clock on CPython, but not promised)."""
+    return loop.time() + (deadline - time.monotonic())
+
+
+def _expire(future: asyncio.Future[np.ndarray], name: str) -> None:
+    if not future.done():
+        future.set_exception(
+            DeadlineExceededError(f"the request to model {name} waited in the queue past its deadline")
+        )

@@ -1,0 +1,60 @@
+"""The server's error hierarchy: each error carries the gRPC status it is answered with.
+
+Code anywhere in the server raises these; only the transport layer (`_grpc_errors`) turns them into statuses,
+so the mapping lives in one place and messages reach the caller unchanged. Messages are written for the person
+reading them: what was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class CnnserveError(Exception):
+    """Base of every error a caller may see."""
+
+    status_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidInputError(CnnserveError):
+    """The request cannot be served as sent: bad image, wrong tensor shape, top_k out of range."""
+
+    status_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelNotFoundError(CnnserveError):
+    """No such model or version in the repository."""
+
+    status_code = grpc.StatusCode.NOT_FOUND
+
+
+class QueueFullError(CnnserveError):
+    """The model's queue is at its bound; the caller should back off and retry."""
+
+    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceededError(CnnserveError):
+    """The request's deadline passed before its batch could run; it was not computed."""
+
+    status_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class UnavailableError(CnnserveError):
+    """The model is not ready, or the server is shutting down; retrying later or elsewhere may succeed."""
+
+    status_code = grpc.StatusCode.UNAVAILABLE
+
+
+class InferenceError(CnnserveError):
+    """The model failed while running a batch; every caller of that batch gets this."""
+
+    status_code = grpc.StatusCode.INTERNAL
+
+
+class ModelLoadError(Exception):
+    """A model version could not be loaded; it is reported not ready with this message as the reason."""
+
+
+class ExecutionProviderError(Exception):
+    """The requested execution provider cannot be used here (for example CUDA required on a CPU machine)."""

@@ -1,0 +1,135 @@
+"""One loaded model version: its session, its metadata, its preprocessor and its batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+from cnnserve.server.batcher import BatchRecord, DynamicBatcher
+from cnnserve.server.errors import ExecutionProviderError, ModelLoadError, UnavailableError
+from cnnserve.server.metrics import ServerMetrics
+from cnnserve.server.postprocess import to_probabilities
+from cnnserve.server.preprocess import ImagePreprocessor
+from cnnserve.server.runtime import LoadedSession, SessionOptions, create_session
+from cnnserve.server.settings import BatchingSettings
+
+from cnnserve.metadata import ModelMetadata
+
+_log = logging.getLogger(__name__)
+
+
+class ModelState(StrEnum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    FAILED = "FAILED"
+
+
+@dataclass
+class ModelVersion:
+    """A version of a model and everything needed to serve it. Built by `load`, served once READY."""
+
+    name: str
+    version: int
+    path: Path
+    state: ModelState = ModelState.LOADING
+    reason: str = ""
+    metadata: ModelMetadata | None = None
+    loaded: LoadedSession | None = None
+    preprocessor: ImagePreprocessor | None = None
+    batcher: DynamicBatcher | None = None
+    request_count: int = 0
+    load_seconds: float = 0.0
+    _input_name: str = field(default="input", repr=False)
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    @property
+    def provider(self) -> str:
+        return self.loaded.provider if self.loaded else ""
+
+    async def load(self, options: SessionOptions, batching: BatchingSettings, metrics: ServerMetrics) -> None:
+        """Create the session off the event loop, read the metadata, warm up, start batching.
+
+        Never raises for a bad model: the version is left FAILED with the reason, so one broken file cannot take
+        the other models down. Raises ExecutionProviderError when CUDA was required and is not usable, because
+        then the server must refuse to start.
+        """
+        started = time.monotonic()
+        try:
+            self.loaded = await asyncio.to_thread(create_session, self.path / "model.onnx", options)
+            session = self.loaded.session
+            self.metadata = ModelMetadata.from_metadata_props(session.get_modelmeta().custom_metadata_map)
+            self._check_signature()
+            self.preprocessor = ImagePreprocessor(self.metadata.preprocessing)
+            await asyncio.to_thread(self._warm_up, batching.max_batch_size)
+        except ExecutionProviderError:
+            raise
+        except Exception as exc:
+            self.state = ModelState.FAILED
+            self.reason = f"{exc.__class__.__name__}: {exc}"
+            _log.error("model %s version %d failed to load: %s", self.name, self.version, self.reason)
+            return
+        self.batcher = DynamicBatcher(
+            self._run, batching, name=self.name, on_batch=lambda record: self._on_batch(record, metrics)
+        )
+        self.batcher.start()
+        self.load_seconds = time.monotonic() - started
+        self.state = ModelState.READY
+        metrics.model_loaded(self)
+        _log.info(
+            "model %s version %d ready on %s in %.2fs (batch up to %d, delay %.1f ms)",
+            self.name,
+            self.version,
+            self.provider,
+            self.load_seconds,
+            batching.max_batch_size,
+            batching.max_queue_delay_seconds * 1000,
+        )
+
+    async def infer(self, inputs: np.ndarray, deadline: float) -> np.ndarray:
+        """Probabilities, one row per input row, through the batcher."""
+        if self.state is not ModelState.READY or self.batcher is None:
+            raise UnavailableError(f"model {self.name} version {self.version} is {self.state.value}, not READY")
+        outputs = await self.batcher.submit(inputs, deadline)
+        assert self.metadata is not None
+        return to_probabilities(outputs, self.metadata.output_kind)
+
+    async def unload(self, drain_seconds: float) -> None:
+        self.state = ModelState.UNAVAILABLE
+        if self.batcher is not None:
+            await self.batcher.close(drain_seconds)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        assert self.loaded is not None
+        return self.loaded.session.run(None, {self._input_name: batch})[0]
+
+    def _check_signature(self) -> None:
+        assert self.loaded is not None and self.metadata is not None
+        inputs = self.loaded.session.get_inputs()
+        outputs = self.loaded.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelLoadError(f"expected one input and one output, found {len(inputs)} and {len(outputs)}")
+        self._input_name = inputs[0].name
+        pre = self.metadata.preprocessing
+        expected = [pre.channels, pre.height, pre.width]
+        declared = inputs[0].shape[1:]
+        if [d if isinstance(d, int) else None for d in declared] != expected:
+            raise ModelLoadError(f"the graph's input shape {inputs[0].shape} does not match the metadata {expected}")
+
+    def _warm_up(self, max_batch_size: int) -> None:
+        assert self.preprocessor is not None
+        for size in sorted({1, max_batch_size}):
+            outputs = self._run(np.zeros((size, *self.preprocessor.input_shape), np.float32))
+            if len(outputs) != size:
+                raise ModelLoadError(f"a warm-up batch of {size} returned {len(outputs)} rows")
+
+    def _on_batch(self, record: BatchRecord, metrics: ServerMetrics) -> None:
+        metrics.batch_executed(self.name, self.version, record)

@@ -1,0 +1,150 @@
+"""Turning images and raw tensors into a model's input batch.
+
+Decoding is per image (Pillow), everything after it is one vectorised operation per request: the affine map
+``(pixel * scale - mean) / std`` (with the optional inversion folded in) is precomputed as ``pixel * a + b``.
+Raw float32 tensors are the fast path: `numpy.frombuffer` views the request's bytes without copying.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from cnnserve.server.errors import InvalidInputError
+from PIL import Image, UnidentifiedImageError
+
+from cnnserve.metadata import Preprocessing
+
+ACCEPTED_FORMATS = ("PNG", "JPEG")
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class PixelTensor:
+    """Raw pixels sent as a tensor: uint8, shape [H, W] or [H, W, C]."""
+
+    shape: tuple[int, ...]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class FloatTensor:
+    """An already preprocessed input: float32, shape [C, H, W] (or [1, C, H, W])."""
+
+    shape: tuple[int, ...]
+    data: bytes
+
+
+ImageInput = bytes | PixelTensor | FloatTensor
+"""One image of a request: encoded PNG/JPEG bytes, pixels, or a ready input tensor."""
+
+
+class ImagePreprocessor:
+    """Builds `(N, C, H, W)` float32 batches for one model from the images of one request."""
+
+    def __init__(self, preprocessing: Preprocessing, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+        self.preprocessing = preprocessing
+        self.max_image_pixels = max_image_pixels
+        self.input_shape = (preprocessing.channels, preprocessing.height, preprocessing.width)
+        channels = preprocessing.channels
+        mean = np.broadcast_to(np.asarray(preprocessing.mean, np.float32), (channels,))
+        std = np.broadcast_to(np.asarray(preprocessing.std, np.float32), (channels,))
+        scale = np.float32(preprocessing.scale)
+        if preprocessing.invert:
+            gain, offset = -scale / std, (255.0 * scale - mean) / std
+        else:
+            gain, offset = scale / std, -mean / std
+        # Pixels are laid out (N, H, W, C) until the final transpose, so the per-channel terms broadcast on C.
+        self._gain = gain.astype(np.float32)
+        self._offset = offset.astype(np.float32)
+
+    def batch(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """The model input for `images`, in order. Raises InvalidInputError naming the offending image."""
+        if len(images) == 1 and isinstance(images[0], FloatTensor):
+            return self._float_tensor(images[0], 0)[np.newaxis]
+        out = np.empty((len(images), *self.input_shape), dtype=np.float32)
+        pixel_rows: list[int] = []
+        pixels: list[np.ndarray] = []
+        for position, image in enumerate(images):
+            if isinstance(image, FloatTensor):
+                out[position] = self._float_tensor(image, position)
+            else:
+                pixel_rows.append(position)
+                pixels.append(self._pixels(image, position))
+        if pixels:
+            stacked = np.stack(pixels).reshape(len(pixels), self.preprocessing.height, self.preprocessing.width, -1)
+            normalised = stacked * self._gain + self._offset
+            out[pixel_rows] = normalised.transpose(0, 3, 1, 2)
+        return out
+
+    def _pixels(self, image: bytes | PixelTensor, position: int) -> np.ndarray:
+        if isinstance(image, PixelTensor):
+            picture = self._picture_from_pixels(image, position)
+        else:
+            picture = self._decode(image, position)
+        pre = self.preprocessing
+        if picture.mode != pre.color.value:
+            picture = picture.convert(pre.color.value)
+        if picture.size != (pre.width, pre.height):
+            picture = picture.resize((pre.width, pre.height), Image.Resampling.BILINEAR)
+        return np.asarray(picture, dtype=np.uint8)
+
+    def _decode(self, data: bytes, position: int) -> Image.Image:
+        if not data:
+            raise InvalidInputError(f"image {position} is empty; send the bytes of a PNG or JPEG file")
+        try:
+            picture = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            width, height = picture.size
+            if width * height > self.max_image_pixels:
+                raise InvalidInputError(
+                    f"image {position} is {width}x{height} pixels, over the limit of {self.max_image_pixels}; "
+                    "downscale it before sending"
+                )
+            pre = self.preprocessing
+            picture.draft(pre.color.value, (pre.width, pre.height))
+            picture.load()
+        except InvalidInputError:
+            raise
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise InvalidInputError(
+                f"image {position} could not be decoded as PNG or JPEG ({exc.__class__.__name__}: {exc})"
+            ) from exc
+        return picture
+
+    def _picture_from_pixels(self, tensor: PixelTensor, position: int) -> Image.Image:
+        shape = tensor.shape
+        valid_shape = len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3))
+        if not valid_shape or any(side <= 0 for side in shape):
+            raise InvalidInputError(
+                f"image {position}: a UINT8 tensor must have shape [H, W] or [H, W, C] with C 1 or 3, got {shape}"
+            )
+        expected = int(np.prod(shape))
+        if len(tensor.data) != expected:
+            raise InvalidInputError(
+                f"image {position}: shape {list(shape)} needs {expected} bytes, got {len(tensor.data)}"
+            )
+        if expected > self.max_image_pixels * 3:
+            raise InvalidInputError(f"image {position}: {list(shape)} is over the pixel limit")
+        array = np.frombuffer(tensor.data, dtype=np.uint8).reshape(shape)
+        if array.ndim == 3 and shape[2] == 1:
+            array = array[:, :, 0]
+        return Image.fromarray(array, mode="L" if array.ndim == 2 else "RGB")
+
+    def _float_tensor(self, tensor: FloatTensor, position: int) -> np.ndarray:
+        shape = tuple(tensor.shape)
+        if shape not in (self.input_shape, (1, *self.input_shape)):
+            raise InvalidInputError(
+                f"image {position}: a FLOAT32 tensor must have the model's input shape {list(self.input_shape)}, "
+                f"got {list(shape)}"
+            )
+        expected = 4 * int(np.prod(self.input_shape))
+        if len(tensor.data) != expected:
+            raise InvalidInputError(
+                f"image {position}: shape {list(shape)} as FLOAT32 needs {expected} bytes, got {len(tensor.data)}"
+            )
+        array = np.frombuffer(tensor.data, dtype="<f4").reshape(self.input_shape)
+        if not np.isfinite(array).all():
+            raise InvalidInputError(f"image {position}: the tensor contains NaN or infinity")
+        return array

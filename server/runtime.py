@@ -1,0 +1,92 @@
+"""ONNX Runtime sessions and the choice of execution provider.
+
+`onnxruntime-gpu` lists CUDAExecutionProvider as available whether or not the machine has a GPU; it only finds
+out when a session is created, and then silently falls back to the CPU. So the provider a model *really* runs on
+is read back from the session, and a model that required CUDA and did not get it is an error, not a surprise.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+from cnnserve.server.errors import ExecutionProviderError
+from cnnserve.server.settings import ExecutionProvider
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What a session is built with; one per model version."""
+
+    provider: ExecutionProvider = ExecutionProvider.AUTO
+    cuda_device_id: int = 0
+    intra_op_threads: int = 0
+
+
+@dataclass(frozen=True)
+class LoadedSession:
+    session: ort.InferenceSession
+    provider: str
+    """The provider that runs the graph, as the session reports it."""
+    fallback_reason: str = ""
+    """Why the session runs on the CPU although CUDA was wanted; empty otherwise."""
+
+
+def requested_providers(preference: ExecutionProvider, available: list[str]) -> list[str]:
+    """The provider list to hand ONNX Runtime, most preferred first.
+
+    Raises ExecutionProviderError when CUDA is required and this ONNX Runtime build has no CUDA provider.
+    """
+    if preference is ExecutionProvider.CPU:
+        return [CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if preference is ExecutionProvider.CUDA:
+        raise ExecutionProviderError(
+            f"CUDA was required but this ONNX Runtime build has no CUDA provider (it offers {available}); "
+            "install onnxruntime-gpu, or serve with --execution-provider cpu"
+        )
+    return [CPU]
+
+
+def create_session(model_path: Path, options: SessionOptions) -> LoadedSession:
+    """Create a session on the best provider allowed, and report what it really got.
+
+    Raises ExecutionProviderError when CUDA was required but could not be initialised, and whatever ONNX
+    Runtime raises for an unreadable model.
+    """
+    providers = requested_providers(options.provider, ort.get_available_providers())
+    session_options = ort.SessionOptions()
+    session_options.intra_op_num_threads = options.intra_op_threads
+    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session_options.log_severity_level = 3
+    provider_list: list[str | tuple[str, dict[str, str]]] = [
+        (CUDA, {"device_id": str(options.cuda_device_id)}) if name == CUDA else name for name in providers
+    ]
+    session = ort.InferenceSession(str(model_path), session_options, providers=provider_list)
+    in_use = session.get_providers()[0]
+    fallback_reason = ""
+    if CUDA in providers and in_use != CUDA:
+        fallback_reason = (
+            "CUDAExecutionProvider is built in but could not be initialised (no GPU, or the CUDA/cuDNN "
+            "libraries it needs are missing)"
+        )
+        if options.provider is ExecutionProvider.CUDA:
+            raise ExecutionProviderError(
+                f"CUDA was required for {model_path} but {fallback_reason}; "
+                "serve with --execution-provider cpu or auto to run on the CPU"
+            )
+        _log.warning("%s: %s; running on %s", model_path, fallback_reason, in_use)
+    return LoadedSession(session=session, provider=in_use, fallback_reason=fallback_reason)
+
+
+def quiet_onnxruntime() -> None:
+    """Keep ONNX Runtime's own logger to errors, so a CUDA probe on a CPU machine does not flood the log."""
+    ort.set_default_logger_severity(3)

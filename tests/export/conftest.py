@@ -1,0 +1,22 @@
+"""Fixtures for the export tests: one tiny real training run shared by the whole session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cnnserve.export.pipeline import RunOutcome, TrainSettings, train_and_export
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("export")
+
+
+@pytest.fixture(scope="session")
+def xo_run(workspace: Path) -> RunOutcome:
+    """xo trained for two epochs (about a second) and exported as version 1 of a fresh repository."""
+    return train_and_export(
+        TrainSettings(model="xo", out_dir=workspace / "models", run_dir=workspace / "runs" / "xo", epochs=2)
+    )

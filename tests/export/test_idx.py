@@ -1,0 +1,64 @@
+import gzip
+
+import numpy as np
+import pytest
+
+from cnnserve.export import get_spec
+from cnnserve.export.datasets import load_splits
+from cnnserve.export.idx import IdxFormatError, has_mnist_files, load_mnist_split, parse_idx, read_idx, write_idx
+
+
+def test_parse_idx_reads_the_header_and_the_data():
+    data = bytes([0, 0, 0x08, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 3]) + bytes(range(12))
+    array = parse_idx(data)
+    assert array.shape == (2, 2, 3) and array.dtype == np.uint8
+    assert array[1, 1, 2] == 11
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_files_round_trip_raw_and_gzipped(tmp_path, suffix):
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    path = tmp_path / f"images{suffix}"
+    write_idx(path, images)
+    assert np.array_equal(read_idx(path), images)
+    if suffix:
+        assert gzip.decompress(path.read_bytes())[:4] == bytes([0, 0, 8, 3])
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x01\x00\x08\x01\x00\x00\x00\x01\x00", "two zero bytes"),
+        (b"\x00\x00\x0d\x01\x00\x00\x00\x01\x00\x00\x00\x00", "unsigned byte"),
+        (b"\x00\x00\x08\x02\x00\x00", "truncated"),
+        (b"\x00\x00\x08\x01\x00\x00\x00\x03\x01\x02", "needs 3 bytes"),
+    ],
+)
+def test_malformed_idx_is_rejected_with_a_reason(data, message):
+    with pytest.raises(IdxFormatError, match=message):
+        parse_idx(data)
+
+
+def _write_mnist(folder, n_train=60, n_test=20, gz=True):
+    rng = np.random.default_rng(1)
+    suffix = ".gz" if gz else ""
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", np.arange(n, dtype=np.uint8) % 10)
+
+
+def test_an_mnist_folder_gives_its_own_test_set_and_a_validation_set_carved_from_train(tmp_path):
+    _write_mnist(tmp_path)
+    assert has_mnist_files(tmp_path)
+    images, labels = load_mnist_split(tmp_path, "test")
+    assert images.shape == (20, 28, 28) and labels.dtype == np.int64
+    splits = load_splits(get_spec("mnist_convnet"), tmp_path, seed=1)
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (50, 10, 20)
+    assert "IDX" in splits.source
+
+
+def test_mismatched_image_and_label_files_are_reported(tmp_path):
+    _write_mnist(tmp_path, gz=False)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(3, dtype=np.uint8))
+    with pytest.raises(IdxFormatError, match="do not pair up"):
+        load_mnist_split(tmp_path, "test")

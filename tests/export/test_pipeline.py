@@ -1,0 +1,85 @@
+"""Training and exporting the way the command line and other packages' tests use it."""
+
+import io
+import json
+
+import numpy as np
+import onnxruntime
+from PIL import Image
+
+from cnnserve.cli import main
+from cnnserve.export import build_model, load_digit_images, render_o, render_x
+from cnnserve.export.pipeline import read_metadata
+from cnnserve.export.repository import add_version, versions
+from cnnserve.metadata import ModelMetadata
+
+
+def _classify_png(model_path, png: bytes) -> str:
+    """What the server does: decode, convert, resize, scale and normalise, run, take the best label."""
+    session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    metadata = ModelMetadata.from_metadata_props(session.get_modelmeta().custom_metadata_map)
+    pre = metadata.preprocessing
+    image = Image.open(io.BytesIO(png)).convert(pre.color.value)
+    pixels = np.asarray(image.resize((pre.width, pre.height), Image.Resampling.BILINEAR), np.float32)
+    pixels = (pixels * pre.scale - pre.mean[0]) / pre.std[0]
+    (scores,) = session.run(None, {"input": pixels[None, None]})
+    return metadata.labels[int(scores[0].argmax())]
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_generated_x_and_o_sent_as_png_are_classified_correctly(xo_run):
+    assert _classify_png(xo_run.model_path, _png(render_x(stroke=1.5))) == "X"
+    assert _classify_png(xo_run.model_path, _png(render_o(stroke=1.5))) == "O"
+
+
+def test_training_leaves_checkpoints_history_plots_and_report_in_the_run_folder(xo_run, workspace):
+    run_dir = workspace / "runs" / "xo"
+    for name in ("best.pt", "last.pt", "history.json", "curves.png", "evaluation.json", "confusion_matrix.png"):
+        assert (run_dir / name).is_file(), name
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [record["epoch"] for record in history] == [1, 2]
+    assert "confusion matrix" in (run_dir / "evaluation.txt").read_text()
+
+
+def test_exporting_a_checkpoint_adds_version_2_without_touching_version_1(xo_run, workspace, capsys):
+    models = workspace / "models"
+    before = xo_run.model_path.read_bytes()
+    code = main(["export", "xo", "--checkpoint", str(workspace / "runs" / "xo" / "best.pt"), "--out", str(models),
+                 "--run-dir", str(workspace / "runs" / "xo-export")])
+    assert code == 0
+    assert versions(models, "xo")[:2] == [1, 2]
+    assert xo_run.model_path.read_bytes() == before
+    assert read_metadata(models / "xo" / "2" / "model.onnx").labels == ("O", "X")
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_add_version_counts_up_from_the_highest_existing_version(tmp_path):
+    (tmp_path / "m" / "7").mkdir(parents=True)
+    assert add_version(tmp_path, "m", b"onnx").name == "8"
+    assert add_version(tmp_path, "m", b"onnx").name == "9"
+    assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]
+
+
+def test_build_model_returns_the_model_file_and_keeps_run_artefacts_out_of_the_repository(tmp_path):
+    path = build_model("mnist_net", tmp_path / "models", epochs=2)
+    assert path == tmp_path / "models" / "mnist_net" / "1" / "model.onnx"
+    assert [p.name for p in path.parent.iterdir()] == ["model.onnx"]
+    metadata = read_metadata(path)
+    assert metadata.output_kind.value == "log_probabilities"
+    assert metadata.preprocessing.mean == (0.1307,)
+    images, _ = load_digit_images()
+    assert _classify_png(path, _png(images[0])) in metadata.labels
+
+
+def test_train_command_line_resumes_from_its_last_checkpoint(tmp_path):
+    args = ["train", "xo", "--out", str(tmp_path / "models"), "--run-dir", str(tmp_path / "run")]
+    assert main([*args, "--epochs", "1"]) == 0
+    assert main([*args, "--epochs", "3", "--resume", str(tmp_path / "run" / "last.pt")]) == 0
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [record["epoch"] for record in history] == [1, 2, 3]
+    assert versions(tmp_path / "models", "xo") == [1, 2]

@@ -1,0 +1,162 @@
+"""The dynamic batcher on its own, driven deterministically: batches are released by events, not sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from cnnserve.server.batcher import BatchRecord, DynamicBatcher
+from cnnserve.server.errors import DeadlineExceededError, InferenceError, QueueFullError, UnavailableError
+from cnnserve.server.settings import BatchingSettings
+
+
+class GatedModel:
+    """Doubles its input; each call blocks until the test opens the gate, and records the batch sizes it saw."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.batch_sizes: list[int] = []
+        self.fail_when: int | None = None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.batch_sizes.append(len(batch))
+        self.started.set()
+        self.gate.wait(timeout=10)
+        if self.fail_when is not None and self.fail_when in batch:
+            raise RuntimeError("this batch is poisoned")
+        return batch * 2
+
+
+def rows(*values: float) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32).reshape(-1, 1)
+
+
+def far() -> float:
+    return time.monotonic() + 30
+
+
+async def started(model: GatedModel) -> None:
+    assert await asyncio.to_thread(model.started.wait, 5), "no batch started"
+
+
+@pytest.fixture
+def model() -> GatedModel:
+    return GatedModel()
+
+
+async def make_batcher(model: GatedModel, **settings: object) -> DynamicBatcher:
+    defaults: dict[str, object] = {"max_batch_size": 4, "max_queue_delay_seconds": 5.0, "max_queue_size": 16}
+    batcher = DynamicBatcher(model, BatchingSettings(**{**defaults, **settings}), name="gated")
+    batcher.start()
+    return batcher
+
+
+async def test_each_caller_gets_exactly_its_own_rows(model: GatedModel) -> None:
+    model.gate.set()
+    batcher = await make_batcher(model)
+    results = await asyncio.gather(
+        batcher.submit(rows(1), far()), batcher.submit(rows(2, 3), far()), batcher.submit(rows(4), far())
+    )
+    assert [r.ravel().tolist() for r in results] == [[2], [4, 6], [8]]
+    assert model.batch_sizes == [4], "a full batch should run at once, without waiting out the delay"
+    await batcher.close(1)
+
+
+async def test_batch_never_exceeds_max_and_large_requests_are_sliced(model: GatedModel) -> None:
+    model.gate.set()
+    batcher = await make_batcher(model, max_batch_size=4, max_queue_delay_seconds=0.001)
+    result = await batcher.submit(rows(*range(10)), far())
+    assert result.ravel().tolist() == [2 * v for v in range(10)]
+    assert max(model.batch_sizes) <= 4 and sum(model.batch_sizes) == 10
+    await batcher.close(1)
+
+
+async def test_next_batch_fills_while_one_runs(model: GatedModel) -> None:
+    batcher = await make_batcher(model, max_batch_size=8, max_queue_delay_seconds=0.0)
+    first = asyncio.ensure_future(batcher.submit(rows(0), far()))
+    await started(model)
+    waiting = [asyncio.ensure_future(batcher.submit(rows(v), far())) for v in range(1, 6)]
+    await asyncio.sleep(0)
+    model.gate.set()
+    await asyncio.gather(first, *waiting)
+    assert model.batch_sizes == [1, 5]
+    assert batcher.statistics.execution_count == 2 and batcher.statistics.inference_count == 6
+    await batcher.close(1)
+
+
+async def test_full_queue_refuses_at_once(model: GatedModel) -> None:
+    batcher = await make_batcher(model, max_batch_size=1, max_queue_size=2, max_queue_delay_seconds=0.0)
+    running = asyncio.ensure_future(batcher.submit(rows(0), far()))
+    await started(model)
+    queued = [asyncio.ensure_future(batcher.submit(rows(v), far())) for v in (1, 2)]
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFullError, match="at most 2"):
+        await batcher.submit(rows(3), far())
+    model.gate.set()
+    await asyncio.gather(running, *queued)
+    await batcher.close(1)
+
+
+async def test_expired_request_is_answered_and_never_computed(model: GatedModel) -> None:
+    batcher = await make_batcher(model, max_batch_size=1, max_queue_delay_seconds=0.0)
+    running = asyncio.ensure_future(batcher.submit(rows(0), far()))
+    await started(model)
+    with pytest.raises(DeadlineExceededError):
+        await batcher.submit(rows(7), time.monotonic() + 0.05)
+    model.gate.set()
+    await running
+    await batcher.submit(rows(1), far())
+    assert model.batch_sizes == [1, 1], "the expired request must not have run"
+    await batcher.close(1)
+
+
+async def test_cancelled_request_is_dropped_without_touching_others(model: GatedModel) -> None:
+    batcher = await make_batcher(model, max_batch_size=1, max_queue_delay_seconds=0.0)
+    running = asyncio.ensure_future(batcher.submit(rows(0), far()))
+    await started(model)
+    cancelled = asyncio.ensure_future(batcher.submit(rows(5), far()))
+    kept = asyncio.ensure_future(batcher.submit(rows(6), far()))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    model.gate.set()
+    assert (await running).item() == 0 and (await kept).item() == 12
+    assert cancelled.cancelled()
+    assert model.batch_sizes == [1, 1]
+    await batcher.close(1)
+
+
+async def test_a_failed_batch_fails_only_its_own_callers(model: GatedModel) -> None:
+    model.fail_when = 13
+    records: list[BatchRecord] = []
+    batcher = DynamicBatcher(
+        model, BatchingSettings(max_batch_size=2, max_queue_delay_seconds=5.0), name="gated", on_batch=records.append
+    )
+    batcher.start()
+    model.gate.set()
+    poisoned = await asyncio.gather(
+        batcher.submit(rows(13), far()), batcher.submit(rows(1), far()), return_exceptions=True
+    )
+    assert all(isinstance(r, InferenceError) for r in poisoned)
+    assert poisoned[0] is poisoned[1], "every caller of a failed batch gets the same error"
+    healthy = await asyncio.gather(batcher.submit(rows(2), far()), batcher.submit(rows(3), far()))
+    assert [h.item() for h in healthy] == [4, 6]
+    assert [r.failed for r in records] == [True, False]
+    await batcher.close(1)
+
+
+async def test_closing_refuses_new_requests_and_drains_accepted_ones(model: GatedModel) -> None:
+    batcher = await make_batcher(model, max_batch_size=1, max_queue_delay_seconds=0.0)
+    accepted = asyncio.ensure_future(batcher.submit(rows(1), far()))
+    await started(model)
+    closing = asyncio.ensure_future(batcher.close(5))
+    await asyncio.sleep(0)
+    with pytest.raises(UnavailableError):
+        await batcher.submit(rows(2), far())
+    model.gate.set()
+    assert (await accepted).item() == 2
+    await closing
