@@ -26,6 +26,11 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         help="MNIST/Fashion-MNIST IDX files or a folder with one subfolder per class "
         "(default: generated X/O glyphs for xo, scikit-learn digits for the MNIST models)",
     )
+    train.add_argument(
+        "--labels",
+        type=lambda text: tuple(label.strip() for label in text.split(",")),
+        help="comma-separated class names for IDX data that is not digits (e.g. Fashion-MNIST)",
+    )
     train.add_argument("--seed", type=int, default=1, help="default: 1")
     train.add_argument("--batch-size", type=int, help="default: the model's recipe")
     train.add_argument("--lr", type=float, help="learning rate; default: the model's recipe")
@@ -51,10 +56,11 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="model repository root")
     parser.add_argument(
-        "--run-dir", type=Path, help="checkpoints, history, plots and report (default: runs/NAME)"
+        "--int8", action="store_true", help="also store a dynamic-int8 variant as NAME_int8 and compare it"
     )
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="model repository root")
+    parser.add_argument("--run-dir", type=Path, help="checkpoints, history, plots and report (default: runs/NAME)")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -73,6 +79,8 @@ def _run_train(args: argparse.Namespace) -> int:
             optimizer=OptimizerName(args.optimizer) if args.optimizer else None,
             early_stopping_patience=args.patience,
             augment=args.augment,
+            labels=args.labels,
+            int8=args.int8,
             resume=args.resume,
             threads=args.threads,
         )
@@ -85,7 +93,12 @@ def _run_export(args: argparse.Namespace) -> int:
     from .pipeline import export_checkpoint
 
     outcome = export_checkpoint(
-        args.checkpoint, args.out, run_dir=args.run_dir, data_dir=args.data_dir, expected_model=args.name
+        args.checkpoint,
+        args.out,
+        run_dir=args.run_dir,
+        data_dir=args.data_dir,
+        expected_model=args.name,
+        int8=args.int8,
     )
     _print_outcome(outcome)
     return 0

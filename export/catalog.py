@@ -55,9 +55,7 @@ _SPECS = (
         name="xo",
         architecture="XONet",
         parameter_count=53,
-        preprocessing=Preprocessing(
-            color=ColorMode.GRAYSCALE, height=9, width=9, mean=(0.5,), std=(0.5,)
-        ),
+        preprocessing=Preprocessing(color=ColorMode.GRAYSCALE, height=9, width=9, mean=(0.5,), std=(0.5,)),
         labels=("O", "X"),
         output_kind=OutputKind.LOGITS,
         data=DataKind.GENERATED_XO,
@@ -75,9 +73,7 @@ _SPECS = (
         name="mnist_net",
         architecture="MnistNet",
         parameter_count=21_840,
-        preprocessing=Preprocessing(
-            color=ColorMode.GRAYSCALE, height=28, width=28, mean=(0.1307,), std=(0.3081,)
-        ),
+        preprocessing=Preprocessing(color=ColorMode.GRAYSCALE, height=28, width=28, mean=(0.1307,), std=(0.3081,)),
         labels=_DIGITS,
         output_kind=OutputKind.LOG_PROBABILITIES,
         data=DataKind.DIGITS,
@@ -109,7 +105,7 @@ _SPECS = (
             batch_size=64,
             epochs=5,
         ),
-        offline_epochs=25,
+        offline_epochs=40,
         description="Keras MNIST ConvNet, Chollet style (white digit on black)",
     ),
     ModelSpec(

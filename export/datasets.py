@@ -73,8 +73,7 @@ def _idx_splits(spec: ModelSpec, data_dir: Path, seed: int) -> DataSplits:
 def _check_class_count(spec: ModelSpec, classes: tuple[str, ...]) -> None:
     if len(classes) != len(spec.labels):
         raise ValueError(
-            f"{spec.name} classifies {len(spec.labels)} classes but the folder has {len(classes)}: "
-            f"{', '.join(classes)}"
+            f"{spec.name} classifies {len(spec.labels)} classes but the folder has {len(classes)}: {', '.join(classes)}"
         )
 
 

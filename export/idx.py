@@ -76,7 +76,5 @@ def load_mnist_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         paths.append(path)
     images, labels = read_idx(paths[0]), read_idx(paths[1])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise IdxFormatError(
-            f"{paths[0].name} {images.shape} and {paths[1].name} {labels.shape} do not pair up"
-        )
+        raise IdxFormatError(f"{paths[0].name} {images.shape} and {paths[1].name} {labels.shape} do not pair up")
     return images, labels.astype(np.int64)

@@ -30,6 +30,7 @@ from .datasets import load_splits
 from .objective import Objective
 from .onnx_export import OPSET, check_parity, export_to_onnx, onnx_session
 from .preprocessing import to_model_input
+from .quantize import INT8_SUFFIX, compare_int8, quantize_int8
 from .recipe import LossName, OptimizerName, TrainingRecipe
 from .report import CURVES_FILE, EvaluationReport, confusion_matrix, plot_curves, write_report
 from .repository import MODEL_FILE, add_version
@@ -56,8 +57,12 @@ class TrainSettings:
     optimizer: OptimizerName | None = None
     early_stopping_patience: int | None = None
     augment: bool | None = None
+    labels: tuple[str, ...] | None = None
+    """Class names for IDX data whose classes are not digits (Fashion-MNIST); default: the model's."""
     resume: Path | None = None
     """A ``last.pt`` to continue from."""
+    int8: bool = False
+    """Also store a dynamic-int8 variant as ``<model>_int8`` and measure it against fp32."""
     threads: int | None = None
     """Torch intra-op threads; default all cores (at most 4: these networks gain nothing beyond)."""
 
@@ -97,6 +102,15 @@ def resolve_recipe(spec: ModelSpec, settings: TrainSettings, offline_stand_in: b
     return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def _relabel(splits: DataSplits, labels: tuple[str, ...] | None) -> DataSplits:
+    if labels is None or labels == splits.train.classes:
+        return splits
+    if len(labels) != len(splits.train.classes):
+        raise ValueError(f"{len(labels)} labels given for {len(splits.train.classes)} classes")
+    parts = (replace(part, classes=labels) for part in (splits.train, splits.validation, splits.test))
+    return DataSplits(*parts, source=splits.source)
+
+
 def _tensors(data: LabelledImages, spec: ModelSpec) -> TensorSet:
     inputs = torch.from_numpy(to_model_input(data.images, spec.preprocessing))
     return TensorSet(inputs, torch.from_numpy(np.asarray(data.labels, dtype=np.int64)))
@@ -106,12 +120,17 @@ def train_and_export(settings: TrainSettings) -> RunOutcome:
     """Run the whole pipeline; raises ValueError for bad settings or data, ParityError if ONNX disagrees."""
     set_threads(settings.threads)
     spec = get_spec(settings.model)
-    splits = load_splits(spec, settings.data_dir, settings.seed)
+    splits = _relabel(load_splits(spec, settings.data_dir, settings.seed), settings.labels)
     recipe = resolve_recipe(spec, settings, offline_stand_in=settings.data_dir is None)
     run_dir = settings.resolved_run_dir
     logger.info(
         "training %s on %s: %d train / %d validation / %d test images; %s",
-        spec.name, splits.source, len(splits.train), len(splits.validation), len(splits.test), recipe,
+        spec.name,
+        splits.source,
+        len(splits.train),
+        len(splits.validation),
+        len(splits.test),
+        recipe,
     )
     torch.manual_seed(settings.seed)
     model = spec.create()
@@ -145,6 +164,7 @@ def train_and_export(settings: TrainSettings) -> RunOutcome:
         training_seconds=sum(r.seconds for r in result.history),
         best_epoch=best["epoch"],
         seed=settings.seed,
+        int8=settings.int8,
     )
 
 
@@ -155,6 +175,7 @@ def export_checkpoint(
     run_dir: Path | None = None,
     data_dir: Path | None = None,
     expected_model: str | None = None,
+    int8: bool = False,
 ) -> RunOutcome:
     """Export an existing checkpoint as a new repository version, evaluated on the run's own test split.
 
@@ -169,7 +190,7 @@ def export_checkpoint(
     if expected_model is not None and expected_model != spec.name:
         raise ValueError(f"{checkpoint} holds a {spec.name} model, not {expected_model}")
     folder = data_dir or (Path(args["data_dir"]) if args.get("data_dir") else None)
-    splits = load_splits(spec, folder, int(args["seed"]))
+    splits = _relabel(load_splits(spec, folder, int(args["seed"])), tuple(args["labels"]))
     model = spec.create()
     model.load_state_dict(state["model"])
     history = [EpochRecord(**record) for record in state.get("history", [])]
@@ -182,6 +203,7 @@ def export_checkpoint(
         training_seconds=sum(r.seconds for r in history),
         best_epoch=int(state["epoch"]),
         seed=int(args["seed"]),
+        int8=int8,
     )
 
 
@@ -206,7 +228,9 @@ def export_and_evaluate(
     training_seconds: float,
     best_epoch: int,
     seed: int,
+    int8: bool = False,
 ) -> RunOutcome:
+    """Export ``model`` as the next version, check parity, and compare ONNX and PyTorch on the test split."""
     model.eval()
     test = _tensors(splits.test, spec)
     objective = Objective(spec.recipe.loss)
@@ -223,12 +247,25 @@ def export_and_evaluate(
         "torch_version": torch.__version__,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    proto = export_to_onnx(model, model_metadata(spec, labels, extra))
+    metadata = model_metadata(spec, labels, extra)
+    proto = export_to_onnx(model, metadata)
     model_bytes = proto.SerializeToString()
     parity = check_parity(model, model_bytes, test.inputs)
     onnx_predictions = _onnx_predictions(model_bytes, test.inputs.numpy(), objective.loss_name)
     onnx_accuracy = float(np.mean(onnx_predictions == test.labels.numpy()))
     version_dir = add_version(out_dir, spec.name, model_bytes)
+    int8_comparison = None
+    if int8:
+        int8_bytes = quantize_int8(model_bytes, metadata)
+        int8_comparison = compare_int8(
+            model_bytes,
+            int8_bytes,
+            test.inputs.numpy(),
+            test.labels.numpy(),
+            lambda outputs: objective.predict(torch.from_numpy(outputs)).numpy(),
+        )
+        int8_dir = add_version(out_dir, spec.name + INT8_SUFFIX, int8_bytes)
+        logger.info("wrote %s: %s", int8_dir / MODEL_FILE, int8_comparison)
     report = EvaluationReport(
         model=spec.name,
         version_dir=str(version_dir),
@@ -242,6 +279,7 @@ def export_and_evaluate(
         training_seconds=round(training_seconds, 2),
         best_epoch=best_epoch,
         parity_max_abs_difference=parity.max_abs_difference,
+        int8=asdict(int8_comparison) if int8_comparison else None,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     write_report(report, run_dir)
@@ -251,7 +289,9 @@ def export_and_evaluate(
 
 def _onnx_predictions(model_bytes: bytes, inputs: np.ndarray, loss: LossName, batch: int = 256) -> np.ndarray:
     session = onnx_session(model_bytes)
-    outputs = np.concatenate([session.run(None, {"input": inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)])
+    outputs = np.concatenate(
+        [session.run(None, {"input": inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)]
+    )
     return Objective(loss).predict(torch.from_numpy(outputs)).numpy()
 
 

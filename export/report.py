@@ -35,6 +35,8 @@ class EvaluationReport:
     training_seconds: float
     best_epoch: int
     parity_max_abs_difference: float
+    int8: dict[str, float] | None = None
+    """Accuracy, latency and size of the dynamic-int8 variant against fp32, when one was made."""
 
 
 def confusion_matrix(true: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
@@ -47,7 +49,10 @@ def confusion_matrix(true: np.ndarray, predicted: np.ndarray, classes: int) -> n
 def format_confusion_matrix(matrix: np.ndarray, labels: Sequence[str]) -> str:
     width = max(6, *(len(label) + 1 for label in labels), len(str(int(matrix.max()))) + 1)
     header = "true\\pred".ljust(width) + "".join(label.rjust(width) for label in labels)
-    rows = [label.ljust(width) + "".join(str(int(v)).rjust(width) for v in row) for label, row in zip(labels, matrix, strict=True)]
+    rows = [
+        label.ljust(width) + "".join(str(int(v)).rjust(width) for v in row)
+        for label, row in zip(labels, matrix, strict=True)
+    ]
     return "\n".join([header, *rows])
 
 
@@ -94,11 +99,28 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: Sequence[str], path: Path,
     )
     threshold = matrix.max() / 2 if matrix.size else 0
     for (row, column), value in np.ndenumerate(matrix):
-        axis.text(column, row, str(value), ha="center", va="center",
-                  color="white" if value > threshold else "black", fontsize=8)
+        axis.text(
+            column,
+            row,
+            str(value),
+            ha="center",
+            va="center",
+            color="white" if value > threshold else "black",
+            fontsize=8,
+        )
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)
+
+
+def _int8_line(comparison: dict[str, float] | None) -> str:
+    if not comparison:
+        return ""
+    return (
+        f"int8 variant: accuracy {comparison['int8_accuracy']:.4f} vs fp32 {comparison['fp32_accuracy']:.4f}, "
+        f"{comparison['int8_ms_per_batch']:.2f} vs {comparison['fp32_ms_per_batch']:.2f} ms per batch of "
+        f"{comparison['batch_size']}, {comparison['int8_bytes']} vs {comparison['fp32_bytes']} bytes\n"
+    )
 
 
 def write_report(report: EvaluationReport, run_dir: Path) -> None:
@@ -110,7 +132,8 @@ def write_report(report: EvaluationReport, run_dir: Path) -> None:
         f"data: {report.data_source}; {report.test_images} test images\n"
         f"test accuracy: PyTorch {report.pytorch_accuracy:.4f}, ONNX Runtime {report.onnx_accuracy:.4f}"
         f" (same predictions: {report.onnx_agrees_with_pytorch})\n"
-        f"best epoch {report.best_epoch}, training {report.training_seconds:.1f}s\n\n"
+        f"best epoch {report.best_epoch}, training {report.training_seconds:.1f}s\n"
+        f"{_int8_line(report.int8)}\n"
         f"confusion matrix (rows true, columns predicted):\n"
         f"{format_confusion_matrix(matrix, report.labels)}\n"
     )

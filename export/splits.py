@@ -53,9 +53,7 @@ class DataSplits:
     """Where the data came from, recorded in the model's metadata."""
 
 
-def split_indices(
-    n: int, *, validation_fraction: float, test_fraction: float, seed: int
-) -> SplitIndices:
+def split_indices(n: int, *, validation_fraction: float, test_fraction: float, seed: int) -> SplitIndices:
     """Disjoint index sets covering ``range(n)``; the same seed always gives the same split."""
     if not 0 <= validation_fraction < 1 or not 0 <= test_fraction < 1:
         raise ValueError("fractions must lie in [0, 1)")
@@ -74,9 +72,5 @@ def split_indices(
 def split_data(
     data: LabelledImages, *, validation_fraction: float, test_fraction: float, seed: int, source: str
 ) -> DataSplits:
-    indices = split_indices(
-        len(data), validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed
-    )
-    return DataSplits(
-        data.subset(indices.train), data.subset(indices.validation), data.subset(indices.test), source
-    )
+    indices = split_indices(len(data), validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed)
+    return DataSplits(data.subset(indices.train), data.subset(indices.validation), data.subset(indices.test), source)

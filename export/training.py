@@ -76,9 +76,7 @@ def make_optimizer(model: nn.Module, recipe: TrainingRecipe) -> torch.optim.Opti
     if recipe.optimizer is OptimizerName.ADAM:
         return torch.optim.Adam(params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     # Keras' RMSprop: rho 0.9, epsilon 1e-7.
-    return torch.optim.RMSprop(
-        params, lr=recipe.learning_rate, alpha=0.9, eps=1e-7, weight_decay=recipe.weight_decay
-    )
+    return torch.optim.RMSprop(params, lr=recipe.learning_rate, alpha=0.9, eps=1e-7, weight_decay=recipe.weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainingRecipe):

@@ -53,9 +53,7 @@ def _distance_to_segment(px: np.ndarray, py: np.ndarray, a: tuple[float, float],
     return np.hypot(px - ax - t * dx, py - ay - t * dy)
 
 
-def _render(
-    glyph: str, shift: tuple[float, float], scale: float, rotation: float, stroke: float
-) -> np.ndarray:
+def _render(glyph: str, shift: tuple[float, float], scale: float, rotation: float, stroke: float) -> np.ndarray:
     theta = np.deg2rad(rotation)
     cos, sin = np.cos(theta), np.sin(theta)
     x = _SAMPLE_X - _CENTRE - shift[0]
@@ -89,9 +87,7 @@ def render_o(
     return _render("O", shift, scale, rotation, stroke)
 
 
-def generate_xo(
-    n: int, seed: int = 0, variation: XOVariation = XOVariation()
-) -> tuple[np.ndarray, np.ndarray]:
+def generate_xo(n: int, seed: int = 0, variation: XOVariation = XOVariation()) -> tuple[np.ndarray, np.ndarray]:
     """``n`` random glyphs, half X and half O in random order: images (n, 9, 9) uint8 and labels (n,) int64.
 
     The same seed always gives the same images, so a held-out set can be regenerated exactly.

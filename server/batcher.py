@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from cnnserve.server.errors import (
@@ -65,20 +65,6 @@ class BatchRecord:
     failed: bool
 
 
-@dataclass
-class BatchStatistics:
-    """Counters since the batcher started; read by GetModel."""
-
-    inference_count: int = 0
-    execution_count: int = 0
-    batch_size_counts: dict[int, int] = field(default_factory=dict)
-
-    def record(self, size: int) -> None:
-        self.inference_count += size
-        self.execution_count += 1
-        self.batch_size_counts[size] = self.batch_size_counts.get(size, 0) + 1
-
-
 RunBatch = Callable[[np.ndarray], np.ndarray]
 
 
@@ -105,7 +91,6 @@ class DynamicBatcher:
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self.statistics = BatchStatistics()
 
     @property
     def settings(self) -> BatchingSettings:
@@ -119,7 +104,7 @@ class DynamicBatcher:
         """Start the batching task on the running loop."""
         self._task = asyncio.get_running_loop().create_task(self._form_batches(), name=f"batcher-{self._name}")
 
-    async def submit(self, inputs: np.ndarray, deadline: float) -> np.ndarray:
+    async def submit(self, inputs: np.ndarray, deadline: float, priority: int = 0) -> np.ndarray:
         """Queue `inputs` (n rows) and wait for its n output rows.
 
         `deadline` is on `time.monotonic()`. Raises QueueFullError at once when the queue cannot take the rows,
@@ -133,7 +118,7 @@ class DynamicBatcher:
             slices = [inputs[start : start + limit] for start in range(0, len(inputs), limit)]
             if self._queued_rows + len(inputs) > self._settings.max_queue_size:
                 raise self._queue_full(len(inputs))
-            parts = await asyncio.gather(*(self.submit(part, deadline) for part in slices))
+            parts = await asyncio.gather(*(self.submit(part, deadline, priority) for part in slices))
             return np.concatenate(parts)
         if self._queued_rows + len(inputs) > self._settings.max_queue_size:
             raise self._queue_full(len(inputs))
@@ -263,7 +248,6 @@ class DynamicBatcher:
                     request.future.set_exception(error)
         finally:
             self._slots.release()
-        self.statistics.record(rows)
         if self._on_batch is not None:
             self._on_batch(
                 BatchRecord(

@@ -1,17 +1,20 @@
 """What every API does the same way: find the model, preprocess, batch, infer, count.
 
 The gRPC services translate their own messages to and from these calls and do nothing else, so the image API
-and the Open Inference Protocol share one path through the batcher.
+and the Open Inference Protocol share one path through the batcher, one set of statistics and one set of
+metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
+import grpc
 import numpy as np
-from cnnserve.server.errors import InvalidInputError
+from cnnserve.server.errors import InvalidInputError, ModelNotFoundError, status_of
 from cnnserve.server.metrics import ServerMetrics
 from cnnserve.server.model import ModelVersion
 from cnnserve.server.preprocess import FloatTensor, ImageInput
@@ -20,6 +23,13 @@ from cnnserve.server.settings import ServerSettings
 
 _DECODE_INLINE_BYTES = 64 * 1024
 """Encoded payloads up to this size are decoded on the event loop; larger ones in a worker thread."""
+_REJECTION_REASONS = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "queue_full",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline_exceeded",
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid_input",
+    grpc.StatusCode.UNAVAILABLE: "unavailable",
+}
+_Result = TypeVar("_Result")
 
 
 class DataPlane:
@@ -34,6 +44,41 @@ class DataPlane:
         if time_remaining is not None:
             timeout = min(timeout, max(time_remaining, 0.0))
         return time.monotonic() + timeout
+
+    async def observe(
+        self, api: str, name: str, version: int, handle: Callable[[ModelVersion], Awaitable[_Result]]
+    ) -> tuple[ModelVersion, _Result]:
+        """Find the model and run `handle` on it, counting the outcome in statistics and metrics.
+
+        Every API's request path goes through here, so requests, latencies and rejections are counted the same
+        way whichever protocol they came in on. Errors propagate unchanged.
+        """
+        started = time.perf_counter()
+        model: ModelVersion | None = None
+        label = "unknown"
+        metrics = self.metrics
+        try:
+            model = self.repository.get(name, version)
+            label = model.name
+            result = await handle(model)
+        except asyncio.CancelledError:
+            metrics.requests.labels(label, api, "CANCELLED").inc()
+            metrics.rejections.labels(label, "cancelled").inc()
+            raise
+        except Exception as exc:
+            code = status_of(exc)
+            metrics.requests.labels(label, api, code.name).inc()
+            reason = _REJECTION_REASONS.get(code)
+            if reason is not None and not isinstance(exc, ModelNotFoundError):
+                metrics.rejections.labels(label, reason).inc()
+            if model is not None:
+                model.statistics.fail.add(time.perf_counter() - started)
+            raise
+        elapsed = time.perf_counter() - started
+        model.statistics.success.add(elapsed)
+        metrics.requests.labels(label, api, "OK").inc()
+        metrics.request_latency.labels(label, api).observe(elapsed)
+        return model, result
 
     async def classify_images(self, model: ModelVersion, images: Sequence[ImageInput], deadline: float) -> np.ndarray:
         """Probabilities (len(images), labels) for `images`, in order.
@@ -53,8 +98,8 @@ class DataPlane:
             inputs = await asyncio.to_thread(model.preprocessor.batch, images)
         else:
             inputs = model.preprocessor.batch(images)
+        preprocess_seconds = time.perf_counter() - started
+        model.statistics.compute_input.add(preprocess_seconds)
         if not (len(images) == 1 and isinstance(images[0], FloatTensor)):
-            self.metrics.preprocess_latency.labels(model.name).observe(time.perf_counter() - started)
-        probabilities = await model.infer(inputs, deadline)
-        model.request_count += 1
-        return probabilities
+            self.metrics.preprocess_latency.labels(model.name).observe(preprocess_seconds)
+        return await model.infer(inputs, deadline)

@@ -52,6 +52,11 @@ class InferenceError(CnnserveError):
     status_code = grpc.StatusCode.INTERNAL
 
 
+def status_of(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC status an exception is answered with: its own for CnnserveError, INTERNAL for anything else."""
+    return exc.status_code if isinstance(exc, CnnserveError) else grpc.StatusCode.INTERNAL
+
+
 class ModelLoadError(Exception):
     """A model version could not be loaded; it is reported not ready with this message as the reason."""
 

@@ -17,6 +17,7 @@ from cnnserve.server.postprocess import to_probabilities
 from cnnserve.server.preprocess import ImagePreprocessor
 from cnnserve.server.runtime import LoadedSession, SessionOptions, create_session
 from cnnserve.server.settings import BatchingSettings
+from cnnserve.server.statistics import ModelStatistics
 
 from cnnserve.metadata import ModelMetadata
 
@@ -43,7 +44,7 @@ class ModelVersion:
     loaded: LoadedSession | None = None
     preprocessor: ImagePreprocessor | None = None
     batcher: DynamicBatcher | None = None
-    request_count: int = 0
+    statistics: ModelStatistics = field(default_factory=ModelStatistics)
     load_seconds: float = 0.0
     _input_name: str = field(default="input", repr=False)
 
@@ -94,13 +95,16 @@ class ModelVersion:
             batching.max_queue_delay_seconds * 1000,
         )
 
-    async def infer(self, inputs: np.ndarray, deadline: float) -> np.ndarray:
-        """Probabilities, one row per input row, through the batcher."""
+    async def infer(self, inputs: np.ndarray, deadline: float, priority: int = 0) -> np.ndarray:
+        """Probabilities, one row per input row, through the batcher (lower `priority` values run first)."""
         if self.state is not ModelState.READY or self.batcher is None:
             raise UnavailableError(f"model {self.name} version {self.version} is {self.state.value}, not READY")
-        outputs = await self.batcher.submit(inputs, deadline)
+        outputs = await self.batcher.submit(inputs, deadline, priority)
         assert self.metadata is not None
-        return to_probabilities(outputs, self.metadata.output_kind)
+        started = time.perf_counter()
+        probabilities = to_probabilities(outputs, self.metadata.output_kind)
+        self.statistics.compute_output.add(time.perf_counter() - started)
+        return probabilities
 
     async def unload(self, drain_seconds: float) -> None:
         self.state = ModelState.UNAVAILABLE
@@ -132,4 +136,10 @@ class ModelVersion:
                 raise ModelLoadError(f"a warm-up batch of {size} returned {len(outputs)} rows")
 
     def _on_batch(self, record: BatchRecord, metrics: ServerMetrics) -> None:
+        stats = self.statistics
+        stats.record_batch(record.size, record.compute_seconds)
+        if not record.failed:
+            stats.compute_infer.add(record.compute_seconds * record.requests, record.requests)
+            for wait in record.queue_wait_seconds:
+                stats.queue.add(wait)
         metrics.batch_executed(self.name, self.version, record)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import grpc
 import numpy as np
-from cnnserve.server.api.errors import grpc_errors, status_for
+from cnnserve.server.api.errors import grpc_errors
 from cnnserve.server.dataplane import DataPlane
 from cnnserve.server.errors import InvalidInputError, ModelNotFoundError
 from cnnserve.server.model import ModelVersion
@@ -18,12 +15,6 @@ from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 
 API = "image"
-_REJECTION_REASONS = {
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "queue_full",
-    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline_exceeded",
-    grpc.StatusCode.INVALID_ARGUMENT: "invalid_input",
-    grpc.StatusCode.UNAVAILABLE: "unavailable",
-}
 
 
 def image_inputs(request: pb.ClassifyRequest) -> list[ImageInput]:
@@ -89,12 +80,13 @@ def model_info(versions: list[ModelVersion]) -> pb.ModelInfo:
             )
         )
     for v in versions:
-        stats = pb.ModelStatistics(request_count=v.request_count)
-        if v.batcher is not None:
-            s = v.batcher.statistics
-            stats.inference_count = s.inference_count
-            stats.execution_count = s.execution_count
-            stats.batch_size_counts.update(s.batch_size_counts)
+        s = v.statistics
+        stats = pb.ModelStatistics(
+            request_count=s.success.count,
+            inference_count=s.inference_count,
+            execution_count=s.execution_count,
+            batch_size_counts=s.batch_size_counts,
+        )
         info.versions.append(
             pb.VersionInfo(
                 version=v.version,
@@ -112,37 +104,22 @@ def model_info(versions: list[ModelVersion]) -> pb.ModelInfo:
 class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
-        self._metrics = dataplane.metrics
 
     @grpc_errors
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
-        started = time.perf_counter()
-        model_label = "unknown"
-        try:
-            model = self._dataplane.repository.get(request.model, request.version)
-            model_label = model.name
+        dataplane = self._dataplane
+
+        async def classify(model: ModelVersion) -> np.ndarray:
             assert model.metadata is not None
             label_count = len(model.metadata.labels)
             k = request.top_k or 1
             if not 1 <= k <= label_count:
                 raise InvalidInputError(f"top_k must be between 1 and {label_count} for {model.name}, got {k}")
-            deadline = self._dataplane.deadline(context.time_remaining())
-            probabilities = await self._dataplane.classify_images(model, image_inputs(request), deadline)
-            response = classify_response(model, probabilities, k, request.return_probabilities)
-        except Exception as exc:
-            code = status_for(exc)
-            self._metrics.requests.labels(model_label, API, code.name).inc()
-            reason = _REJECTION_REASONS.get(code)
-            if reason is not None and not isinstance(exc, ModelNotFoundError):
-                self._metrics.rejections.labels(model_label, reason).inc()
-            raise
-        except asyncio.CancelledError:
-            self._metrics.requests.labels(model_label, API, grpc.StatusCode.CANCELLED.name).inc()
-            self._metrics.rejections.labels(model_label, "cancelled").inc()
-            raise
-        self._metrics.requests.labels(model_label, API, "OK").inc()
-        self._metrics.request_latency.labels(model_label, API).observe(time.perf_counter() - started)
-        return response
+            deadline = dataplane.deadline(context.time_remaining())
+            return await dataplane.classify_images(model, image_inputs(request), deadline)
+
+        model, probabilities = await dataplane.observe(API, request.model, request.version, classify)
+        return classify_response(model, probabilities, request.top_k or 1, request.return_probabilities)
 
     @grpc_errors
     async def ListModels(

@@ -14,10 +14,6 @@ _log = logging.getLogger(__name__)
 _Response = TypeVar("_Response")
 
 
-def status_for(exc: BaseException) -> grpc.StatusCode:
-    return exc.status_code if isinstance(exc, CnnserveError) else grpc.StatusCode.INTERNAL
-
-
 def grpc_errors(
     method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_Response]],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_Response]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from cnnserve.export.pipeline import RunOutcome, TrainSettings, train_and_export
 
 

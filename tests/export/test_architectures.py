@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from cnnserve.export import MODEL_NAMES, get_spec
 from cnnserve.export.architectures import XO_HAND_SET_FILTERS, XONet, count_parameters
 

@@ -1,5 +1,4 @@
 import numpy as np
-
 from cnnserve.export import DIGIT_LABELS, load_digit_images
 
 
@@ -11,7 +10,7 @@ def test_digits_are_28x28_white_on_black_in_the_central_box():
     assert images[:, :, :4].max() == 0 and images[:, :, 24:].max() == 0
     assert images.max() == 255
     assert images.mean() < 60
-    assert DIGIT_LABELS == tuple("0123456789")
+    assert tuple("0123456789") == DIGIT_LABELS
 
 
 def test_digits_are_cached_and_read_only():

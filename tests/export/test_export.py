@@ -5,10 +5,10 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-
 from cnnserve.export import get_spec
 from cnnserve.export.onnx_export import PARITY_ATOL, ParityError, check_parity, export_to_onnx
 from cnnserve.export.pipeline import model_metadata
+
 from cnnserve.metadata import METADATA_KEY, ModelMetadata, OutputKind
 
 
@@ -46,9 +46,7 @@ def test_one_float_input_with_a_dynamic_batch_axis_and_one_output(xo_run):
 def test_the_file_is_self_contained_and_passes_the_checker(xo_run):
     model = onnx.load(str(xo_run.model_path))
     onnx.checker.check_model(model, full_check=True)
-    assert not any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer
-    )
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def test_onnx_and_pytorch_agree_on_every_test_image(xo_run):

@@ -2,7 +2,6 @@ import gzip
 
 import numpy as np
 import pytest
-
 from cnnserve.export import get_spec
 from cnnserve.export.datasets import load_splits
 from cnnserve.export.idx import IdxFormatError, has_mnist_files, load_mnist_split, parse_idx, read_idx, write_idx

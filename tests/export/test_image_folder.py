@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
-
 from cnnserve.export import get_spec
 from cnnserve.export.augment import Augmentation
 from cnnserve.export.datasets import load_splits
 from cnnserve.export.image_folder import load_image_folder
 from cnnserve.export.pipeline import TrainSettings, read_metadata, train_and_export
+from PIL import Image, ImageDraw
+
 from cnnserve.metadata import OutputKind
 
 
@@ -69,8 +69,9 @@ def test_augmentation_with_every_knob_at_zero_is_the_identity():
 def test_catsdogs_trains_on_an_image_folder_and_exports_a_sigmoid_model(tmp_path):
     folder = make_pet_folder(tmp_path / "pets", per_class=10)
     outcome = train_and_export(
-        TrainSettings(model="catsdogs", out_dir=tmp_path / "models", run_dir=tmp_path / "run",
-                      data_dir=folder, epochs=1)
+        TrainSettings(
+            model="catsdogs", out_dir=tmp_path / "models", run_dir=tmp_path / "run", data_dir=folder, epochs=1
+        )
     )
     metadata = read_metadata(outcome.model_path)
     assert metadata.output_kind is OutputKind.SIGMOID

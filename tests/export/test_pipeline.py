@@ -5,12 +5,12 @@ import json
 
 import numpy as np
 import onnxruntime
-from PIL import Image
-
-from cnnserve.cli import main
 from cnnserve.export import build_model, load_digit_images, render_o, render_x
 from cnnserve.export.pipeline import read_metadata
 from cnnserve.export.repository import add_version, versions
+from PIL import Image
+
+from cnnserve.cli import main
 from cnnserve.metadata import ModelMetadata
 
 
@@ -49,8 +49,18 @@ def test_training_leaves_checkpoints_history_plots_and_report_in_the_run_folder(
 def test_exporting_a_checkpoint_adds_version_2_without_touching_version_1(xo_run, workspace, capsys):
     models = workspace / "models"
     before = xo_run.model_path.read_bytes()
-    code = main(["export", "xo", "--checkpoint", str(workspace / "runs" / "xo" / "best.pt"), "--out", str(models),
-                 "--run-dir", str(workspace / "runs" / "xo-export")])
+    code = main(
+        [
+            "export",
+            "xo",
+            "--checkpoint",
+            str(workspace / "runs" / "xo" / "best.pt"),
+            "--out",
+            str(models),
+            "--run-dir",
+            str(workspace / "runs" / "xo-export"),
+        ]
+    )
     assert code == 0
     assert versions(models, "xo")[:2] == [1, 2]
     assert xo_run.model_path.read_bytes() == before

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-
 from cnnserve.server.batcher import BatchRecord, DynamicBatcher
 from cnnserve.server.errors import DeadlineExceededError, InferenceError, QueueFullError, UnavailableError
 from cnnserve.server.settings import BatchingSettings
@@ -85,7 +84,6 @@ async def test_next_batch_fills_while_one_runs(model: GatedModel) -> None:
     model.gate.set()
     await asyncio.gather(first, *waiting)
     assert model.batch_sizes == [1, 5]
-    assert batcher.statistics.execution_count == 2 and batcher.statistics.inference_count == 6
     await batcher.close(1)
 
 
