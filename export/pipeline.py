@@ -317,6 +317,7 @@ def build_model(
         data_dir=Path(data_dir) if data_dir is not None else None,
         seed=seed,
         epochs=epochs,
+        threads=1,
     )
     if run_dir is not None:
         return train_and_export(settings).model_path

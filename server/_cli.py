@@ -29,6 +29,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--instances", type=int, help="batches of one model run at once; default 1")
     parser.add_argument("--default-timeout", type=float, help="seconds, for calls without a deadline; default 30")
     parser.add_argument("--drain-timeout", type=float, help="seconds to finish accepted calls on SIGTERM")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain; serve TLS with --tls-key")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key")
+    parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates (mTLS)")
     parser.add_argument("--port-file", type=Path, help="write the bound ports here as JSON once ready")
     parser.set_defaults(run=_run)
 
@@ -49,6 +52,9 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         intra_op_threads=args.intra_op_threads,
         drain_timeout_seconds=args.drain_timeout,
         port_file=args.port_file,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
+        tls_client_ca_file=args.tls_client_ca,
     )
     batching = given(
         max_batch_size=args.max_batch_size,

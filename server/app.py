@@ -45,6 +45,8 @@ class Server:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(max(settings.drain_timeout_seconds, 1.0) * 1000)),
             ]
         )
         self._stopped = asyncio.Event()
@@ -60,15 +62,21 @@ class Server:
         for service in ("", CLASSIFIER_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.metrics_port = self.metrics.serve(settings.host, settings.metrics_port)
-        self.grpc_port = self._grpc.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        address = f"{settings.host}:{settings.grpc_port}"
+        credentials = server_credentials(settings)
+        if credentials is None:
+            self.grpc_port = self._grpc.add_insecure_port(address)
+            _log.warning("serving PLAINTEXT gRPC on %s:%d (no TLS configured)", settings.host, self.grpc_port)
+        else:
+            self.grpc_port = self._grpc.add_secure_port(address, credentials)
+            _log.info(
+                "serving gRPC over TLS%s on %s:%d",
+                " with client certificates required" if settings.tls_client_ca_file else "",
+                settings.host,
+                self.grpc_port,
+            )
         await self._grpc.start()
-        _log.warning(
-            "serving plaintext gRPC on %s:%d (no TLS configured); metrics on http://%s:%d/metrics",
-            settings.host,
-            self.grpc_port,
-            settings.host,
-            self.metrics_port,
-        )
+        _log.info("metrics on http://%s:%d/metrics", settings.host, self.metrics_port)
         await self.repository.load_all()
         for version in self.repository.versions():
             _log.info(
@@ -102,6 +110,15 @@ class Server:
 
     async def wait_for_termination(self) -> None:
         await self._grpc.wait_for_termination()
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' PEM files, requiring client certificates when a client CA is set."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
 async def serve(settings: ServerSettings) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -62,10 +62,32 @@ class ServerSettings(BaseSettings):
     drain_timeout_seconds: float = Field(
         20.0, ge=0.0, description="on SIGTERM, how long accepted requests may take to finish before exit"
     )
+    tls_cert_file: Path | None = Field(None, description="PEM certificate chain; with tls_key_file, serve TLS")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)"
+    )
+    max_connection_age_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="connections are closed (gracefully) after this age, so clients re-resolve DNS and spread "
+        "over replicas added since",
+    )
     log_format: LogFormat = LogFormat.TEXT
     port_file: Path | None = Field(
         None, description="when set, the bound ports are written here as JSON once every model is ready"
     )
+
+    @model_validator(mode="after")
+    def _tls_files_come_together(self) -> ServerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both tls_cert_file and tls_key_file")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("mutual TLS (tls_client_ca_file) needs tls_cert_file and tls_key_file too")
+        for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {str(path)!r} does not exist")
+        return self
 
     @field_validator("model_repository")
     @classmethod

@@ -39,6 +39,7 @@ def test_malformed_idx_is_rejected_with_a_reason(data, message):
 
 
 def _write_mnist(folder, n_train=60, n_test=20, gz=True):
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
     suffix = ".gz" if gz else ""
     for split, n in (("train", n_train), ("t10k", n_test)):
@@ -61,3 +62,16 @@ def test_mismatched_image_and_label_files_are_reported(tmp_path):
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(3, dtype=np.uint8))
     with pytest.raises(IdxFormatError, match="do not pair up"):
         load_mnist_split(tmp_path, "test")
+
+
+def test_training_on_idx_files_can_name_the_classes(tmp_path):
+    from cnnserve.cli import main
+    from cnnserve.export.pipeline import read_metadata
+
+    _write_mnist(tmp_path / "fashion")
+    names = "T-shirt,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot"
+    args = ["train", "mnist_net", "--out", str(tmp_path / "models"), "--run-dir", str(tmp_path / "run")]
+    assert main([*args, "--data-dir", str(tmp_path / "fashion"), "--epochs", "1", "--labels", names]) == 0
+    metadata = read_metadata(tmp_path / "models" / "mnist_net" / "1" / "model.onnx")
+    assert metadata.labels[-1] == "Ankle boot"
+    assert "IDX" in metadata.extra["data_source"]

@@ -68,6 +68,23 @@ def test_exporting_a_checkpoint_adds_version_2_without_touching_version_1(xo_run
     assert "test accuracy" in capsys.readouterr().out
 
 
+def test_an_int8_variant_is_stored_as_its_own_model_and_measured_against_fp32(xo_run, workspace):
+    from cnnserve.export import export_checkpoint
+
+    outcome = export_checkpoint(
+        workspace / "runs" / "xo" / "best.pt",
+        workspace / "int8-models",
+        run_dir=workspace / "runs" / "xo-int8",
+        int8=True,
+    )
+    int8_path = workspace / "int8-models" / "xo_int8" / "1" / "model.onnx"
+    assert read_metadata(int8_path).name == "xo_int8"
+    comparison = outcome.report.int8
+    assert comparison["agreement"] >= 0.95
+    assert comparison["int8_accuracy"] >= comparison["fp32_accuracy"] - 0.05
+    assert comparison["int8_ms_per_batch"] > 0
+
+
 def test_add_version_counts_up_from_the_highest_existing_version(tmp_path):
     (tmp_path / "m" / "7").mkdir(parents=True)
     assert add_version(tmp_path, "m", b"onnx").name == "8"
@@ -93,3 +110,23 @@ def test_train_command_line_resumes_from_its_last_checkpoint(tmp_path):
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [record["epoch"] for record in history] == [1, 2, 3]
     assert versions(tmp_path / "models", "xo") == [1, 2]
+
+
+def test_the_same_seed_repeats_a_run_exactly(tmp_path):
+    import torch
+
+    from cnnserve.export import get_spec
+    from cnnserve.export.training import TensorSet, fit
+
+    spec = get_spec("mnist_net")
+    data = TensorSet(torch.randn(96, 1, 28, 28), torch.arange(96) % 10)
+
+    def run(folder):
+        torch.manual_seed(7)
+        model = spec.create()
+        result = fit(model, spec.recipe, data, data, tmp_path / folder, seed=7, args={"model": "mnist_net"})
+        return [record.train_loss for record in result.history], model.fc2.weight.detach()
+
+    (losses_a, weights_a), (losses_b, weights_b) = run("a"), run("b")
+    assert losses_a == losses_b
+    assert torch.equal(weights_a, weights_b)
