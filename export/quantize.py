@@ -76,8 +76,10 @@ def compare_int8(
 ) -> QuantizedComparison:
     """Accuracy of both on the same test inputs and their mean latency per full batch (CPU provider).
 
-    ``predict`` turns a model's outputs into class indices.
+    ``predict`` turns a model's outputs into class indices. A test set smaller than ``batch_size`` is timed
+    as one batch of its own size.
     """
+    batch_size = min(batch_size, len(inputs))
     fp32_out, fp32_ms = _outputs_and_time(fp32_bytes, inputs, batch_size)
     int8_out, int8_ms = _outputs_and_time(int8_bytes, inputs, batch_size)
     fp32_pred, int8_pred = predict(fp32_out), predict(int8_out)

@@ -1,87 +1,90 @@
-"""`cnnserve serve`: argument parsing only; the server is imported when the command runs.
+"""`cnnserve serve`: flags generated from ServerSettings, so every setting has exactly one flag and one
+environment variable (`--max-batch-size` / `CNNSERVE_MAX_BATCH_SIZE`) and the two can never drift apart.
 
-Every flag defaults to None so that only flags actually given override `CNNSERVE_*` environment variables.
+Flags default to None, so only flags actually given override the environment and the config file. The server
+itself (and onnxruntime) is imported only when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import types
+import typing
+from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from cnnserve.server.settings import ServerSettings
+
+SHORT_NAMES = {
+    "tls_cert_file": "--tls-cert",
+    "tls_key_file": "--tls-key",
+    "tls_client_ca_file": "--tls-client-ca",
+    "drain_timeout_seconds": "--drain-timeout",
+    "default_timeout_seconds": "--default-timeout",
+}
+"""Fields whose flag is shorter than the field name; the long spelling is accepted too."""
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser(
         "serve",
         help="serve every model of a repository over gRPC",
-        description="Serve every model of a repository over gRPC. Each flag can also be set by the environment "
-        "variable CNNSERVE_<FLAG> (e.g. CNNSERVE_GRPC_PORT).",
+        description="Serve every model of a repository over gRPC. Every flag can also be given as the environment "
+        "variable CNNSERVE_<FLAG> (e.g. CNNSERVE_GRPC_PORT=8001) or as a key of the --config TOML file; flags win "
+        "over the environment, which wins over the file. A model's own <name>/config.toml overrides the batching "
+        "and ONNX Runtime defaults for that model.",
     )
-    parser.add_argument("--model-repository", type=Path, help="folder of <name>/<version>/model.onnx")
-    parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
-    parser.add_argument("--grpc-port", type=int, help="default 8001; 0 picks a free port")
-    parser.add_argument("--metrics-port", type=int, help="default 8002; 0 picks a free port")
-    parser.add_argument("--execution-provider", choices=["auto", "cuda", "cpu"], help="default auto")
-    parser.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per session (0: its choice)")
-    parser.add_argument("--max-batch-size", type=int, help="default 32; 1 disables batching")
-    parser.add_argument("--max-queue-delay-ms", type=float, help="default 2")
-    parser.add_argument("--max-queue-size", type=int, help="images queued per model before refusing; default 1024")
-    parser.add_argument("--instances", type=int, help="batches of one model run at once; default 1")
-    parser.add_argument("--default-timeout", type=float, help="seconds, for calls without a deadline; default 30")
-    parser.add_argument("--drain-timeout", type=float, help="seconds to finish accepted calls on SIGTERM")
-    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain; serve TLS with --tls-key")
-    parser.add_argument("--tls-key", type=Path, help="PEM private key")
-    parser.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates (mTLS)")
-    parser.add_argument("--port-file", type=Path, help="write the bound ports here as JSON once ready")
+    parser.add_argument("--config", type=Path, help="TOML file of settings (keys are the flag names with _)")
+    for name, field in ServerSettings.model_fields.items():
+        flags = [f"--{name.replace('_', '-')}"]
+        if name in SHORT_NAMES:
+            flags.insert(0, SHORT_NAMES[name])
+        parser.add_argument(
+            *flags, dest=name, metavar=name.upper(), default=None, help=_help(field), **_argument_kind(field.annotation)
+        )
     parser.set_defaults(run=_run)
 
 
-def settings_from_args(args: argparse.Namespace) -> Any:
-    """Build ServerSettings from the flags given, over the environment."""
-    from cnnserve.server.settings import BatchingSettings, ServerSettings
+def _argument_kind(annotation: Any) -> dict[str, Any]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(annotation) is tuple:
+        return {"type": typing.get_args(annotation)[0], "nargs": "*"}
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return {"choices": [member.value for member in annotation]}
+    return {"type": annotation}
 
-    def given(**values: Any) -> dict[str, Any]:
-        return {key: value for key, value in values.items() if value is not None}
 
-    top = given(
-        model_repository=args.model_repository,
-        host=args.host,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        execution_provider=args.execution_provider,
-        intra_op_threads=args.intra_op_threads,
-        drain_timeout_seconds=args.drain_timeout,
-        port_file=args.port_file,
-        tls_cert_file=args.tls_cert,
-        tls_key_file=args.tls_key,
-        tls_client_ca_file=args.tls_client_ca,
-    )
-    batching = given(
-        max_batch_size=args.max_batch_size,
-        max_queue_delay_seconds=None if args.max_queue_delay_ms is None else args.max_queue_delay_ms / 1000,
-        max_queue_size=args.max_queue_size,
-        instances=args.instances,
-        default_timeout_seconds=args.default_timeout,
-    )
-    settings = ServerSettings(**top)
-    if batching:
-        settings = settings.model_copy(
-            update={"batching": BatchingSettings(**{**settings.batching.model_dump(), **batching})}
-        )
-    return settings
+def _help(field: Any) -> str:
+    default = field.default
+    shown = getattr(default, "value", default)
+    description = field.description or ""
+    if field.is_required() or shown is None or shown == ():
+        return description
+    return f"{description}{'; ' if description else ''}default {shown}"
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """ServerSettings from the flags given, over the environment, over the --config file."""
+    given = {name: getattr(args, name) for name in ServerSettings.model_fields if getattr(args, name) is not None}
+    return ServerSettings.load(args.config, **given)
 
 
 def _run(args: argparse.Namespace) -> int:
     import asyncio
-    import sys
+
+    from pydantic import ValidationError
 
     from cnnserve.server.app import serve
     from cnnserve.server.errors import ExecutionProviderError
-    from pydantic import ValidationError
 
     try:
         settings = settings_from_args(args)
-    except ValidationError as exc:
+    except (ValidationError, ValueError) as exc:
         print(f"cnnserve serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     try:

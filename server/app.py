@@ -14,15 +14,19 @@ import logging
 import signal
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cnnserve.inference import grpc_service_pb2_grpc as inference_pb2_grpc
 from cnnserve.server.api.classifier import ImageClassifierServicer
+from cnnserve.server.api.inference import SERVICE_NAME as INFERENCE_SERVICE
+from cnnserve.server.api.inference import InferenceServicer
 from cnnserve.server.dataplane import DataPlane
+from cnnserve.server.logs import RequestIdInterceptor
 from cnnserve.server.metrics import ServerMetrics
 from cnnserve.server.repository import ModelRepository
 from cnnserve.server.runtime import quiet_onnxruntime
 from cnnserve.server.settings import ServerSettings
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from cnnserve.v1 import classifier_pb2, classifier_pb2_grpc
 
 _log = logging.getLogger(__name__)
@@ -36,11 +40,13 @@ class Server:
         self.settings = settings
         self.metrics = ServerMetrics()
         self.repository = ModelRepository(settings, self.metrics)
+        self.metrics.watch_models(self.repository.versions)
         self.dataplane = DataPlane(self.repository, settings, self.metrics)
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
         self._grpc = grpc.aio.server(
+            interceptors=[RequestIdInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -50,16 +56,21 @@ class Server:
             ]
         )
         self._stopped = asyncio.Event()
+        self._poller: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self.service_names: list[str] = [CLASSIFIER_SERVICE, INFERENCE_SERVICE]
+        self.repository.on_change(self._schedule_health_update)
 
     async def start(self) -> None:
         """Listen, load every model, then report SERVING. Returns when the server is ready (or failed models)."""
         quiet_onnxruntime()
         settings = self.settings
         classifier_pb2_grpc.add_ImageClassifierServicer_to_server(ImageClassifierServicer(self.dataplane), self._grpc)
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        services = (CLASSIFIER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+        services = (*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), self._grpc)
-        for service in ("", CLASSIFIER_SERVICE):
+        for service in ("", *self.service_names):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.metrics_port = self.metrics.serve(settings.host, settings.metrics_port)
         address = f"{settings.host}:{settings.grpc_port}"
@@ -87,12 +98,13 @@ class Server:
                 version.provider or "-",
                 f" ({version.reason})" if version.reason else "",
             )
+        await self._update_health()
         if self.repository.all_ready:
-            for service in ("", CLASSIFIER_SERVICE):
-                await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
             _log.info("ready: %d model(s) serving", len(self.repository.names()))
         else:
             _log.error("not every model loaded; health stays NOT_SERVING (GetModel tells why)")
+        if settings.repository_poll_seconds > 0:
+            self._poller = asyncio.create_task(self.repository.poll(settings.repository_poll_seconds))
         if settings.port_file is not None:
             settings.port_file.write_text(json.dumps({"grpc_port": self.grpc_port, "metrics_port": self.metrics_port}))
 
@@ -104,9 +116,28 @@ class Server:
         drain = self.settings.drain_timeout_seconds
         _log.info("shutting down: NOT_SERVING now, draining for up to %.1fs", drain)
         await self.health.enter_graceful_shutdown()
+        if self._poller is not None:
+            self._poller.cancel()
         await self._grpc.stop(grace=drain)
         await self.repository.close(drain_seconds=0)
         _log.info("stopped")
+
+    async def _update_health(self) -> None:
+        """SERVING exactly when every model has a ready version; never again once shutdown began."""
+        if self._stopped.is_set():
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.repository.all_ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", *self.service_names):
+            await self.health.set(service, status)
+
+    def _schedule_health_update(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._update_health())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def wait_for_termination(self) -> None:
         await self._grpc.wait_for_termination()

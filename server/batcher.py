@@ -6,10 +6,11 @@ rows. A single asyncio task forms batches:
 1. wait for a free instance (a slot among `instances` concurrent session calls), so that while one batch runs
    the next one keeps filling in the queue;
 2. block until the first live request is queued;
-3. fill until the queue holds `max_batch_size` rows, or until the oldest request has waited
-   `max_queue_delay_seconds`, whichever comes first;
-4. take whole requests from the front up to `max_batch_size` rows, concatenate them once, run the session in a
-   worker thread, and hand each caller exactly its rows.
+3. fill until the queue holds `max_batch_size` rows or a preferred batch size, or until the oldest request has
+   waited `max_queue_delay_seconds`, whichever comes first;
+4. take whole requests, highest priority first and oldest first within a priority, up to `max_batch_size` rows
+   (or the largest preferred size that the queue can fill), concatenate them once, run the session in a worker
+   thread, and hand each caller exactly its rows.
 
 Requests larger than `max_batch_size` are cut into slices that queue separately. A full queue refuses at once
 (QueueFullError). Each request carries a deadline on the monotonic clock; a timer answers it
@@ -29,10 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
 from cnnserve.server.errors import (
     CnnserveError,
     DeadlineExceededError,
     InferenceError,
+    InvalidInputError,
     QueueFullError,
     UnavailableError,
 )
@@ -47,6 +50,8 @@ class _QueuedRequest:
     future: asyncio.Future[np.ndarray]
     enqueued_at: float
     timer: asyncio.TimerHandle | None = None
+    queued: bool = True
+    """True until the batcher takes it, or its caller gives up (cancelled, expired); its rows count till then."""
 
     @property
     def rows(self) -> int:
@@ -83,8 +88,9 @@ class DynamicBatcher:
         self._settings = settings
         self._name = name
         self._on_batch = on_batch
-        self._queue: deque[_QueuedRequest] = deque()
+        self._queues: list[deque[_QueuedRequest]] = [deque() for _ in range(settings.priority_levels)]
         self._queued_rows = 0
+        self._preferred = frozenset(settings.preferred_batch_sizes)
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.instances)
         self._executor = ThreadPoolExecutor(settings.instances, thread_name_prefix=f"infer-{name}")
@@ -107,32 +113,42 @@ class DynamicBatcher:
     async def submit(self, inputs: np.ndarray, deadline: float, priority: int = 0) -> np.ndarray:
         """Queue `inputs` (n rows) and wait for its n output rows.
 
-        `deadline` is on `time.monotonic()`. Raises QueueFullError at once when the queue cannot take the rows,
-        DeadlineExceededError when the deadline passes before the batch runs, UnavailableError once the batcher
-        is closing, and the batch's error when the batch fails.
+        `deadline` is on `time.monotonic()`; `priority` is 1 (first) .. priority_levels, 0 for the default.
+        Raises QueueFullError at once when the queue cannot take the rows, DeadlineExceededError when the
+        deadline passes before the batch runs, UnavailableError once the batcher is closing, InvalidInputError
+        for an unknown priority, and the batch's error when the batch fails.
         """
         if self._closed:
             raise UnavailableError(f"model {self._name} is unloading or the server is shutting down; retry")
-        limit = self._settings.max_batch_size
+        settings = self._settings
+        level = priority or settings.default_priority
+        if not 1 <= level <= settings.priority_levels:
+            raise InvalidInputError(
+                f"priority {priority} is out of range: model {self._name} has priority levels "
+                f"1..{settings.priority_levels}"
+            )
+        limit = settings.max_batch_size
+        if self._queued_rows + len(inputs) > settings.max_queue_size:
+            raise self._queue_full(len(inputs))
         if len(inputs) > limit:
             slices = [inputs[start : start + limit] for start in range(0, len(inputs), limit)]
-            if self._queued_rows + len(inputs) > self._settings.max_queue_size:
-                raise self._queue_full(len(inputs))
-            parts = await asyncio.gather(*(self.submit(part, deadline, priority) for part in slices))
+            parts = await asyncio.gather(*(self.submit(part, deadline, level) for part in slices))
             return np.concatenate(parts)
-        if self._queued_rows + len(inputs) > self._settings.max_queue_size:
-            raise self._queue_full(len(inputs))
         loop = asyncio.get_running_loop()
         request = _QueuedRequest(inputs, loop.create_future(), time.monotonic())
         request.timer = loop.call_at(_loop_time(loop, deadline), _expire, request.future, self._name)
-        self._queue.append(request)
+        self._queues[level - 1].append(request)
         self._queued_rows += request.rows
-        if len(self._queue) == 1 or self._queued_rows >= limit:
+        rows = self._queued_rows
+        if rows == request.rows or rows >= limit or rows in self._preferred:
             self._wakeup.set()
         try:
             return await request.future
         finally:
             request.timer.cancel()
+            if request.queued:
+                request.queued = False
+                self._queued_rows -= request.rows
 
     async def close(self, drain_seconds: float) -> None:
         """Refuse new requests, let queued and running batches finish for up to `drain_seconds`, then stop.
@@ -141,7 +157,7 @@ class DynamicBatcher:
         """
         self._closed = True
         end = time.monotonic() + drain_seconds
-        while (self._queue or self._running) and time.monotonic() < end:
+        while (self._queued_rows or self._running) and time.monotonic() < end:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
@@ -176,49 +192,64 @@ class DynamicBatcher:
             raise
 
     async def _next_batch(self) -> list[_QueuedRequest]:
-        """Block for the first live request, then fill until full or the oldest request's delay is spent."""
+        """Block for the first live request, fill until a batch is worth running, then take one."""
         settings = self._settings
         while True:
-            self._drop_finished_front()
-            if self._queue:
-                break
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        dispatch_at = self._queue[0].enqueued_at + settings.max_queue_delay_seconds
-        while self._queued_rows < settings.max_batch_size:
-            remaining = dispatch_at - time.monotonic()
-            if remaining <= 0:
-                break
-            self._wakeup.clear()
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._wakeup.wait()
-            except TimeoutError:
-                break
+            oldest = self._oldest_live()
+            if oldest is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            dispatch_at = oldest.enqueued_at + settings.max_queue_delay_seconds
+            while not self._worth_running_now():
+                remaining = dispatch_at - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    async with asyncio.timeout(remaining):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    break
+            batch = self._take()
+            if batch:
+                return batch
+
+    def _worth_running_now(self) -> bool:
+        rows = self._queued_rows
+        return rows >= self._settings.max_batch_size or any(size <= rows for size in self._preferred)
+
+    def _oldest_live(self) -> _QueuedRequest | None:
+        """The front request of the highest non-empty priority, after dropping requests whose callers left."""
+        for queue in self._queues:
+            while queue and not queue[0].queued:
+                queue.popleft()
+            if queue:
+                return queue[0]
+        return None
+
+    def _take(self) -> list[_QueuedRequest]:
+        """Whole live requests, by priority then age, up to the target size: the max batch size, or the largest
+        preferred size the queue can fill when it cannot fill the max."""
+        target = self._settings.max_batch_size
+        if self._queued_rows < target and self._preferred:
+            target = max((size for size in self._preferred if size <= self._queued_rows), default=target)
         batch: list[_QueuedRequest] = []
         rows = 0
-        while self._queue:
-            request = self._queue[0]
-            if request.future.done():
-                self._pop_front()
-                continue
-            if rows + request.rows > settings.max_batch_size:
-                break
-            self._pop_front()
-            batch.append(request)
-            rows += request.rows
-        if not batch:
-            return await self._next_batch()
+        for queue in self._queues:
+            while queue:
+                request = queue[0]
+                if not request.queued:
+                    queue.popleft()
+                    continue
+                if batch and rows + request.rows > target:
+                    return batch
+                queue.popleft()
+                request.queued = False
+                self._queued_rows -= request.rows
+                batch.append(request)
+                rows += request.rows
         return batch
-
-    def _drop_finished_front(self) -> None:
-        while self._queue and self._queue[0].future.done():
-            self._pop_front()
-
-    def _pop_front(self) -> _QueuedRequest:
-        request = self._queue.popleft()
-        self._queued_rows -= request.rows
-        return request
 
     async def _execute(self, batch: list[_QueuedRequest]) -> None:
         started = time.monotonic()
@@ -260,10 +291,14 @@ class DynamicBatcher:
             )
 
     def _fail_queued(self, error: CnnserveError) -> None:
-        while self._queue:
-            request = self._pop_front()
-            if not request.future.done():
-                request.future.set_exception(error)
+        for queue in self._queues:
+            while queue:
+                request = queue.popleft()
+                if request.queued:
+                    request.queued = False
+                    self._queued_rows -= request.rows
+                    if not request.future.done():
+                        request.future.set_exception(error)
 
 
 def _loop_time(loop: asyncio.AbstractEventLoop, deadline: float) -> float:

@@ -14,8 +14,10 @@ from typing import TypeVar
 
 import grpc
 import numpy as np
-from cnnserve.server.errors import InvalidInputError, ModelNotFoundError, status_of
-from cnnserve.server.metrics import ServerMetrics
+
+from cnnserve.server.errors import InvalidInputError, status_of
+from cnnserve.server.logs import log_request
+from cnnserve.server.metrics import UNKNOWN, RequestSeries, ServerMetrics
 from cnnserve.server.model import ModelVersion
 from cnnserve.server.preprocess import FloatTensor, ImageInput
 from cnnserve.server.repository import ModelRepository
@@ -23,12 +25,6 @@ from cnnserve.server.settings import ServerSettings
 
 _DECODE_INLINE_BYTES = 64 * 1024
 """Encoded payloads up to this size are decoded on the event loop; larger ones in a worker thread."""
-_REJECTION_REASONS = {
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "queue_full",
-    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline_exceeded",
-    grpc.StatusCode.INVALID_ARGUMENT: "invalid_input",
-    grpc.StatusCode.UNAVAILABLE: "unavailable",
-}
 _Result = TypeVar("_Result")
 
 
@@ -50,35 +46,55 @@ class DataPlane:
     ) -> tuple[ModelVersion, _Result]:
         """Find the model and run `handle` on it, counting the outcome in statistics and metrics.
 
-        Every API's request path goes through here, so requests, latencies and rejections are counted the same
-        way whichever protocol they came in on. Errors propagate unchanged.
+        Every API's request path goes through here, so requests, latencies and rejections are counted (and, with
+        `request_log` on, logged) the same way whichever protocol they came in on. Errors propagate unchanged.
         """
         started = time.perf_counter()
         model: ModelVersion | None = None
-        label = "unknown"
-        metrics = self.metrics
+        series: RequestSeries | None = None
+        code = grpc.StatusCode.OK
+        error: Exception | None = None
         try:
             model = self.repository.get(name, version)
-            label = model.name
+            series = self.metrics.request_series(api, model.name, str(model.version))
+            series.in_flight.inc()
             result = await handle(model)
         except asyncio.CancelledError:
-            metrics.requests.labels(label, api, "CANCELLED").inc()
-            metrics.rejections.labels(label, "cancelled").inc()
+            code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
-            code = status_of(exc)
-            metrics.requests.labels(label, api, code.name).inc()
-            reason = _REJECTION_REASONS.get(code)
-            if reason is not None and not isinstance(exc, ModelNotFoundError):
-                metrics.rejections.labels(label, reason).inc()
-            if model is not None:
-                model.statistics.fail.add(time.perf_counter() - started)
+            code, error = status_of(exc), exc
             raise
-        elapsed = time.perf_counter() - started
-        model.statistics.success.add(elapsed)
-        metrics.requests.labels(label, api, "OK").inc()
-        metrics.request_latency.labels(label, api).observe(elapsed)
+        finally:
+            self._count(api, name, model, series, code, time.perf_counter() - started, error)
         return model, result
+
+    def _count(
+        self,
+        api: str,
+        name: str,
+        model: ModelVersion | None,
+        series: RequestSeries | None,
+        code: grpc.StatusCode,
+        seconds: float,
+        error: Exception | None,
+    ) -> None:
+        """Count a finished request in statistics and metrics, and log it when the request log is on."""
+        if model is None or series is None:
+            label = name if next(self.repository.versions(name), None) is not None else UNKNOWN
+            version = UNKNOWN
+            self.metrics.request_failed(api, label, version, code)
+        else:
+            label, version = series.model, series.version
+            series.in_flight.dec()
+            if code is grpc.StatusCode.OK:
+                series.succeeded(seconds)
+                model.statistics.success.add(seconds)
+            else:
+                series.failed(code)
+                model.statistics.fail.add(seconds)
+        if self.settings.request_log:
+            log_request(api=api, model=label, version=version, code=code, seconds=seconds, error=error)
 
     async def classify_images(self, model: ModelVersion, images: Sequence[ImageInput], deadline: float) -> np.ndarray:
         """Probabilities (len(images), labels) for `images`, in order.
@@ -101,5 +117,5 @@ class DataPlane:
         preprocess_seconds = time.perf_counter() - started
         model.statistics.compute_input.add(preprocess_seconds)
         if not (len(images) == 1 and isinstance(images[0], FloatTensor)):
-            self.metrics.preprocess_latency.labels(model.name).observe(preprocess_seconds)
+            self.metrics.preprocessed(model, preprocess_seconds)
         return await model.infer(inputs, deadline)

@@ -52,6 +52,18 @@ class InferenceError(CnnserveError):
     status_code = grpc.StatusCode.INTERNAL
 
 
+class ModelLoadFailedError(CnnserveError):
+    """An explicit load or reload failed; any version that served before keeps serving."""
+
+    status_code = grpc.StatusCode.INTERNAL
+
+
+class RepositoryChangesDisabledError(CnnserveError):
+    """Load and unload calls are turned off on this server (allow_repository_changes=false)."""
+
+    status_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 def status_of(exc: BaseException) -> grpc.StatusCode:
     """The gRPC status an exception is answered with: its own for CnnserveError, INTERNAL for anything else."""
     return exc.status_code if isinstance(exc, CnnserveError) else grpc.StatusCode.INTERNAL

@@ -1,15 +1,30 @@
 """Prometheus metrics, in the server's own registry, served on their own port.
 
-Histograms rather than summaries, so operators can aggregate quantiles across replicas. Label values are model
-names, versions, API names and status codes only: bounded cardinality, no request ids. Counting happens per
-batch where it can (batch size, compute, queue waits), so the per-request cost stays one counter and one
-histogram observation.
+What operators decide from them, and which metric answers:
+
+- scale out: `cnnserve_queue_wait_seconds` (the HPA's p95), `cnnserve_queue_depth`, `cnnserve_requests_in_flight`;
+- page: `cnnserve_requests_total` by `code`, `cnnserve_rejections_total` by `reason`, `cnnserve_model_ready`;
+- does batching work: `cnnserve_batch_size` (a histogram of executed batches), and
+  `cnnserve_inferences_total / cnnserve_executions_total`, the average batch size;
+- where the time goes: `cnnserve_request_duration_seconds` (end to end, successful requests) split into
+  `cnnserve_preprocess_duration_seconds`, `cnnserve_queue_wait_seconds` and `cnnserve_batch_compute_seconds`.
+
+Histograms rather than summaries, so quantiles aggregate across replicas. Names are in base units under one
+prefix. Label values are bounded: model names and versions from the repository (a request for a model the server
+does not have counts as model="unknown"), API names, gRPC status codes, provider names and a fixed set of
+rejection reasons; never request ids or anything else a client chooses.
+
+The request path costs one cached lookup, a gauge increment and decrement, a counter increment and a histogram
+observation; batch figures are counted once per batch, and queue depths and model states are read when
+Prometheus scrapes, so keeping them current costs nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+import grpc
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -18,59 +33,135 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from wsgiref.simple_server import WSGIServer
 
     from cnnserve.server.batcher import BatchRecord
     from cnnserve.server.model import ModelVersion
 
 PREFIX = "cnnserve"
+UNKNOWN = "unknown"
+"""The model and version label of requests for a model or version the server cannot serve."""
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
-BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+"""Seconds, from 100 µs (a cached tensor request) to 30 s (the default request timeout)."""
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+"""Powers of two up to the largest max_batch_size the settings allow."""
+REJECTION_REASONS = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "queue_full",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline_exceeded",
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid_input",
+    grpc.StatusCode.CANCELLED: "cancelled",
+    grpc.StatusCode.UNAVAILABLE: "unavailable",
+}
+"""The statuses that mean a request was refused or abandoned rather than failed, and the reason label of each."""
 
 
-class _QueueDepthCollector(Collector):
-    """Reads queue depths when scraped, so enqueueing costs nothing extra."""
+class RequestSeries:
+    """The series one (api, model, version) updates on every request: looked up once, then reused."""
 
-    def __init__(self, depths: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
-        self._depths = depths
+    __slots__ = ("_latency", "_metrics", "_ok", "api", "in_flight", "model", "version")
+
+    def __init__(self, metrics: ServerMetrics, api: str, model: str, version: str) -> None:
+        self._metrics = metrics
+        self.api = api
+        self.model = model
+        self.version = version
+        self.in_flight = metrics.requests_in_flight.labels(model, version, api)
+        self._ok = metrics.requests.labels(model, version, api, grpc.StatusCode.OK.name)
+        self._latency = metrics.request_duration.labels(model, version, api)
+
+    def succeeded(self, seconds: float) -> None:
+        self._ok.inc()
+        self._latency.observe(seconds)
+
+    def failed(self, code: grpc.StatusCode) -> None:
+        """Count a request answered with `code` (not OK), and as a rejection when the code is one."""
+        self._metrics.request_failed(self.api, self.model, self.version, code)
+
+
+class _ModelCollector(Collector):
+    """Queue depths and model readiness, read from the models when Prometheus scrapes.
+
+    Read rather than pushed, so the figures cannot go stale: a version that failed to load reports not ready, a
+    version retired by a reload disappears instead of reporting not ready forever.
+    """
+
+    def __init__(self, versions: Callable[[], Iterable[ModelVersion]]) -> None:
+        self._versions = versions
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            f"{PREFIX}_queue_depth", "Images waiting in a model's batch queue", labels=["model", "version"]
+        versions = list(self._versions())
+        depth = GaugeMetricFamily(
+            f"{PREFIX}_queue_depth", "Images waiting in a model version's batch queue", labels=["model", "version"]
         )
-        for model, version, depth in self._depths():
-            family.add_metric([model, version], depth)
-        yield family
+        ready = GaugeMetricFamily(
+            f"{PREFIX}_model_ready",
+            "1 when the model version serves requests, 0 while it loads, failed to load or unloads",
+            labels=["model", "version", "provider"],
+        )
+        load = GaugeMetricFamily(
+            f"{PREFIX}_model_load_seconds",
+            "How long the model version took to load and warm up",
+            labels=["model", "version"],
+        )
+        for version in versions:
+            labels = [version.name, str(version.version)]
+            ready.add_metric([*labels, version.provider or "none"], 1.0 if version.ready else 0.0)
+            if version.batcher is not None:
+                depth.add_metric(labels, version.batcher.queued_rows)
+            if version.ready:
+                load.add_metric(labels, version.load_seconds)
+        yield depth
+        yield ready
+        yield load
 
 
 class ServerMetrics:
-    """Every metric the server exports; one instance per server."""
+    """Every metric the server exports; one instance per server process.
+
+    Call `watch_models` once with the repository's version listing, `serve` to start the HTTP endpoint, and the
+    event methods (`request_series`, `preprocessed`, `batch_executed`, `model_loaded`, `model_unloaded`) from
+    the code that sees the events.
+    """
 
     def __init__(self) -> None:
+        # `_created` series double what Prometheus stores and no query here uses them.
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(collector)
         r = self.registry
-        self.requests = Counter(f"{PREFIX}_requests", "Finished requests", ["model", "api", "code"], registry=r)
-        self.request_latency = Histogram(
+        self.requests = Counter(
+            f"{PREFIX}_requests",
+            "Finished inference requests, by gRPC status code",
+            ["model", "version", "api", "code"],
+            registry=r,
+        )
+        self.requests_in_flight = Gauge(
+            f"{PREFIX}_requests_in_flight",
+            "Inference requests being served right now (preprocessing, queued or computing)",
+            ["model", "version", "api"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
             f"{PREFIX}_request_duration_seconds",
-            "End-to-end request latency inside the server",
-            ["model", "api"],
+            "End-to-end latency of successful requests inside the server",
+            ["model", "version", "api"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.preprocess_latency = Histogram(
+        self.preprocess_duration = Histogram(
             f"{PREFIX}_preprocess_duration_seconds",
-            "Image decoding and preprocessing per request",
-            ["model"],
+            "Image decoding and preprocessing, per request",
+            ["model", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -81,7 +172,7 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.compute = Histogram(
+        self.batch_compute = Histogram(
             f"{PREFIX}_batch_compute_seconds",
             "Inference time per executed batch",
             ["model", "version"],
@@ -95,46 +186,95 @@ class ServerMetrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=r,
         )
-        self.inferences = Counter(f"{PREFIX}_inferences", "Images inferred", ["model", "version"], registry=r)
-        self.executions = Counter(f"{PREFIX}_executions", "Batches executed", ["model", "version"], registry=r)
-        self.model_ready = Gauge(
-            f"{PREFIX}_model_ready",
-            "1 when the model version serves",
-            ["model", "version", "provider"],
-            registry=r,
-        )
-        self.model_load_seconds = Gauge(
-            f"{PREFIX}_model_load_seconds",
-            "Time it took to load and warm up",
+        self.inferences = Counter(
+            f"{PREFIX}_inferences",
+            "Images run through the model (rows of executed batches)",
             ["model", "version"],
             registry=r,
         )
-        self.rejections = Counter(
-            f"{PREFIX}_rejections", "Requests refused, by reason", ["model", "reason"], registry=r
+        self.executions = Counter(
+            f"{PREFIX}_executions", "Batches executed (model runs)", ["model", "version"], registry=r
         )
+        self.rejections = Counter(
+            f"{PREFIX}_rejections",
+            "Requests refused or abandoned, by reason: " + ", ".join(REJECTION_REASONS.values()),
+            ["model", "reason"],
+            registry=r,
+        )
+        self._series: dict[tuple[str, str, str], RequestSeries] = {}
+        self._http: WSGIServer | None = None
+
+    def watch_models(self, versions: Callable[[], Iterable[ModelVersion]]) -> None:
+        """Export queue depth, readiness and load time of whatever `versions()` lists at each scrape."""
+        self.registry.register(_ModelCollector(versions))
 
     def watch_queues(self, depths: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
-        self.registry.register(_QueueDepthCollector(depths))
+        """Superseded by `watch_models`, which exports the queue depths; kept so existing callers still work."""
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics over HTTP in a daemon thread; returns the bound port (useful with port 0)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_port)
+        self._http, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._http.server_port)
 
-    def model_loaded(self, model: ModelVersion) -> None:
-        version = str(model.version)
-        self.model_ready.labels(model.name, version, model.provider).set(1)
-        self.model_load_seconds.labels(model.name, version).set(model.load_seconds)
+    def close(self) -> None:
+        """Stop serving /metrics; idempotent."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
 
-    def model_unloaded(self, model: ModelVersion) -> None:
-        self.model_ready.labels(model.name, str(model.version), model.provider).set(0)
+    def request_series(self, api: str, model: str, version: str) -> RequestSeries:
+        """The series of requests to `model` `version` over `api`; model and version must be bounded labels."""
+        key = (api, model, version)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = RequestSeries(self, api, model, version)
+        return series
+
+    def request_failed(self, api: str, model: str, version: str, code: grpc.StatusCode) -> None:
+        """Count a request answered with `code` (not OK), and as a rejection when the code is one.
+
+        For requests that never reached a model, `model` is its name when the repository knows it, else UNKNOWN,
+        and `version` is UNKNOWN.
+        """
+        self.requests.labels(model, version, api, code.name).inc()
+        reason = REJECTION_REASONS.get(code)
+        if reason is not None:
+            self.rejections.labels(model, reason).inc()
+
+    def preprocessed(self, model: ModelVersion, seconds: float) -> None:
+        self.preprocess_duration.labels(model.name, str(model.version)).observe(seconds)
 
     def batch_executed(self, model: str, version: int, record: BatchRecord) -> None:
+        """Count one executed batch (failed ones too: they ran, and their callers waited)."""
         labels = (model, str(version))
         self.batch_size.labels(*labels).observe(record.size)
-        self.compute.labels(*labels).observe(record.compute_seconds)
+        self.batch_compute.labels(*labels).observe(record.compute_seconds)
         self.inferences.labels(*labels).inc(record.size)
         self.executions.labels(*labels).inc()
         queue_wait = self.queue_wait.labels(*labels)
         for wait in record.queue_wait_seconds:
             queue_wait.observe(wait)
+
+    def model_loaded(self, model: ModelVersion) -> None:
+        """Start the model's rejection counters at zero, so the first rejection shows in rate() and increase()."""
+        for reason in REJECTION_REASONS.values():
+            self.rejections.labels(model.name, reason)
+
+    def model_unloaded(self, model: ModelVersion) -> None:
+        """Drop the series of a version that stopped serving, so reloads do not pile up series forever."""
+        labels = {"model": model.name, "version": str(model.version)}
+        for metric in (
+            self.requests,
+            self.requests_in_flight,
+            self.request_duration,
+            self.preprocess_duration,
+            self.queue_wait,
+            self.batch_compute,
+            self.batch_size,
+            self.inferences,
+            self.executions,
+        ):
+            metric.remove_by_labels(labels)
+        for key in [key for key in self._series if key[1:] == (model.name, str(model.version))]:
+            del self._series[key]

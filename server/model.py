@@ -10,16 +10,17 @@ from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
+
+from cnnserve.metadata import ModelMetadata
 from cnnserve.server.batcher import BatchRecord, DynamicBatcher
 from cnnserve.server.errors import ExecutionProviderError, ModelLoadError, UnavailableError
 from cnnserve.server.metrics import ServerMetrics
+from cnnserve.server.model_config import ModelConfig
 from cnnserve.server.postprocess import to_probabilities
 from cnnserve.server.preprocess import ImagePreprocessor
-from cnnserve.server.runtime import LoadedSession, SessionOptions, create_session
-from cnnserve.server.settings import BatchingSettings
+from cnnserve.server.runtime import LoadedSession, create_session
+from cnnserve.server.settings import BatchingSettings, RuntimeSettings, ServerSettings
 from cnnserve.server.statistics import ModelStatistics
-
-from cnnserve.metadata import ModelMetadata
 
 _log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class ModelVersion:
     loaded: LoadedSession | None = None
     preprocessor: ImagePreprocessor | None = None
     batcher: DynamicBatcher | None = None
+    batching: BatchingSettings | None = None
+    runtime: RuntimeSettings | None = None
     statistics: ModelStatistics = field(default_factory=ModelStatistics)
     load_seconds: float = 0.0
     _input_name: str = field(default="input", repr=False)
@@ -56,8 +59,8 @@ class ModelVersion:
     def provider(self) -> str:
         return self.loaded.provider if self.loaded else ""
 
-    async def load(self, options: SessionOptions, batching: BatchingSettings, metrics: ServerMetrics) -> None:
-        """Create the session off the event loop, read the metadata, warm up, start batching.
+    async def load(self, config: ModelConfig, server: ServerSettings, metrics: ServerMetrics) -> None:
+        """Create the session off the event loop, read the metadata, resolve the settings, warm up, start batching.
 
         Never raises for a bad model: the version is left FAILED with the reason, so one broken file cannot take
         the other models down. Raises ExecutionProviderError when CUDA was required and is not usable, because
@@ -65,12 +68,14 @@ class ModelVersion:
         """
         started = time.monotonic()
         try:
-            self.loaded = await asyncio.to_thread(create_session, self.path / "model.onnx", options)
+            self.runtime = config.runtime(server)
+            self.loaded = await asyncio.to_thread(create_session, self.path / "model.onnx", self.runtime)
             session = self.loaded.session
             self.metadata = ModelMetadata.from_metadata_props(session.get_modelmeta().custom_metadata_map)
-            self._check_signature()
-            self.preprocessor = ImagePreprocessor(self.metadata.preprocessing)
-            await asyncio.to_thread(self._warm_up, batching.max_batch_size)
+            graph_batch_dim = self._check_signature()
+            self.batching = batching = config.batching(server, graph_batch_dim)
+            self.preprocessor = ImagePreprocessor(self.metadata.preprocessing, server.max_image_pixels)
+            await asyncio.to_thread(self._warm_up, {1, *batching.preferred_batch_sizes, batching.max_batch_size})
         except ExecutionProviderError:
             raise
         except Exception as exc:
@@ -115,7 +120,8 @@ class ModelVersion:
         assert self.loaded is not None
         return self.loaded.session.run(None, {self._input_name: batch})[0]
 
-    def _check_signature(self) -> None:
+    def _check_signature(self) -> int | None:
+        """Check the graph against the metadata; returns its batch dimension when fixed, None when dynamic."""
         assert self.loaded is not None and self.metadata is not None
         inputs = self.loaded.session.get_inputs()
         outputs = self.loaded.session.get_outputs()
@@ -127,10 +133,13 @@ class ModelVersion:
         declared = inputs[0].shape[1:]
         if [d if isinstance(d, int) else None for d in declared] != expected:
             raise ModelLoadError(f"the graph's input shape {inputs[0].shape} does not match the metadata {expected}")
+        batch_dim = inputs[0].shape[0]
+        return batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
 
-    def _warm_up(self, max_batch_size: int) -> None:
+    def _warm_up(self, sizes: set[int]) -> None:
+        """One run at each size the batcher will form most, so the first requests do not pay for allocation."""
         assert self.preprocessor is not None
-        for size in sorted({1, max_batch_size}):
+        for size in sorted(sizes):
             outputs = self._run(np.zeros((size, *self.preprocessor.input_shape), np.float32))
             if len(outputs) != size:
                 raise ModelLoadError(f"a warm-up batch of {size} returned {len(outputs)} rows")

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from cnnserve.server.errors import InvalidInputError
 from PIL import Image, UnidentifiedImageError
 
 from cnnserve.metadata import Preprocessing
+from cnnserve.server.errors import InvalidInputError
 
 ACCEPTED_FORMATS = ("PNG", "JPEG")
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000

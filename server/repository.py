@@ -1,41 +1,65 @@
-"""The model repository: which models exist on disk, which versions are loaded, and lookup by name.
+"""The model repository: which models exist on disk, which versions serve, loading, reloading and unloading.
 
-Layout: ``<root>/<name>/<version>/model.onnx`` with integer versions. The newest version of each model is
-loaded. A version that fails to load is kept, FAILED with its reason, so GetModel can say why.
+Layout: ``<root>/<name>/<version>/model.onnx`` with integer versions, and an optional ``<root>/<name>/config.toml``
+(server/model_config.py) whose version policy picks the versions to serve (the newest by default).
+
+Changes are safe while serving: new versions load and warm up beside the old ones, and the old ones are drained
+and unloaded only once a new one is READY, so a failed reload keeps the old version serving and no request in
+flight is lost. Loads and unloads of one model are serialised by a per-model lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from cnnserve.server.errors import ModelNotFoundError, UnavailableError
+from cnnserve.server.errors import ModelLoadError, ModelLoadFailedError, ModelNotFoundError, UnavailableError
 from cnnserve.server.metrics import ServerMetrics
-from cnnserve.server.model import ModelVersion
-from cnnserve.server.runtime import SessionOptions
+from cnnserve.server.model import ModelState, ModelVersion
+from cnnserve.server.model_config import CONFIG_FILE_NAME, ModelConfig
 from cnnserve.server.settings import ServerSettings
 
 _log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
+Signature = tuple[tuple[int, int, int], ...]
+"""What a model looks like on disk: (version, mtime_ns, size) per model file, and the config file's as version -1."""
 
-def discover_versions(root: Path) -> dict[str, list[tuple[int, Path]]]:
-    """Model name -> [(version, folder)] ascending, for every folder that holds a model.onnx."""
-    found: dict[str, list[tuple[int, Path]]] = {}
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)):
-        versions = [
-            (int(v.name), v)
-            for v in model_dir.iterdir()
-            if v.is_dir() and v.name.isdigit() and (v / "model.onnx").is_file()
-        ]
-        if versions:
-            found[model_dir.name] = sorted(versions)
-        else:
-            _log.warning("%s has no <version>/model.onnx; skipped", model_dir)
-    return found
+
+@dataclass(frozen=True)
+class RepositoryEntry:
+    """One version on disk or in memory, for the repository index."""
+
+    name: str
+    version: int
+    state: str
+    reason: str
+
+
+def discover_versions(model_dir: Path) -> dict[int, Path]:
+    """Version -> folder, for every integer-named subfolder that holds a model.onnx."""
+    if not model_dir.is_dir():
+        return {}
+    return {
+        int(v.name): v for v in model_dir.iterdir() if v.is_dir() and v.name.isdigit() and (v / "model.onnx").is_file()
+    }
+
+
+def disk_signature(model_dir: Path) -> Signature:
+    entries = []
+    for version, folder in sorted(discover_versions(model_dir).items()):
+        stat = (folder / "model.onnx").stat()
+        entries.append((version, stat.st_mtime_ns, stat.st_size))
+    config = model_dir / CONFIG_FILE_NAME
+    if config.is_file():
+        stat = config.stat()
+        entries.append((-1, stat.st_mtime_ns, stat.st_size))
+    return tuple(entries)
 
 
 class ModelRepository:
@@ -43,37 +67,100 @@ class ModelRepository:
 
     def __init__(self, settings: ServerSettings, metrics: ServerMetrics) -> None:
         self._settings = settings
+        self._root = settings.model_repository
         self._metrics = metrics
         self._models: dict[str, dict[int, ModelVersion]] = {}
-        self._session_options = SessionOptions(
-            provider=settings.execution_provider, intra_op_threads=settings.intra_op_threads
-        )
+        self._signatures: dict[str, Signature] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._listeners: list[Callable[[], object]] = []
         metrics.watch_queues(self._queue_depths)
 
+    def on_change(self, listener: Callable[[], object]) -> None:
+        """Call `listener` after every load or unload (the server recomputes its readiness)."""
+        self._listeners.append(listener)
+
+    def model_names_on_disk(self) -> list[str]:
+        return sorted(p.name for p in self._root.iterdir() if p.is_dir() and _NAME.match(p.name))
+
     async def load_all(self) -> None:
-        """Load the newest version of every model, concurrently; returns when each is READY or FAILED."""
-        discovered = discover_versions(self._settings.model_repository)
-        if not discovered:
-            _log.warning("no models found under %s", self._settings.model_repository)
-        versions = []
-        for name, found in discovered.items():
-            number, path = found[-1]
-            version = ModelVersion(name=name, version=number, path=path)
-            self._models.setdefault(name, {})[number] = version
-            versions.append(version)
-        await asyncio.gather(*(v.load(self._session_options, self._settings.batching, self._metrics) for v in versions))
+        """Load every model on disk concurrently; returns when each is READY or FAILED (failures are logged)."""
+        names = [name for name in self.model_names_on_disk() if discover_versions(self._root / name)]
+        if not names:
+            _log.warning("no models found under %s", self._root)
+        await asyncio.gather(*(self._load_quietly(name) for name in names))
+
+    async def load(self, name: str) -> None:
+        """Load `name` from disk, or reload it when its files changed: new versions first, old ones after.
+
+        Raises ModelNotFoundError when the repository has no such model, ModelLoadFailedError when a version
+        that should serve failed to load (versions that served before keep serving).
+        """
+        if not _NAME.match(name) or not discover_versions(self._root / name):
+            raise ModelNotFoundError(
+                f"no model {name!r} in the repository {self._root} (expected {name}/<version>/model.onnx)"
+            )
+        async with self._lock(name):
+            try:
+                await self._reconcile(name)
+            finally:
+                self._notify()
+
+    async def unload(self, name: str) -> None:
+        """Stop serving `name`: new requests are refused at once, queued ones finish, then it is dropped.
+
+        Raises ModelNotFoundError when it is not loaded.
+        """
+        async with self._lock(name):
+            versions = self._models.get(name)
+            if not versions:
+                raise ModelNotFoundError(f"model {name!r} is not loaded")
+            for version in versions.values():
+                version.state = ModelState.UNAVAILABLE
+            self._notify()
+            await self._drain(list(versions.values()))
+            del self._models[name]
+            self._signatures.pop(name, None)
+            _log.info("model %s unloaded", name)
+        self._notify()
+
+    async def poll(self, interval: float) -> None:
+        """Watch the repository forever: load new or changed models, unload models removed from disk."""
+        while True:
+            await asyncio.sleep(interval)
+            on_disk = {name for name in self.model_names_on_disk() if discover_versions(self._root / name)}
+            for name in sorted(on_disk):
+                if disk_signature(self._root / name) != self._signatures.get(name):
+                    await self._load_quietly(name)
+            for name in sorted(set(self._models) - on_disk):
+                _log.info("model %s disappeared from the repository; unloading", name)
+                with contextlib.suppress(ModelNotFoundError):
+                    await self.unload(name)
 
     @property
     def all_ready(self) -> bool:
-        return all(v.ready for v in self.versions())
+        """Every model the server holds has a READY version (a model whose only versions failed has none)."""
+        return bool(self._models) and all(any(v.ready for v in versions.values()) for versions in self._models.values())
 
     def names(self) -> list[str]:
         return sorted(self._models)
 
     def versions(self, name: str | None = None) -> Iterator[ModelVersion]:
+        """Versions in memory, newest first; for every model when `name` is None."""
         names = [name] if name is not None else self.names()
         for model_name in names:
             yield from sorted(self._models.get(model_name, {}).values(), key=lambda v: -v.version)
+
+    def index(self) -> list[RepositoryEntry]:
+        """Every version on disk or in memory, with its state ("UNAVAILABLE", "not loaded" for ones on disk only)."""
+        entries: dict[tuple[str, int], RepositoryEntry] = {}
+        for name in self.model_names_on_disk():
+            for number in discover_versions(self._root / name):
+                entries[(name, number)] = RepositoryEntry(name, number, ModelState.UNAVAILABLE.value, "not loaded")
+        for version in self.versions():
+            entries[(version.name, version.version)] = RepositoryEntry(
+                version.name, version.version, version.state.value, version.reason
+            )
+        return [entries[key] for key in sorted(entries)]
 
     def get(self, name: str, version: int = 0) -> ModelVersion:
         """The version to serve: `version`, or the newest ready one when 0.
@@ -99,9 +186,70 @@ class ModelRepository:
         raise UnavailableError(f"model {name!r} has no ready version")
 
     async def close(self, drain_seconds: float) -> None:
-        await asyncio.gather(*(v.unload(drain_seconds) for v in self.versions()))
-        for v in self.versions():
-            self._metrics.model_unloaded(v)
+        await self._drain(list(self.versions()), drain_seconds)
+
+    async def _load_quietly(self, name: str) -> None:
+        try:
+            await self.load(name)
+        except (ModelLoadFailedError, ModelNotFoundError) as exc:
+            _log.error("%s", exc)
+
+    async def _reconcile(self, name: str) -> None:
+        model_dir = self._root / name
+        signature = disk_signature(model_dir)
+        try:
+            config = ModelConfig.read(model_dir)
+        except ModelLoadError as exc:
+            self._signatures[name] = signature
+            raise ModelLoadFailedError(f"model {name!r} was not (re)loaded: {exc}") from exc
+        on_disk = discover_versions(model_dir)
+        wanted = config.version_policy.select(list(on_disk))
+        if not wanted:
+            self._signatures[name] = signature
+            raise ModelLoadFailedError(f"model {name!r}: its version policy selects none of {sorted(on_disk)}")
+        current = self._models.setdefault(name, {})
+        changed = signature != self._signatures.get(name)
+        fresh = [
+            ModelVersion(name=name, version=number, path=on_disk[number])
+            for number in wanted
+            if changed or number not in current or not current[number].ready
+        ]
+        await asyncio.gather(*(v.load(config, self._settings, self._metrics) for v in fresh))
+        self._signatures[name] = signature
+        failed = [v for v in fresh if not v.ready]
+        ready_new = [v for v in fresh if v.ready]
+        replaced = [current[v.version] for v in ready_new if v.version in current]
+        for version in ready_new:
+            current[version.version] = version
+        for version in failed:
+            if version.version not in current or not current[version.version].ready:
+                current[version.version] = version
+        if any(v.ready for v in current.values() if v.version in wanted):
+            retired = replaced + [v for number, v in list(current.items()) if number not in wanted]
+            for version in retired:
+                if current.get(version.version) is version:
+                    del current[version.version]
+            await self._drain(retired)
+        if failed:
+            reasons = "; ".join(f"version {v.version}: {v.reason}" for v in failed)
+            raise ModelLoadFailedError(
+                f"model {name!r} failed to load ({reasons}); versions serving before still serve"
+            )
+
+    async def _drain(self, versions: list[ModelVersion], drain_seconds: float | None = None) -> None:
+        seconds = self._settings.drain_timeout_seconds if drain_seconds is None else drain_seconds
+        await asyncio.gather(*(v.unload(seconds) for v in versions))
+        for version in versions:
+            serving = self._models.get(version.name, {}).get(version.version)
+            if serving is None or serving is version:
+                self._metrics.model_unloaded(version)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def _queue_depths(self) -> Iterator[tuple[str, str, int]]:
         for v in self.versions():

@@ -12,22 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
+
 from cnnserve.server.errors import ExecutionProviderError
-from cnnserve.server.settings import ExecutionProvider
+from cnnserve.server.settings import ExecutionProvider, GraphOptimization, RuntimeSettings
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SessionOptions:
-    """What a session is built with; one per model version."""
-
-    provider: ExecutionProvider = ExecutionProvider.AUTO
-    cuda_device_id: int = 0
-    intra_op_threads: int = 0
+_OPTIMIZATION_LEVELS = {
+    GraphOptimization.DISABLED: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    GraphOptimization.BASIC: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    GraphOptimization.EXTENDED: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    GraphOptimization.ALL: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 @dataclass(frozen=True)
@@ -56,19 +54,20 @@ def requested_providers(preference: ExecutionProvider, available: list[str]) -> 
     return [CPU]
 
 
-def create_session(model_path: Path, options: SessionOptions) -> LoadedSession:
+def create_session(model_path: Path, options: RuntimeSettings) -> LoadedSession:
     """Create a session on the best provider allowed, and report what it really got.
 
     Raises ExecutionProviderError when CUDA was required but could not be initialised, and whatever ONNX
     Runtime raises for an unreadable model.
     """
-    providers = requested_providers(options.provider, ort.get_available_providers())
+    providers = requested_providers(options.execution_provider, ort.get_available_providers())
     session_options = ort.SessionOptions()
     session_options.intra_op_num_threads = options.intra_op_threads
-    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session_options.inter_op_num_threads = options.inter_op_threads
+    session_options.graph_optimization_level = _OPTIMIZATION_LEVELS[options.graph_optimization]
     session_options.log_severity_level = 3
     provider_list: list[str | tuple[str, dict[str, str]]] = [
-        (CUDA, {"device_id": str(options.cuda_device_id)}) if name == CUDA else name for name in providers
+        (CUDA, cuda_options(options)) if name == CUDA else name for name in providers
     ]
     session = ort.InferenceSession(str(model_path), session_options, providers=provider_list)
     in_use = session.get_providers()[0]
@@ -78,13 +77,21 @@ def create_session(model_path: Path, options: SessionOptions) -> LoadedSession:
             "CUDAExecutionProvider is built in but could not be initialised (no GPU, or the CUDA/cuDNN "
             "libraries it needs are missing)"
         )
-        if options.provider is ExecutionProvider.CUDA:
+        if options.execution_provider is ExecutionProvider.CUDA:
             raise ExecutionProviderError(
                 f"CUDA was required for {model_path} but {fallback_reason}; "
                 "serve with --execution-provider cpu or auto to run on the CPU"
             )
         _log.warning("%s: %s; running on %s", model_path, fallback_reason, in_use)
     return LoadedSession(session=session, provider=in_use, fallback_reason=fallback_reason)
+
+
+def cuda_options(options: RuntimeSettings) -> dict[str, str]:
+    """CUDAExecutionProvider options: the device, and the memory arena limit when one is set."""
+    cuda = {"device_id": str(options.cuda_device_id)}
+    if options.cuda_memory_limit_bytes:
+        cuda["gpu_mem_limit"] = str(options.cuda_memory_limit_bytes)
+    return cuda
 
 
 def quiet_onnxruntime() -> None:

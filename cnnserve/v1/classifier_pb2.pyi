@@ -119,14 +119,40 @@ class Preprocessing(_message.Message):
     def __init__(self, scale: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., invert: _Optional[bool] = ...) -> None: ...
 
 class BatchingSettings(_message.Message):
-    __slots__ = ("max_batch_size", "max_queue_delay_microseconds", "max_queue_size")
+    __slots__ = ("max_batch_size", "max_queue_delay_microseconds", "max_queue_size", "preferred_batch_sizes", "default_timeout_microseconds", "instances", "priority_levels", "default_priority_level")
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_DELAY_MICROSECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TIMEOUT_MICROSECONDS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_PRIORITY_LEVEL_FIELD_NUMBER: _ClassVar[int]
     max_batch_size: int
     max_queue_delay_microseconds: int
     max_queue_size: int
-    def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_microseconds: _Optional[int] = ..., max_queue_size: _Optional[int] = ...) -> None: ...
+    preferred_batch_sizes: _containers.RepeatedScalarFieldContainer[int]
+    default_timeout_microseconds: int
+    instances: int
+    priority_levels: int
+    default_priority_level: int
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_microseconds: _Optional[int] = ..., max_queue_size: _Optional[int] = ..., preferred_batch_sizes: _Optional[_Iterable[int]] = ..., default_timeout_microseconds: _Optional[int] = ..., instances: _Optional[int] = ..., priority_levels: _Optional[int] = ..., default_priority_level: _Optional[int] = ...) -> None: ...
+
+class RuntimeSettings(_message.Message):
+    __slots__ = ("execution_provider", "cuda_device_id", "cuda_memory_limit_bytes", "intra_op_threads", "inter_op_threads", "graph_optimization")
+    EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    CUDA_DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    CUDA_MEMORY_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INTRA_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
+    INTER_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_OPTIMIZATION_FIELD_NUMBER: _ClassVar[int]
+    execution_provider: str
+    cuda_device_id: int
+    cuda_memory_limit_bytes: int
+    intra_op_threads: int
+    inter_op_threads: int
+    graph_optimization: str
+    def __init__(self, execution_provider: _Optional[str] = ..., cuda_device_id: _Optional[int] = ..., cuda_memory_limit_bytes: _Optional[int] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., graph_optimization: _Optional[str] = ...) -> None: ...
 
 class ModelStatistics(_message.Message):
     __slots__ = ("request_count", "inference_count", "execution_count", "batch_size_counts")
@@ -148,23 +174,25 @@ class ModelStatistics(_message.Message):
     def __init__(self, request_count: _Optional[int] = ..., inference_count: _Optional[int] = ..., execution_count: _Optional[int] = ..., batch_size_counts: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
-    __slots__ = ("version", "state", "ready", "reason", "execution_provider", "statistics")
+    __slots__ = ("version", "state", "ready", "reason", "execution_provider", "statistics", "provider_fallback_reason")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     STATISTICS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     version: int
     state: str
     ready: bool
     reason: str
     execution_provider: str
     statistics: ModelStatistics
-    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., ready: _Optional[bool] = ..., reason: _Optional[str] = ..., execution_provider: _Optional[str] = ..., statistics: _Optional[_Union[ModelStatistics, _Mapping]] = ...) -> None: ...
+    provider_fallback_reason: str
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., ready: _Optional[bool] = ..., reason: _Optional[str] = ..., execution_provider: _Optional[str] = ..., statistics: _Optional[_Union[ModelStatistics, _Mapping]] = ..., provider_fallback_reason: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "description", "input", "labels", "preprocessing", "output_kind", "batching", "versions", "ready")
+    __slots__ = ("name", "description", "input", "labels", "preprocessing", "output_kind", "batching", "versions", "ready", "runtime")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +202,7 @@ class ModelInfo(_message.Message):
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     input: InputSpec
@@ -183,4 +212,5 @@ class ModelInfo(_message.Message):
     batching: BatchingSettings
     versions: _containers.RepeatedCompositeFieldContainer[VersionInfo]
     ready: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., output_kind: _Optional[str] = ..., batching: _Optional[_Union[BatchingSettings, _Mapping]] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., ready: _Optional[bool] = ...) -> None: ...
+    runtime: RuntimeSettings
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., output_kind: _Optional[str] = ..., batching: _Optional[_Union[BatchingSettings, _Mapping]] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., ready: _Optional[bool] = ..., runtime: _Optional[_Union[RuntimeSettings, _Mapping]] = ...) -> None: ...

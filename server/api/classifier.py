@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
+
 from cnnserve.server.api.errors import grpc_errors
 from cnnserve.server.dataplane import DataPlane
 from cnnserve.server.errors import InvalidInputError, ModelNotFoundError
 from cnnserve.server.model import ModelVersion
 from cnnserve.server.postprocess import top_k
 from cnnserve.server.preprocess import FloatTensor, ImageInput, PixelTensor
-
 from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 
@@ -69,14 +69,32 @@ def model_info(versions: list[ModelVersion]) -> pb.ModelInfo:
         info.labels.extend(meta.labels)
         info.preprocessing.CopyFrom(pb.Preprocessing(scale=pre.scale, mean=pre.mean, std=pre.std, invert=pre.invert))
         info.output_kind = meta.output_kind.value
-    with_batcher = next((v for v in versions if v.batcher is not None), None)
-    if with_batcher is not None and with_batcher.batcher is not None:
-        settings = with_batcher.batcher.settings
+    configured = next((v for v in versions if v.batching is not None), None)
+    if configured is not None and configured.batching is not None:
+        batching = configured.batching
         info.batching.CopyFrom(
             pb.BatchingSettings(
-                max_batch_size=settings.max_batch_size,
-                max_queue_delay_microseconds=round(settings.max_queue_delay_seconds * 1e6),
-                max_queue_size=settings.max_queue_size,
+                max_batch_size=batching.max_batch_size,
+                max_queue_delay_microseconds=round(batching.max_queue_delay_seconds * 1e6),
+                max_queue_size=batching.max_queue_size,
+                preferred_batch_sizes=batching.preferred_batch_sizes,
+                default_timeout_microseconds=round(batching.default_timeout_seconds * 1e6),
+                instances=batching.instances,
+                priority_levels=batching.priority_levels,
+                default_priority_level=batching.default_priority,
+            )
+        )
+    with_runtime = next((v for v in versions if v.runtime is not None), None)
+    if with_runtime is not None and with_runtime.runtime is not None:
+        runtime = with_runtime.runtime
+        info.runtime.CopyFrom(
+            pb.RuntimeSettings(
+                execution_provider=runtime.execution_provider.value,
+                cuda_device_id=runtime.cuda_device_id,
+                cuda_memory_limit_bytes=runtime.cuda_memory_limit_bytes,
+                intra_op_threads=runtime.intra_op_threads,
+                inter_op_threads=runtime.inter_op_threads,
+                graph_optimization=runtime.graph_optimization.value,
             )
         )
     for v in versions:
@@ -95,6 +113,7 @@ def model_info(versions: list[ModelVersion]) -> pb.ModelInfo:
                 reason=v.reason,
                 execution_provider=v.provider,
                 statistics=stats,
+                provider_fallback_reason=v.loaded.fallback_reason if v.loaded else "",
             )
         )
     info.ready = any(v.ready for v in versions)

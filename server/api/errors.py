@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+
 from cnnserve.server.errors import CnnserveError
 
 _log = logging.getLogger(__name__)

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from cnnserve.export import MODEL_NAMES, get_spec
 from cnnserve.export.architectures import XO_HAND_SET_FILTERS, XONet, count_parameters
 

@@ -1,4 +1,5 @@
 import numpy as np
+
 from cnnserve.export import DIGIT_LABELS, load_digit_images
 
 

@@ -5,10 +5,10 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+
 from cnnserve.export import get_spec
 from cnnserve.export.onnx_export import PARITY_ATOL, ParityError, check_parity, export_to_onnx
 from cnnserve.export.pipeline import model_metadata
-
 from cnnserve.metadata import METADATA_KEY, ModelMetadata, OutputKind
 
 

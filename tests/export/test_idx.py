@@ -2,9 +2,11 @@ import gzip
 
 import numpy as np
 import pytest
+
 from cnnserve.export import get_spec
 from cnnserve.export.datasets import load_splits
 from cnnserve.export.idx import IdxFormatError, has_mnist_files, load_mnist_split, parse_idx, read_idx, write_idx
+from cnnserve.export.pipeline import read_metadata
 
 
 def test_parse_idx_reads_the_header_and_the_data():
@@ -64,14 +66,11 @@ def test_mismatched_image_and_label_files_are_reported(tmp_path):
         load_mnist_split(tmp_path, "test")
 
 
-def test_training_on_idx_files_can_name_the_classes(tmp_path):
-    from cnnserve.cli import main
-    from cnnserve.export.pipeline import read_metadata
-
+def test_training_on_idx_files_can_name_the_classes(tmp_path, cnnserve):
     _write_mnist(tmp_path / "fashion")
     names = "T-shirt,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot"
     args = ["train", "mnist_net", "--out", str(tmp_path / "models"), "--run-dir", str(tmp_path / "run")]
-    assert main([*args, "--data-dir", str(tmp_path / "fashion"), "--epochs", "1", "--labels", names]) == 0
+    assert cnnserve([*args, "--data-dir", str(tmp_path / "fashion"), "--epochs", "1", "--labels", names]) == 0
     metadata = read_metadata(tmp_path / "models" / "mnist_net" / "1" / "model.onnx")
     assert metadata.labels[-1] == "Ankle boot"
     assert "IDX" in metadata.extra["data_source"]

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
+
 from cnnserve.export import get_spec
 from cnnserve.export.augment import Augmentation
 from cnnserve.export.datasets import load_splits
 from cnnserve.export.image_folder import load_image_folder
 from cnnserve.export.pipeline import TrainSettings, read_metadata, train_and_export
-from PIL import Image, ImageDraw
-
 from cnnserve.metadata import OutputKind
 
 

@@ -5,12 +5,14 @@ import json
 
 import numpy as np
 import onnxruntime
-from cnnserve.export import build_model, load_digit_images, render_o, render_x
-from cnnserve.export.pipeline import read_metadata
-from cnnserve.export.repository import add_version, versions
+import pytest
+import torch
 from PIL import Image
 
-from cnnserve.cli import main
+from cnnserve.export import build_model, export_checkpoint, get_spec, load_digit_images, render_o, render_x
+from cnnserve.export.pipeline import TrainSettings, read_metadata, train_and_export
+from cnnserve.export.repository import add_version, versions
+from cnnserve.export.training import TensorSet, fit
 from cnnserve.metadata import ModelMetadata
 
 
@@ -46,10 +48,10 @@ def test_training_leaves_checkpoints_history_plots_and_report_in_the_run_folder(
     assert "confusion matrix" in (run_dir / "evaluation.txt").read_text()
 
 
-def test_exporting_a_checkpoint_adds_version_2_without_touching_version_1(xo_run, workspace, capsys):
+def test_exporting_a_checkpoint_adds_version_2_without_touching_version_1(xo_run, workspace, capsys, cnnserve):
     models = workspace / "models"
     before = xo_run.model_path.read_bytes()
-    code = main(
+    code = cnnserve(
         [
             "export",
             "xo",
@@ -69,8 +71,6 @@ def test_exporting_a_checkpoint_adds_version_2_without_touching_version_1(xo_run
 
 
 def test_an_int8_variant_is_stored_as_its_own_model_and_measured_against_fp32(xo_run, workspace):
-    from cnnserve.export import export_checkpoint
-
     outcome = export_checkpoint(
         workspace / "runs" / "xo" / "best.pt",
         workspace / "int8-models",
@@ -103,21 +103,16 @@ def test_build_model_returns_the_model_file_and_keeps_run_artefacts_out_of_the_r
     assert _classify_png(path, _png(images[0])) in metadata.labels
 
 
-def test_train_command_line_resumes_from_its_last_checkpoint(tmp_path):
+def test_train_command_line_resumes_from_its_last_checkpoint(tmp_path, cnnserve):
     args = ["train", "xo", "--out", str(tmp_path / "models"), "--run-dir", str(tmp_path / "run")]
-    assert main([*args, "--epochs", "1"]) == 0
-    assert main([*args, "--epochs", "3", "--resume", str(tmp_path / "run" / "last.pt")]) == 0
+    assert cnnserve([*args, "--epochs", "1"]) == 0
+    assert cnnserve([*args, "--epochs", "3", "--resume", str(tmp_path / "run" / "last.pt")]) == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [record["epoch"] for record in history] == [1, 2, 3]
     assert versions(tmp_path / "models", "xo") == [1, 2]
 
 
 def test_the_same_seed_repeats_a_run_exactly(tmp_path):
-    import torch
-
-    from cnnserve.export import get_spec
-    from cnnserve.export.training import TensorSet, fit
-
     spec = get_spec("mnist_net")
     data = TensorSet(torch.randn(96, 1, 28, 28), torch.arange(96) % 10)
 
@@ -130,3 +125,17 @@ def test_the_same_seed_repeats_a_run_exactly(tmp_path):
     (losses_a, weights_a), (losses_b, weights_b) = run("a"), run("b")
     assert losses_a == losses_b
     assert torch.equal(weights_a, weights_b)
+
+
+def test_xo_reaches_99_percent_on_held_out_generated_glyphs(xo_run):
+    assert xo_run.report.pytorch_accuracy >= 0.99
+    assert xo_run.report.test_images > 500
+
+
+@pytest.mark.slow
+def test_mnist_convnet_reaches_97_percent_on_the_digits_test_split(tmp_path):
+    outcome = train_and_export(
+        TrainSettings(model="mnist_convnet", out_dir=tmp_path / "models", run_dir=tmp_path / "run")
+    )
+    assert outcome.report.pytorch_accuracy >= 0.97
+    assert outcome.report.onnx_accuracy == outcome.report.pytorch_accuracy

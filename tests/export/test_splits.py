@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from cnnserve.export import get_spec
 from cnnserve.export.datasets import load_splits
 from cnnserve.export.splits import LabelledImages, split_indices

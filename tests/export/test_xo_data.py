@@ -1,4 +1,5 @@
 import numpy as np
+
 from cnnserve.export import XO_LABELS, XOVariation, generate_xo, render_o, render_x
 from cnnserve.export.xo_data import NO_VARIATION
 

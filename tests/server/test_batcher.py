@@ -8,8 +8,15 @@ import time
 
 import numpy as np
 import pytest
+
 from cnnserve.server.batcher import BatchRecord, DynamicBatcher
-from cnnserve.server.errors import DeadlineExceededError, InferenceError, QueueFullError, UnavailableError
+from cnnserve.server.errors import (
+    DeadlineExceededError,
+    InferenceError,
+    InvalidInputError,
+    QueueFullError,
+    UnavailableError,
+)
 from cnnserve.server.settings import BatchingSettings
 
 
@@ -158,3 +165,112 @@ async def test_closing_refuses_new_requests_and_drains_accepted_ones(model: Gate
     model.gate.set()
     assert (await accepted).item() == 2
     await closing
+
+
+async def test_a_preferred_batch_size_runs_without_waiting_out_the_delay(model: GatedModel) -> None:
+    model.gate.set()
+    batcher = await make_batcher(model, max_batch_size=8, max_queue_delay_seconds=10.0, preferred_batch_sizes=(2,))
+    soon = time.monotonic() + 5
+    results = await asyncio.gather(batcher.submit(rows(1), soon), batcher.submit(rows(2), soon))
+    assert [r.item() for r in results] == [2, 4], "with a 10 s delay these would have expired had the batcher waited"
+    assert model.batch_sizes == [2]
+    await batcher.close(1)
+
+
+async def test_the_largest_preferred_size_the_queue_can_fill_is_taken(model: GatedModel) -> None:
+    batcher = await make_batcher(model, max_batch_size=8, max_queue_delay_seconds=0.0, preferred_batch_sizes=(2, 4))
+    first = asyncio.ensure_future(batcher.submit(rows(0), far()))
+    await started(model)
+    waiting = [asyncio.ensure_future(batcher.submit(rows(v), far())) for v in range(1, 6)]
+    await asyncio.sleep(0)
+    model.gate.set()
+    await asyncio.gather(first, *waiting)
+    assert model.batch_sizes[:2] == [1, 4], "5 queued rows: the preferred 4 goes first"
+    assert sum(model.batch_sizes) == 6
+    await batcher.close(1)
+
+
+async def test_higher_priority_requests_run_first(model: GatedModel) -> None:
+    batcher = await make_batcher(model, max_batch_size=2, max_queue_delay_seconds=0.0, priority_levels=2)
+    seen: list[list[float]] = []
+    original = model.__call__
+
+    def recording(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.ravel().tolist())
+        return original(batch)
+
+    batcher._run_batch = recording
+    running = asyncio.ensure_future(batcher.submit(rows(0), far(), priority=1))
+    await started(model)
+    low = [asyncio.ensure_future(batcher.submit(rows(v), far(), priority=2)) for v in (10, 11)]
+    high = [asyncio.ensure_future(batcher.submit(rows(v), far(), priority=1)) for v in (20, 21)]
+    await asyncio.sleep(0)
+    model.gate.set()
+    await asyncio.gather(running, *low, *high)
+    assert seen == [[0], [20, 21], [10, 11]]
+    await batcher.close(1)
+
+
+async def test_requests_without_priority_get_the_lowest_level_by_default(model: GatedModel) -> None:
+    model.gate.set()
+    batcher = await make_batcher(model, priority_levels=3)
+    assert batcher.settings.default_priority == 3
+    with pytest.raises(InvalidInputError, match=r"priority levels 1\.\.3"):
+        await batcher.submit(rows(1), far(), priority=4)
+    await batcher.close(1)
+
+
+async def test_two_instances_run_two_batches_at_once(model: GatedModel) -> None:
+    running_now = 0
+    peak = 0
+    both_running = threading.Event()
+    lock = threading.Lock()
+
+    def concurrent(batch: np.ndarray) -> np.ndarray:
+        nonlocal running_now, peak
+        with lock:
+            running_now += 1
+            peak = max(peak, running_now)
+            if running_now == 2:
+                both_running.set()
+        both_running.wait(timeout=5)
+        with lock:
+            running_now -= 1
+        return batch
+
+    batcher = DynamicBatcher(
+        concurrent, BatchingSettings(max_batch_size=1, max_queue_delay_seconds=0.0, instances=2), name="two"
+    )
+    batcher.start()
+    await asyncio.gather(batcher.submit(rows(1), far()), batcher.submit(rows(2), far()))
+    assert peak == 2
+    await batcher.close(1)
+
+
+async def test_a_cancelled_request_frees_its_queue_space_at_once(model: GatedModel) -> None:
+    batcher = await make_batcher(model, max_batch_size=1, max_queue_size=2, max_queue_delay_seconds=0.0)
+    running = asyncio.ensure_future(batcher.submit(rows(0), far()))
+    await started(model)
+    queued = asyncio.ensure_future(batcher.submit(rows(1), far()))
+    leaving = asyncio.ensure_future(batcher.submit(rows(2), far()))
+    await asyncio.sleep(0)
+    assert batcher.queued_rows == 2
+    leaving.cancel()
+    await asyncio.sleep(0)
+    assert batcher.queued_rows == 1
+    replacement = asyncio.ensure_future(batcher.submit(rows(3), far()))
+    model.gate.set()
+    assert [(await f).item() for f in (running, queued, replacement)] == [0, 2, 6]
+    await batcher.close(1)
+
+
+async def test_a_lone_request_waits_out_the_delay_but_not_much_longer(model: GatedModel) -> None:
+    model.gate.set()
+    delay = 0.2
+    batcher = await make_batcher(model, max_batch_size=8, max_queue_delay_seconds=delay)
+    started_at = time.monotonic()
+    await batcher.submit(rows(1), far())
+    waited = time.monotonic() - started_at
+    assert waited >= delay * 0.95, "the delay must not fire early"
+    assert waited < delay + 2.0, "generous bound: the machine is shared"
+    await batcher.close(1)

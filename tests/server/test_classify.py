@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from cnnserve.export import render_o, render_x
 
+from cnnserve.export import render_o, render_x
 from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 from tests.conftest import jpeg_bytes, png_bytes

@@ -7,10 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from cnnserve.export import render_x
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from cnnserve.export import render_x
 from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 from tests.conftest import png_bytes

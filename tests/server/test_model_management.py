@@ -1,0 +1,176 @@
+"""Model settings, versions, hot reload, broken models and execution providers, on real server processes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import onnx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cnnserve.export import render_o, render_x
+from cnnserve.v1 import classifier_pb2 as pb
+from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
+from tests.conftest import png_bytes
+from tests.servers import channel_to, running_server, serve_command
+
+X_REQUEST = pb.ClassifyRequest(model="xo", images=[pb.Image(encoded=png_bytes(render_x()))])
+
+
+@pytest.fixture
+def xo_only(model_repository: Path, tmp_path: Path) -> Path:
+    """A repository of its own holding a copy of `xo` version 1, free to change."""
+    root = tmp_path / "repo"
+    shutil.copytree(model_repository / "xo", root / "xo")
+    return root
+
+
+def overall_health(channel: grpc.Channel) -> int:
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+
+
+def test_a_model_config_file_overrides_the_server_defaults(xo_only: Path, tmp_path: Path) -> None:
+    (xo_only / "xo" / "config.toml").write_text(
+        "max_batch_size = 8\npreferred_batch_sizes = [4, 2]\ninstances = 2\nmax_queue_delay_ms = 1.5\n"
+        "intra_op_threads = 1\ngraph_optimization = 'basic'\n"
+    )
+    with running_server(xo_only, "--max-batch-size", "64", workdir=tmp_path) as server, channel_to(server) as channel:
+        info = pb_grpc.ImageClassifierStub(channel).GetModel(pb.GetModelRequest(name="xo"))
+    assert info.batching.max_batch_size == 8
+    assert list(info.batching.preferred_batch_sizes) == [2, 4]
+    assert info.batching.instances == 2
+    assert info.batching.max_queue_delay_microseconds == 1500
+    assert info.runtime.intra_op_threads == 1 and info.runtime.graph_optimization == "basic"
+
+
+def test_a_graph_with_a_fixed_batch_of_one_is_served_unbatched(xo_only: Path, tmp_path: Path) -> None:
+    path = xo_only / "xo" / "1" / "model.onnx"
+    graph = onnx.load(str(path))
+    for value in (*graph.graph.input, *graph.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(graph, str(path))
+    with running_server(xo_only, workdir=tmp_path) as server, channel_to(server) as channel:
+        stub = pb_grpc.ImageClassifierStub(channel)
+        assert stub.GetModel(pb.GetModelRequest(name="xo")).batching.max_batch_size == 1
+        two = pb.ClassifyRequest(model="xo", images=[X_REQUEST.images[0], pb.Image(encoded=png_bytes(render_o()))])
+        labels = [r.top[0].label for r in stub.Classify(two, timeout=10).results]
+        assert labels == ["X", "O"], "a request of two runs as two batches of one"
+
+
+def test_a_broken_model_fails_alone_says_why_and_keeps_the_server_unready(
+    model_repository: Path, xo_only: Path, tmp_path: Path
+) -> None:
+    (xo_only / "broken" / "1").mkdir(parents=True)
+    (xo_only / "broken" / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
+    (xo_only / "bad_config" / "1").mkdir(parents=True)
+    shutil.copy(model_repository / "xo" / "1" / "model.onnx", xo_only / "bad_config" / "1" / "model.onnx")
+    (xo_only / "bad_config" / "config.toml").write_text("max_batch_size = 'many'\n")
+    with running_server(xo_only, workdir=tmp_path) as server, channel_to(server) as channel:
+        stub = pb_grpc.ImageClassifierStub(channel)
+        assert stub.Classify(X_REQUEST, timeout=10).results[0].top[0].label == "X"
+        broken = stub.GetModel(pb.GetModelRequest(name="broken"))
+        assert not broken.ready and broken.versions[0].state == "FAILED"
+        assert "onnx" in broken.versions[0].reason.lower() or "protobuf" in broken.versions[0].reason.lower()
+        assert overall_health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.RpcError) as failure:
+            stub.Classify(pb.ClassifyRequest(model="broken", images=X_REQUEST.images), timeout=10)
+        assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "bad_config" not in [m.name for m in stub.ListModels(pb.ListModelsRequest()).models if m.ready]
+    assert "config.toml is not a valid model config" in server.log()
+
+
+def test_hot_reload_swaps_versions_without_failing_a_request(xo_only: Path, tmp_path: Path) -> None:
+    answered_by: list[int] = []
+    failures: list[Exception] = []
+    with (
+        running_server(xo_only, "--repository-poll-seconds", "0.2", workdir=tmp_path) as server,
+        channel_to(server) as channel,
+    ):
+        stub = pb_grpc.ImageClassifierStub(channel)
+        stop = threading.Event()
+
+        def keep_classifying() -> None:
+            deadline = time.monotonic() + 60
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    answered_by.append(stub.Classify(X_REQUEST, timeout=10).version)
+                except grpc.RpcError as exc:
+                    failures.append(exc)
+
+        callers = [threading.Thread(target=keep_classifying) for _ in range(4)]
+        for caller in callers:
+            caller.start()
+        try:
+            shutil.copytree(xo_only / "xo" / "1", xo_only / "xo" / "2")
+            wait_until(lambda: answered_by and answered_by[-1] == 2, "version 2 never answered")
+            (xo_only / "xo" / "3").mkdir()
+            (xo_only / "xo" / "3" / "model.onnx").write_bytes(b"corrupt")
+            wait_until(
+                lambda: any(
+                    v.version == 3 and v.state == "FAILED"
+                    for v in stub.GetModel(pb.GetModelRequest(name="xo")).versions
+                ),
+                "version 3 was never tried",
+            )
+            settled = len(answered_by)
+            wait_until(lambda: len(answered_by) > settled + 20, "no answers after the failed reload")
+        finally:
+            stop.set()
+            for caller in callers:
+                caller.join()
+    assert not failures, f"requests failed during reloads: {failures[:3]}"
+    assert answered_by[-1] == 2, "a failed reload keeps the last good version serving"
+    assert 1 in answered_by and 2 in answered_by
+
+
+def test_requiring_cuda_on_a_machine_without_it_refuses_to_start(xo_only: Path, tmp_path: Path) -> None:
+    command = serve_command(xo_only, "--execution-provider", "cuda", port_file=tmp_path / "ports.json")
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 3
+    assert "CUDA was required" in finished.stderr
+    assert not (tmp_path / "ports.json").exists()
+
+
+def test_auto_falls_back_to_the_cpu_and_says_so(server) -> None:
+    with channel_to(server) as channel:
+        (version,) = pb_grpc.ImageClassifierStub(channel).GetModel(pb.GetModelRequest(name="xo")).versions
+    assert version.execution_provider == "CPUExecutionProvider"
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        assert "could not be initialised" in version.provider_fallback_reason
+    else:
+        assert version.provider_fallback_reason == ""
+
+
+def test_invalid_settings_stop_the_server_with_the_setting_named(xo_only: Path, tmp_path: Path) -> None:
+    command = serve_command(xo_only, "--max-batch-size", "0", port_file=tmp_path / "ports.json")
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 2
+    assert "max_batch_size" in finished.stderr
+
+
+def test_settings_come_from_the_environment_and_a_config_file(xo_only: Path, tmp_path: Path) -> None:
+    config = tmp_path / "cnnserve.toml"
+    config.write_text("max_batch_size = 16\nmax_queue_size = 77\n")
+    with (
+        running_server(xo_only, "--config", str(config), workdir=tmp_path, env={"CNNSERVE_MAX_BATCH_SIZE": "12"}) as s,
+        channel_to(s) as channel,
+    ):
+        batching = pb_grpc.ImageClassifierStub(channel).GetModel(pb.GetModelRequest(name="xo")).batching
+    assert batching.max_batch_size == 12, "the environment wins over the config file"
+    assert batching.max_queue_size == 77
+
+
+def wait_until(condition, message: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(message)
