@@ -21,6 +21,7 @@ from cnnserve.inference import grpc_service_pb2_grpc as inference_pb2_grpc
 from cnnserve.server.api.classifier import ImageClassifierServicer
 from cnnserve.server.api.inference import SERVICE_NAME as INFERENCE_SERVICE
 from cnnserve.server.api.inference import InferenceServicer
+from cnnserve.server.auth import BearerTokenInterceptor, read_tokens
 from cnnserve.server.dataplane import DataPlane
 from cnnserve.server.logs import RequestIdInterceptor
 from cnnserve.server.metrics import ServerMetrics
@@ -45,15 +46,21 @@ class Server:
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
+        tokens = read_tokens(
+            settings.auth_token_file, settings.auth_tokens.get_secret_value() if settings.auth_tokens else None
+        )
+        interceptors: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor()]
+        if tokens:
+            interceptors.append(BearerTokenInterceptor(tokens))
         self._grpc = grpc.aio.server(
-            interceptors=[RequestIdInterceptor()],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(max(settings.drain_timeout_seconds, 1.0) * 1000)),
-            ]
+            ],
         )
         self._stopped = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
@@ -87,6 +94,8 @@ class Server:
                 self.grpc_port,
             )
         await self._grpc.start()
+        if self.settings.auth_token_file or self.settings.auth_tokens:
+            _log.info("bearer-token authentication is on for every RPC but health and reflection")
         _log.info("metrics on http://%s:%d/metrics", settings.host, self.metrics_port)
         await self.repository.load_all()
         for version in self.repository.versions():

@@ -7,7 +7,10 @@ rows. A single asyncio task forms batches:
    the next one keeps filling in the queue;
 2. block until the first live request is queued;
 3. fill until the queue holds `max_batch_size` rows or a preferred batch size, or until the oldest request has
-   waited `max_queue_delay_seconds`, whichever comes first;
+   waited `max_queue_delay_seconds`, whichever comes first. With `adaptive_queue_delay`, stop waiting as soon as
+   the next request is not expected before the delay runs out (from the recent arrival rate, and from how long
+   it has been since the last arrival): a lone request at low load then runs at once instead of waiting out
+   the whole delay, while bursts still batch;
 4. take whole requests, highest priority first and oldest first within a priority, up to `max_batch_size` rows
    (or the largest preferred size that the queue can fill), concatenate them once, run the session in a worker
    thread, and hand each caller exactly its rows.
@@ -92,6 +95,10 @@ class DynamicBatcher:
         self._queued_rows = 0
         self._preferred = frozenset(settings.preferred_batch_sizes)
         self._wakeup = asyncio.Event()
+        self._last_arrival: float | None = None
+        self._arrival_gap = float("inf")
+        """Exponentially weighted mean time between arrivals (gaps capped at twice the delay, so that an idle
+        spell is soon forgotten), for the adaptive delay; infinite until two requests have arrived."""
         self._slots = asyncio.Semaphore(settings.instances)
         self._executor = ThreadPoolExecutor(settings.instances, thread_name_prefix=f"infer-{name}")
         self._running: set[asyncio.Task[None]] = set()
@@ -135,7 +142,14 @@ class DynamicBatcher:
             parts = await asyncio.gather(*(self.submit(part, deadline, level) for part in slices))
             return np.concatenate(parts)
         loop = asyncio.get_running_loop()
-        request = _QueuedRequest(inputs, loop.create_future(), time.monotonic())
+        now = time.monotonic()
+        request = _QueuedRequest(inputs, loop.create_future(), now)
+        if self._last_arrival is not None:
+            gap = min(now - self._last_arrival, 2 * settings.max_queue_delay_seconds)
+            self._arrival_gap = (
+                gap if self._arrival_gap == float("inf") else self._arrival_gap + 0.25 * (gap - self._arrival_gap)
+            )
+        self._last_arrival = now
         request.timer = loop.call_at(_loop_time(loop, deadline), _expire, request.future, self._name)
         self._queues[level - 1].append(request)
         self._queued_rows += request.rows
@@ -202,15 +216,23 @@ class DynamicBatcher:
                 continue
             dispatch_at = oldest.enqueued_at + settings.max_queue_delay_seconds
             while not self._worth_running_now():
-                remaining = dispatch_at - time.monotonic()
+                now = time.monotonic()
+                remaining = dispatch_at - now
                 if remaining <= 0:
                     break
+                wait = remaining
+                if settings.adaptive_queue_delay:
+                    expected_gap = max(self._arrival_gap, now - (self._last_arrival or now))
+                    if expected_gap >= remaining:
+                        break
+                    wait = min(remaining, 2 * expected_gap)
                 self._wakeup.clear()
                 try:
-                    async with asyncio.timeout(remaining):
+                    async with asyncio.timeout(wait):
                         await self._wakeup.wait()
                 except TimeoutError:
-                    break
+                    if wait >= remaining:
+                        break
             batch = self._take()
             if batch:
                 return batch

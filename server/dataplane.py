@@ -15,8 +15,8 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
-from cnnserve.server.errors import InvalidInputError, status_of
-from cnnserve.server.logs import log_request
+from cnnserve.server.errors import InvalidInputError, RepositoryChangesDisabledError, status_of
+from cnnserve.server.logs import call_deadline_passed, log_request
 from cnnserve.server.metrics import UNKNOWN, RequestSeries, ServerMetrics
 from cnnserve.server.model import ModelVersion
 from cnnserve.server.preprocess import FloatTensor, ImageInput
@@ -60,7 +60,7 @@ class DataPlane:
             series.in_flight.inc()
             result = await handle(model)
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if call_deadline_passed() else grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
             code, error = status_of(exc), exc
@@ -95,6 +95,22 @@ class DataPlane:
                 model.statistics.fail.add(seconds)
         if self.settings.request_log:
             log_request(api=api, model=label, version=version, code=code, seconds=seconds, error=error)
+
+    async def load_model(self, name: str) -> None:
+        """Load or reload a model on request. Raises RepositoryChangesDisabledError when the server forbids it."""
+        self._check_changes_allowed()
+        await self.repository.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        """Unload a model on request, after its queued requests finish."""
+        self._check_changes_allowed()
+        await self.repository.unload(name)
+
+    def _check_changes_allowed(self) -> None:
+        if not self.settings.allow_repository_changes:
+            raise RepositoryChangesDisabledError(
+                "loading and unloading models is disabled on this server (allow_repository_changes=false)"
+            )
 
     async def classify_images(self, model: ModelVersion, images: Sequence[ImageInput], deadline: float) -> np.ndarray:
         """Probabilities (len(images), labels) for `images`, in order.

@@ -69,6 +69,7 @@ class ModelConfig(BaseModel):
     max_batch_size: int | None = Field(None, ge=1, le=4096)
     max_queue_delay_ms: float | None = Field(None, ge=0.0, le=10_000.0)
     preferred_batch_sizes: tuple[int, ...] | None = None
+    adaptive_queue_delay: bool | None = None
     max_queue_size: int | None = Field(None, ge=1)
     default_timeout_seconds: float | None = Field(None, gt=0.0)
     instances: int | None = Field(None, ge=1, le=64)
@@ -112,6 +113,9 @@ class ModelConfig(BaseModel):
                 max_batch_size=max_batch_size,
                 max_queue_delay_seconds=defaults.max_queue_delay_seconds if delay_ms is None else delay_ms / 1000,
                 preferred_batch_sizes=tuple(size for size in preferred if size <= max_batch_size),
+                adaptive_queue_delay=(
+                    defaults.adaptive_queue_delay if self.adaptive_queue_delay is None else self.adaptive_queue_delay
+                ),
                 max_queue_size=self.max_queue_size or defaults.max_queue_size,
                 default_timeout_seconds=self.default_timeout_seconds or defaults.default_timeout_seconds,
                 instances=self.instances or defaults.instances,

@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 
@@ -53,6 +53,8 @@ class BatchingSettings(BaseModel):
     """How long the oldest queued image waits for company before its batch runs anyway."""
     preferred_batch_sizes: tuple[int, ...] = ()
     """Sizes dispatched as soon as they can be formed, without waiting out the delay."""
+    adaptive_queue_delay: bool = False
+    """Dispatch early when, at the recent arrival rate, no further request is expected within the delay."""
     max_queue_size: int = Field(1024, ge=1)
     """Images a model may hold queued; beyond it requests are refused at once with RESOURCE_EXHAUSTED."""
     default_timeout_seconds: float = Field(30.0, gt=0.0)
@@ -111,6 +113,9 @@ class ServerSettings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=4096, description="default per model; 1 disables batching")
     max_queue_delay_ms: float = Field(2.0, ge=0.0, le=10_000.0, description="default per model")
     preferred_batch_sizes: tuple[int, ...] = Field((), description="default per model")
+    adaptive_queue_delay: bool = Field(
+        False, description="dispatch before the delay runs out when no further request is expected in time"
+    )
     max_queue_size: int = Field(1024, ge=1, description="images queued per model before RESOURCE_EXHAUSTED")
     default_timeout_seconds: float = Field(30.0, gt=0.0, description="deadline of calls that bring none")
     instances: int = Field(1, ge=1, le=64, description="batches of one model run at once")
@@ -138,6 +143,14 @@ class ServerSettings(BaseSettings):
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
     tls_client_ca_file: Path | None = Field(
         None, description="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)"
+    )
+    auth_token_file: Path | None = Field(
+        None,
+        description="file of bearer tokens, one per line; when set (or auth_tokens), every RPC but health "
+        "and reflection needs 'authorization: Bearer <token>'",
+    )
+    auth_tokens: SecretStr | None = Field(
+        None, description="comma-separated bearer tokens; prefer the environment variable or a file to a flag"
     )
     max_connection_age_seconds: float = Field(
         300.0,
@@ -185,6 +198,7 @@ class ServerSettings(BaseSettings):
             max_batch_size=self.max_batch_size,
             max_queue_delay_seconds=self.max_queue_delay_ms / 1000.0,
             preferred_batch_sizes=tuple(s for s in self.preferred_batch_sizes if s <= self.max_batch_size),
+            adaptive_queue_delay=self.adaptive_queue_delay,
             max_queue_size=self.max_queue_size,
             default_timeout_seconds=self.default_timeout_seconds,
             instances=self.instances,
@@ -210,9 +224,9 @@ class ServerSettings(BaseSettings):
             raise ValueError("TLS needs both tls_cert_file and tls_key_file")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("mutual TLS (tls_client_ca_file) needs tls_cert_file and tls_key_file too")
-        for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file):
+        for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file, self.auth_token_file):
             if path is not None and not path.is_file():
-                raise ValueError(f"TLS file {str(path)!r} does not exist")
+                raise ValueError(f"file {str(path)!r} does not exist")
         self.batching  # noqa: B018 - validates the batching defaults together
         return self
 

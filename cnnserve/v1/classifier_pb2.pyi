@@ -119,7 +119,7 @@ class Preprocessing(_message.Message):
     def __init__(self, scale: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., invert: _Optional[bool] = ...) -> None: ...
 
 class BatchingSettings(_message.Message):
-    __slots__ = ("max_batch_size", "max_queue_delay_microseconds", "max_queue_size", "preferred_batch_sizes", "default_timeout_microseconds", "instances", "priority_levels", "default_priority_level")
+    __slots__ = ("max_batch_size", "max_queue_delay_microseconds", "max_queue_size", "preferred_batch_sizes", "default_timeout_microseconds", "instances", "priority_levels", "default_priority_level", "adaptive_queue_delay")
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_DELAY_MICROSECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +128,7 @@ class BatchingSettings(_message.Message):
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_LEVELS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_PRIORITY_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_QUEUE_DELAY_FIELD_NUMBER: _ClassVar[int]
     max_batch_size: int
     max_queue_delay_microseconds: int
     max_queue_size: int
@@ -136,7 +137,8 @@ class BatchingSettings(_message.Message):
     instances: int
     priority_levels: int
     default_priority_level: int
-    def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_microseconds: _Optional[int] = ..., max_queue_size: _Optional[int] = ..., preferred_batch_sizes: _Optional[_Iterable[int]] = ..., default_timeout_microseconds: _Optional[int] = ..., instances: _Optional[int] = ..., priority_levels: _Optional[int] = ..., default_priority_level: _Optional[int] = ...) -> None: ...
+    adaptive_queue_delay: bool
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_microseconds: _Optional[int] = ..., max_queue_size: _Optional[int] = ..., preferred_batch_sizes: _Optional[_Iterable[int]] = ..., default_timeout_microseconds: _Optional[int] = ..., instances: _Optional[int] = ..., priority_levels: _Optional[int] = ..., default_priority_level: _Optional[int] = ..., adaptive_queue_delay: _Optional[bool] = ...) -> None: ...
 
 class RuntimeSettings(_message.Message):
     __slots__ = ("execution_provider", "cuda_device_id", "cuda_memory_limit_bytes", "intra_op_threads", "inter_op_threads", "graph_optimization")

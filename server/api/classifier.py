@@ -82,6 +82,7 @@ def model_info(versions: list[ModelVersion]) -> pb.ModelInfo:
                 instances=batching.instances,
                 priority_levels=batching.priority_levels,
                 default_priority_level=batching.default_priority,
+                adaptive_queue_delay=batching.adaptive_queue_delay,
             )
         )
     with_runtime = next((v for v in versions if v.runtime is not None), None)

@@ -274,3 +274,15 @@ async def test_a_lone_request_waits_out_the_delay_but_not_much_longer(model: Gat
     assert waited >= delay * 0.95, "the delay must not fire early"
     assert waited < delay + 2.0, "generous bound: the machine is shared"
     await batcher.close(1)
+
+
+async def test_adaptive_delay_runs_a_lone_request_at_once_but_still_batches_a_burst(model: GatedModel) -> None:
+    model.gate.set()
+    batcher = await make_batcher(model, max_batch_size=8, max_queue_delay_seconds=5.0, adaptive_queue_delay=True)
+    await asyncio.sleep(0.05)
+    soon = time.monotonic() + 2
+    assert (await batcher.submit(rows(1), soon)).item() == 2, "a fixed 5 s delay would have let this expire"
+    burst = await asyncio.gather(*(batcher.submit(rows(v), far()) for v in range(8)))
+    assert [b.item() for b in burst] == [2 * v for v in range(8)]
+    assert model.batch_sizes == [1, 8]
+    await batcher.close(1)
