@@ -206,19 +206,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
 
     async def _infer(self, request: pb.ModelInferRequest, time_remaining: float | None) -> pb.ModelInferResponse:
-        """Run one inference request; raises CnnserveError (Triton's message for an unknown model)."""
+        """Run one inference request; raises CnnserveError (Triton's message for an unknown model).
+
+        The request's `timeout` parameter (microseconds, as Triton's) shortens the call's own deadline; its
+        `priority` goes to the batcher, which checks it against the model's priority levels.
+        """
         dataplane = self._dataplane
         version = version_number(request.model_version)
-        timeout_us = integer_parameter(request.parameters, "timeout", minimum=0)
-        if timeout_us:
-            time_remaining = timeout_us / 1e6 if time_remaining is None else min(time_remaining, timeout_us / 1e6)
-        deadline = dataplane.deadline(time_remaining)
-        priority = integer_parameter(request.parameters, "priority", minimum=0) or 0
         max_rows = dataplane.settings.max_images_per_request
 
         async def handle(model: ModelVersion) -> pb.ModelInferResponse:
             assert model.metadata is not None
             started = time.perf_counter()
+            remaining = time_remaining
+            timeout_us = integer_parameter(request.parameters, "timeout", minimum=0)
+            if timeout_us:
+                remaining = timeout_us / 1e6 if remaining is None else min(remaining, timeout_us / 1e6)
+            deadline = dataplane.deadline(remaining)
+            priority = integer_parameter(request.parameters, "priority", minimum=0) or 0
             outputs = requested_outputs(request, model.name, label_count_of(model))
             inputs = input_batch(request, input_shape_of(model), model.name, max_rows)
             model.statistics.compute_input.add(time.perf_counter() - started)

@@ -1,0 +1,1 @@
+"""Generated protobuf modules of the Open Inference Protocol (package `inference`); see proto/cnnserve/inference."""
