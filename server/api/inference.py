@@ -42,7 +42,6 @@ from cnnserve.server.errors import (
     CnnserveError,
     InvalidInputError,
     ModelNotFoundError,
-    RepositoryChangesDisabledError,
     UnavailableError,
 )
 from cnnserve.server.model import ModelVersion
@@ -130,21 +129,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        self._check_repository_changes("load")
         if request.parameters:
             raise InvalidInputError(
                 f"cnnserve loads models only from the repository's files; load parameters "
                 f"{sorted(request.parameters)} are not supported (edit {request.model_name}/config.toml instead)"
             )
-        await self._repository.load(request.model_name)
+        await self._dataplane.load_model(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @grpc_errors
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        self._check_repository_changes("unload")
-        await self._repository.unload(request.model_name)
+        await self._dataplane.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     @grpc_errors
@@ -235,9 +232,3 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except ModelNotFoundError as exc:
             raise unknown_model(request.model_name, version) from exc
         return response
-
-    def _check_repository_changes(self, action: str) -> None:
-        if not self._dataplane.settings.allow_repository_changes:
-            raise RepositoryChangesDisabledError(
-                f"explicit model {action} is turned off on this server (allow_repository_changes is false)"
-            )
