@@ -1,67 +1,110 @@
-"""`cnnserve classify`: argument parsing only; the client is imported when the command runs.
+"""`cnnserve classify`, `cnnserve models` and `cnnserve health`: argument parsing only; the commands themselves
+are in `_commands` and imported when one runs.
 
-Exit codes: 0 every image classified, 1 some images failed, 2 usage error, 3 the server could not be reached or
-refused the whole request.
+Exit codes, the same for every command, so scripts can branch on them:
+  0  done: every image classified (classify), the list printed (models), the server is SERVING (health)
+  1  some images could not be classified because of the images (unreadable, not an image, wrong shape), or the
+     server answered health with another status than SERVING
+  2  usage error (bad flags, no images found)
+  3  the server could not be reached or refused the work (unknown model, overloaded, timed out, not authorised)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+import enum
+import os
+from collections.abc import Callable
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+DEFAULT_SERVER = "127.0.0.1:8001"
 
 
-def register(subcommands: argparse._SubParsersAction) -> None:
-    parser = subcommands.add_parser("classify", help="classify images with a running server")
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (recursive)")
-    parser.add_argument("--server", default="127.0.0.1:8001", help="HOST:PORT (default 127.0.0.1:8001)")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--top-k", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
-    parser.add_argument("--json", action="store_true", help="one JSON object per image per line")
-    parser.set_defaults(run=_run)
+class ExitCode(enum.IntEnum):
+    OK = 0
+    SOME_FAILED = 1
+    USAGE = 2
+    SERVER_ERROR = 3
 
 
-def image_paths(paths: list[Path]) -> list[Path]:
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            found.append(path)
-    return found
+def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    connection = _connection_flags()
+
+    classify = subcommands.add_parser(
+        "classify",
+        parents=[connection],
+        help="classify image files or folders with a running server",
+        description="Classify images with a running server: one line per image (or one JSON object with --json), "
+        "a progress bar on a terminal, and a summary. Exit codes: 0 all classified, 1 some images failed, "
+        "2 usage error, 3 server unreachable or refused the work.",
+    )
+    classify.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (recursive)")
+    classify.add_argument("--model", required=True, help="model name, as `cnnserve models` lists it")
+    classify.add_argument("--top-k", type=_positive_int, default=1, help="labels per image (default 1)")
+    classify.add_argument("--json", action="store_true", help="one JSON object per image per line on stdout")
+    classify.add_argument("--concurrency", type=_positive_int, default=4, help="requests in flight at once (default 4)")
+    classify.add_argument("--batch-size", type=_positive_int, default=16, help="images per request (default 16)")
+    classify.set_defaults(run=_run("run_classify"))
+
+    models = subcommands.add_parser(
+        "models", parents=[connection], help="list the models of a running server", description="List the models."
+    )
+    models.add_argument("--json", action="store_true", help="one JSON object per model per line")
+    models.set_defaults(run=_run("run_models"))
+
+    health = subcommands.add_parser(
+        "health",
+        parents=[connection],
+        help="check a running server's health (exit 0 when SERVING)",
+        description="Print the server's grpc.health.v1 status. Exit 0 SERVING, 1 any other status, 3 unreachable.",
+    )
+    health.add_argument("--service", default="", help="a service name; default: the whole server")
+    health.set_defaults(run=_run("run_health"))
 
 
-def _run(args: argparse.Namespace) -> int:
-    from cnnserve.client import Client, CnnserveClientError
+def _connection_flags() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--server",
+        default=os.environ.get("CNNSERVE_SERVER", DEFAULT_SERVER),
+        help="gRPC target: HOST:PORT, dns:///HOST:PORT (every replica, round robin) or ipv4:A:P,B:P "
+        f"(default $CNNSERVE_SERVER or {DEFAULT_SERVER})",
+    )
+    group.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per call (default 30)")
+    group.add_argument("--tls", action="store_true", help="use TLS, verifying the server with the system's CAs")
+    group.add_argument("--tls-ca", type=Path, metavar="PEM", help="use TLS, verifying the server with this CA")
+    group.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate, for mutual TLS")
+    group.add_argument("--tls-key", type=Path, metavar="PEM", help="client private key, for mutual TLS")
+    group.add_argument("--tls-server-name", metavar="NAME", help="name the server's certificate must carry")
+    group.add_argument(
+        "--auth-token",
+        default=os.environ.get("CNNSERVE_AUTH_TOKEN"),
+        help="bearer token; prefer $CNNSERVE_AUTH_TOKEN (command lines are visible to other users)",
+    )
+    return parser
 
-    paths = image_paths(args.paths)
-    if not paths:
-        print("cnnserve classify: no images found", file=sys.stderr)
-        return 2
-    failures = 0
-    with Client(args.server, timeout=args.timeout) as client:
-        for path in paths:
-            try:
-                result = client.classify([path], model=args.model, top_k=args.top_k)[0]
-            except CnnserveClientError as exc:
-                failures += 1
-                if args.json:
-                    print(json.dumps({"path": str(path), "error": str(exc)}))
-                else:
-                    print(f"{path}: error: {exc}", file=sys.stderr)
-                if getattr(exc, "code", None) is not None and exc.code.name == "UNAVAILABLE":
-                    return 3
-                continue
-            if args.json:
-                predictions = [
-                    {"label": p.label, "index": p.index, "probability": p.probability} for p in result.predictions
-                ]
-                print(json.dumps({"path": str(path), "predictions": predictions}))
-            else:
-                shown = ", ".join(f"{p.label} {p.probability:.3f}" for p in result.predictions)
-                print(f"{path}: {shown}")
-    return 1 if failures else 0
+
+def _run(command: str) -> Callable[[argparse.Namespace], int]:
+    """A runner that imports the client only when the command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        from cnnserve.client import _commands
+
+        return int(getattr(_commands, command)(args))
+
+    return run
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value

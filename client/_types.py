@@ -1,29 +1,200 @@
-"""Typed results returned by the client."""
+"""Typed answers of the client: plain frozen dataclasses built from the protobuf messages, so applications never
+touch generated code."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
+from typing import Any
+
+from cnnserve.client._exceptions import CnnserveClientError
+from cnnserve.v1 import classifier_pb2 as pb
 
 
 @dataclass(frozen=True)
 class Prediction:
+    """One label of an answer, with its position in the model's label list and its probability."""
+
     label: str
     index: int
     probability: float
 
 
 @dataclass(frozen=True)
-class ClassificationResult:
-    """The answer for one image: its top labels, most probable first."""
+class Classification:
+    """The answer for one image: its top labels, most probable first.
+
+    `label`, `index` and `probability` are those of the most probable label.
+    """
 
     predictions: tuple[Prediction, ...]
+    model: str = ""
+    version: int = 0
+    """The model version that answered."""
     probabilities: tuple[float, ...] = field(default=())
-    """Every label's probability in label order, when asked for."""
+    """Every label's probability in label order, when `return_probabilities` was asked for; else empty."""
 
     @property
     def label(self) -> str:
         return self.predictions[0].label
 
     @property
+    def index(self) -> int:
+        return self.predictions[0].index
+
+    @property
     def probability(self) -> float:
         return self.predictions[0].probability
+
+
+@dataclass(frozen=True)
+class ClassifyOutcome:
+    """What became of one input of `classify_many`: exactly one of `classification` and `error` is set.
+
+    `position` is the input's place in the iterable given, and `source` the input itself (a path stays a path), so
+    a failure can be reported against what the caller knows.
+    """
+
+    position: int
+    source: Any
+    classification: Classification | None = None
+    error: CnnserveClientError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class HealthStatus(enum.Enum):
+    """grpc.health.v1 serving status; SERVICE_UNKNOWN when the server does not know the service asked about."""
+
+    UNKNOWN = "UNKNOWN"
+    SERVING = "SERVING"
+    NOT_SERVING = "NOT_SERVING"
+    SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The image a model takes: [channels, height, width], `color` is the Pillow mode ("L" or "RGB")."""
+
+    channels: int
+    height: int
+    width: int
+    color: str
+    layout: str
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How pixels become the model's input: (pixel * scale - mean[c]) / std[c], after 255 - pixel when invert.
+
+    Needed only to send FLOAT32 tensors that are already preprocessed.
+    """
+
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    invert: bool
+
+
+@dataclass(frozen=True)
+class Batching:
+    """The server's dynamic batching for a model."""
+
+    max_batch_size: int
+    max_queue_delay_seconds: float
+    max_queue_size: int
+
+
+@dataclass(frozen=True)
+class ModelStatistics:
+    """Counts since the version was loaded, on the server that answered (each replica counts its own)."""
+
+    request_count: int
+    inference_count: int
+    execution_count: int
+    batch_size_counts: dict[int, int]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    state: str
+    """LOADING, READY, UNAVAILABLE or FAILED."""
+    ready: bool
+    reason: str
+    """Why the version is not ready; empty when it is."""
+    execution_provider: str
+    statistics: ModelStatistics
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model as the server describes it; `versions` newest first."""
+
+    name: str
+    description: str
+    ready: bool
+    input: InputSpec
+    labels: tuple[str, ...]
+    preprocessing: Preprocessing
+    output_kind: str
+    batching: Batching
+    versions: tuple[VersionInfo, ...]
+
+
+def classifications_from(response: pb.ClassifyResponse) -> list[Classification]:
+    return [
+        Classification(
+            predictions=tuple(Prediction(p.label, p.index, p.probability) for p in result.top),
+            model=response.model,
+            version=response.version,
+            probabilities=tuple(result.probabilities),
+        )
+        for result in response.results
+    ]
+
+
+def model_info_from(message: pb.ModelInfo) -> ModelInfo:
+    return ModelInfo(
+        name=message.name,
+        description=message.description,
+        ready=message.ready,
+        input=InputSpec(
+            channels=message.input.channels,
+            height=message.input.height,
+            width=message.input.width,
+            color=message.input.color,
+            layout=message.input.layout,
+        ),
+        labels=tuple(message.labels),
+        preprocessing=Preprocessing(
+            scale=message.preprocessing.scale,
+            mean=tuple(message.preprocessing.mean),
+            std=tuple(message.preprocessing.std),
+            invert=message.preprocessing.invert,
+        ),
+        output_kind=message.output_kind,
+        batching=Batching(
+            max_batch_size=message.batching.max_batch_size,
+            max_queue_delay_seconds=message.batching.max_queue_delay_microseconds / 1e6,
+            max_queue_size=message.batching.max_queue_size,
+        ),
+        versions=tuple(
+            VersionInfo(
+                version=v.version,
+                state=v.state,
+                ready=v.ready,
+                reason=v.reason,
+                execution_provider=v.execution_provider,
+                statistics=ModelStatistics(
+                    request_count=v.statistics.request_count,
+                    inference_count=v.statistics.inference_count,
+                    execution_count=v.statistics.execution_count,
+                    batch_size_counts=dict(v.statistics.batch_size_counts),
+                ),
+            )
+            for v in message.versions
+        ),
+    )

@@ -8,11 +8,12 @@ Raw float32 tensors are the fast path: `numpy.frombuffer` views the request's by
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from cnnserve.metadata import Preprocessing
 from cnnserve.server.errors import InvalidInputError
@@ -107,7 +108,7 @@ class ImagePreprocessor:
             picture.load()
         except InvalidInputError:
             raise
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for malformed bytes
             raise InvalidInputError(
                 f"image {position} could not be decoded as PNG or JPEG ({exc.__class__.__name__}: {exc})"
             ) from exc
@@ -120,7 +121,7 @@ class ImagePreprocessor:
             raise InvalidInputError(
                 f"image {position}: a UINT8 tensor must have shape [H, W] or [H, W, C] with C 1 or 3, got {shape}"
             )
-        expected = int(np.prod(shape))
+        expected = math.prod(shape)  # Python ints: huge claimed shapes must not overflow
         if len(tensor.data) != expected:
             raise InvalidInputError(
                 f"image {position}: shape {list(shape)} needs {expected} bytes, got {len(tensor.data)}"

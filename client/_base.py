@@ -1,0 +1,189 @@
+"""What Client and AsyncClient share: settings, requests, answers, and the bookkeeping of classify_many.
+
+Only the waiting differs between the two clients (blocking futures or awaitables); everything that decides what to
+send and what an answer means lives here, once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from cnnserve.client._config import ClientSettings, Keepalive, LoadBalancing, RetryPolicy, TLSConfig
+from cnnserve.client._exceptions import (
+    CnnserveClientError,
+    ImageError,
+    InvalidInput,
+    ProtocolError,
+    StatusError,
+    from_rpc_error,
+)
+from cnnserve.client._images import ImageLike, as_image_iterable, encode_image
+from cnnserve.client._types import Classification, ClassifyOutcome, HealthStatus, classifications_from
+from cnnserve.v1 import classifier_pb2 as pb
+
+DEFAULT_CONCURRENCY = 4
+DEFAULT_BATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """The per-call arguments of classify, checked once so a bad top_k fails before anything is sent."""
+
+    model: str
+    version: int = 0
+    top_k: int = 1
+    return_probabilities: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model must name a model (see Client.models())")
+        if self.version < 0:
+            raise ValueError(f"version must be 0 (latest ready) or a version number, got {self.version}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+
+    def request(self, images: Iterable[pb.Image]) -> pb.ClassifyRequest:
+        return pb.ClassifyRequest(
+            model=self.model,
+            version=self.version,
+            images=list(images),
+            top_k=self.top_k,
+            return_probabilities=self.return_probabilities,
+        )
+
+
+@dataclass
+class PendingBatch:
+    """One request of classify_many: the inputs it carries, and the outcomes known before it is sent (images
+    that could not be encoded). `outcomes` is complete, in input order, once `finish` or `fail` ran."""
+
+    positions: list[int]
+    sources: list[Any]
+    images: list[pb.Image]
+    outcomes: dict[int, ClassifyOutcome] = field(default_factory=dict)
+
+    @classmethod
+    def encode(cls, chunk: list[tuple[int, Any]]) -> PendingBatch:
+        """Encode a chunk of (position, source); an image that cannot be encoded becomes its own failed outcome."""
+        batch = cls([], [], [])
+        for position, source in chunk:
+            try:
+                image = encode_image(source)
+            except ImageError as exc:
+                batch.outcomes[position] = ClassifyOutcome(position, source, error=exc)
+                continue
+            batch.positions.append(position)
+            batch.sources.append(source)
+            batch.images.append(image)
+        return batch
+
+    def finish(self, classifications: list[Classification]) -> None:
+        if len(classifications) != len(self.positions):
+            answered, sent = len(classifications), len(self.images)
+            self.fail(ProtocolError(f"the server answered {answered} results for {sent} images"))
+            return
+        for position, source, classification in zip(self.positions, self.sources, classifications, strict=True):
+            self.outcomes[position] = ClassifyOutcome(position, source, classification=classification)
+
+    def fail(self, error: CnnserveClientError) -> None:
+        for position, source in zip(self.positions, self.sources, strict=True):
+            self.outcomes[position] = ClassifyOutcome(position, source, error=error)
+
+    def should_split(self, error: CnnserveClientError) -> bool:
+        """A request of several images refused as invalid is resent one image per request, so that the broken
+        image fails alone and the others are still classified."""
+        return isinstance(error, InvalidInput) and len(self.images) > 1
+
+    def singles(self) -> list[PendingBatch]:
+        return [PendingBatch([p], [s], [i]) for p, s, i in zip(self.positions, self.sources, self.images, strict=True)]
+
+    def absorb(self, parts: list[PendingBatch]) -> None:
+        for part in parts:
+            self.outcomes.update(part.outcomes)
+
+    def in_order(self) -> list[ClassifyOutcome]:
+        return [self.outcomes[position] for position in sorted(self.outcomes)]
+
+
+def chunks(images: Iterable[Any], size: int) -> Iterator[list[tuple[int, Any]]]:
+    """(position, image) pairs in lists of `size`, drawn lazily so that a huge iterable is never held whole."""
+    numbered = enumerate(images)
+    while chunk := list(itertools.islice(numbered, size)):
+        yield chunk
+
+
+def check_many_arguments(concurrency: int, batch_size: int) -> None:
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+
+def health_status(response: health_pb2.HealthCheckResponse) -> HealthStatus:
+    return HealthStatus(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+class BaseClient:
+    """Settings and the pure parts of every call, shared by Client and AsyncClient."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None,
+        retry: RetryPolicy | None,
+        keepalive: Keepalive | None,
+        tls: TLSConfig | None,
+        auth_token: str | None,
+        load_balancing: LoadBalancing,
+        wait_for_ready: bool,
+    ) -> None:
+        self.settings = ClientSettings(
+            target=target,
+            timeout=timeout,
+            retry=retry,
+            keepalive=keepalive or Keepalive(),
+            tls=tls,
+            auth_token=auth_token,
+            load_balancing=load_balancing,
+            wait_for_ready=wait_for_ready,
+        )
+        self._credentials = tls.credentials() if tls is not None else None
+        self._options = self.settings.channel_options()
+
+    @property
+    def target(self) -> str:
+        return self.settings.target
+
+    def _call_arguments(self, timeout: float | None, request_id: str | None) -> dict[str, Any]:
+        """Keyword arguments of one stub call: its deadline (the client's default unless given), metadata and
+        wait_for_ready."""
+        return {
+            "timeout": self.settings.timeout if timeout is None else timeout,
+            "metadata": self.settings.metadata(request_id),
+            "wait_for_ready": self.settings.wait_for_ready,
+        }
+
+    @staticmethod
+    def _classify_request(images: ImageLike | Iterable[ImageLike], options: ClassifyOptions) -> pb.ClassifyRequest:
+        return options.request(encode_image(image) for image in as_image_iterable(images))
+
+    @staticmethod
+    def _classifications(response: pb.ClassifyResponse, sent: int) -> list[Classification]:
+        results = classifications_from(response)
+        if len(results) != sent:
+            raise ProtocolError(f"the server answered {len(results)} results for {sent} images")
+        return results
+
+    @staticmethod
+    def _error(error: grpc.RpcError) -> StatusError:
+        return from_rpc_error(error)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.settings.target!r})"
