@@ -10,7 +10,7 @@ HOST ?= 127.0.0.1
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 
-.PHONY: run test lint format proto models clean
+.PHONY: run test lint format proto models clean load-test bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,3 +46,11 @@ test: $(STAMP) lint
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# Locust, headless and bounded, against a server it starts on loopback; CSV + HTML in load_tests/results/locust.
+load-test: $(STAMP)
+	$(PY) load_tests/run_locust.py --output load_tests/results/locust $(LOAD_TEST_ARGS)
+
+# Server vs bare ONNX Runtime (docs/benchmarks.md); BENCH_ARGS=--quick for the one-minute version.
+bench: $(STAMP)
+	$(BIN)/cnnserve bench $(BENCH_ARGS)

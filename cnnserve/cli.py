@@ -7,14 +7,15 @@ onnxruntime and `cnnserve serve` never imports torch. Logging is configured here
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
+import os
 from collections.abc import Sequence
 
 from cnnserve import __version__
+from cnnserve.bench import _cli as bench_cli
 from cnnserve.client import _cli as client_cli
 from cnnserve.export import _cli as export_cli
 from cnnserve.server import _cli as server_cli
+from cnnserve.server.logs import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,14 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     server_cli.register(subcommands)
     export_cli.register(subcommands)
     client_cli.register(subcommands)
+    bench_cli.register(subcommands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # `serve --log-format` (a server setting) wins over CNNSERVE_LOG_FORMAT, which every command honours.
+    log_format = getattr(args, "log_format", None) or os.environ.get("CNNSERVE_LOG_FORMAT") or "text"
+    try:
+        configure_logging(args.log_level, str(log_format).lower())
+    except ValueError as exc:
+        parser.error(f"CNNSERVE_LOG_FORMAT: {exc}")
     return int(args.run(args) or 0)
 
 

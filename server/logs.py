@@ -1,13 +1,16 @@
 """Structured logs: JSON lines for log pipelines, request ids, and the optional one-line-per-request log.
 
 Request ids: a client may send metadata `x-request-id`; the server uses it (or makes one up) and sends it back
-as initial metadata `x-request-id` on every unary call, so a client can quote it and an operator can find the
-call's log line. `RequestIdInterceptor` does that for every service at the cost of one metadata send, and keeps
-the id in a context variable for the request's own task.
+as trailing metadata `x-request-id` on every unary call, so a client can quote it and an operator can find the
+call's log line. Trailing, not initial: a call whose headers were sent is committed, and gRPC clients no longer
+retry it, so an UNAVAILABLE or RESOURCE_EXHAUSTED answer must go out as a bare status (trailers only).
+`RequestIdInterceptor` does that for every service, and keeps
+the id and the call's deadline in context variables of the request's own task (gRPC cancels a handler when its
+deadline passes; `call_deadline_passed` lets the metrics count that as DEADLINE_EXCEEDED, not CANCELLED).
 
 The request log (`log_request`, logger `cnnserve.server.requests`) is off unless the server runs with
-`request_log` on (`cnnserve serve --request-log` or CNNSERVE_REQUEST_LOG=true), because the request path is hot; it logs
-at INFO, with the request id, API, model, version, status code and duration.
+`request_log` on (`cnnserve serve --request-log` or CNNSERVE_REQUEST_LOG=true), because the request path is
+hot; it logs at INFO, with the request id, API, model, version, status code and duration.
 
 The library never configures logging itself: the command line calls `configure_logging`, with the format from
 `--log-format` or CNNSERVE_LOG_FORMAT. In JSON format every record is one JSON object per line; log calls that
@@ -19,8 +22,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import sys
-import uuid
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -36,6 +40,10 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 current_request_id: ContextVar[str] = ContextVar("cnnserve_request_id", default="")
 """The id of the request the running task serves; empty outside a gRPC call."""
+_call_deadline: ContextVar[float | None] = ContextVar("cnnserve_call_deadline", default=None)
+_DEADLINE_TOLERANCE_SECONDS = 0.005
+_MAX_CACHED_HANDLERS = 256
+"""Methods are few; the bound only matters if another interceptor made a new handler per call."""
 
 _request_log = logging.getLogger("cnnserve.server.requests")
 _REQUEST_LINE = (
@@ -77,12 +85,12 @@ def configure_logging(level: str, log_format: str) -> None:
 
 
 def request_id_from(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
-    """The caller's `x-request-id`, cut to MAX_REQUEST_ID_LENGTH characters, or a new random id."""
+    """The caller's `x-request-id`, cut to MAX_REQUEST_ID_LENGTH characters, or a new random id (32 hex digits)."""
     for key, value in metadata or ():
         if key == REQUEST_ID_KEY and value:
             text = value if isinstance(value, str) else value.decode("ascii", "replace")
             return text[:MAX_REQUEST_ID_LENGTH]
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 _Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -92,17 +100,30 @@ def _with_request_id(behavior: _Behavior) -> _Behavior:
     async def with_request_id(request: Any, context: grpc.aio.ServicerContext) -> Any:
         request_id = request_id_from(context.invocation_metadata())
         current_request_id.set(request_id)
-        await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+        remaining = context.time_remaining()
+        if remaining is not None:
+            _call_deadline.set(time.monotonic() + remaining)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
         return await behavior(request, context)
 
     return with_request_id
 
 
+def call_deadline_passed() -> bool:
+    """Whether the running gRPC call's own deadline has passed (False for calls without one).
+
+    gRPC cancels a handler whose deadline expires, so the handler sees CancelledError either way; this tells a
+    deadline from a caller that gave up.
+    """
+    deadline = _call_deadline.get()
+    return deadline is not None and time.monotonic() >= deadline - _DEADLINE_TOLERANCE_SECONDS
+
+
 class RequestIdInterceptor(grpc.aio.ServerInterceptor):
-    """Gives every unary call a request id and echoes it as initial metadata (see the module docstring).
+    """Gives every unary call a request id and echoes it as trailing metadata (see the module docstring).
 
     Streaming calls (health Watch, reflection) pass through untouched. Wrapped handlers are built once per
-    method and reused, so a call costs the metadata lookup, the send, and one extra coroutine frame.
+    method and reused, so a call costs the metadata lookup and one extra coroutine frame.
     """
 
     def __init__(self) -> None:
@@ -118,11 +139,13 @@ class RequestIdInterceptor(grpc.aio.ServerInterceptor):
             return handler
         wrapped = self._wrapped.get(handler)
         if wrapped is None:
-            wrapped = self._wrapped[handler] = grpc.unary_unary_rpc_method_handler(
+            wrapped = grpc.unary_unary_rpc_method_handler(
                 _with_request_id(handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+            if len(self._wrapped) < _MAX_CACHED_HANDLERS:
+                self._wrapped[handler] = wrapped
         return wrapped
 
 

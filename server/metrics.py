@@ -40,8 +40,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from cnnserve.server.batcher import BatchRecord
     from cnnserve.server.model import ModelVersion
 
@@ -104,7 +102,7 @@ class _ModelCollector(Collector):
         )
         ready = GaugeMetricFamily(
             f"{PREFIX}_model_ready",
-            "1 when the model version serves requests, 0 while it loads, failed to load or unloads",
+            "1 when the model version serves requests, 0 when it failed to load or is unloading",
             labels=["model", "version", "provider"],
         )
         load = GaugeMetricFamily(
@@ -202,7 +200,6 @@ class ServerMetrics:
             registry=r,
         )
         self._series: dict[tuple[str, str, str], RequestSeries] = {}
-        self._http: WSGIServer | None = None
 
     def watch_models(self, versions: Callable[[], Iterable[ModelVersion]]) -> None:
         """Export queue depth, readiness and load time of whatever `versions()` lists at each scrape."""
@@ -213,15 +210,8 @@ class ServerMetrics:
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics over HTTP in a daemon thread; returns the bound port (useful with port 0)."""
-        self._http, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(self._http.server_port)
-
-    def close(self) -> None:
-        """Stop serving /metrics; idempotent."""
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)
 
     def request_series(self, api: str, model: str, version: str) -> RequestSeries:
         """The series of requests to `model` `version` over `api`; model and version must be bounded labels."""

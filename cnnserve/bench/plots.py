@@ -1,0 +1,117 @@
+"""The two plots of a benchmark run, one panel per model (matplotlib, Agg: no display needed).
+
+- throughput.png: images/s against callers, batching off and on, with bare ONNX Runtime's best as the ceiling
+  (images/s on a log scale when the ceiling is more than ten times what the server reached).
+- latency.png: p99 latency against images/s (log scales; images/s linear when it spans less than 10x), the
+  curve every serving system is judged by; bare ONNX Runtime's points (one per batch size, latency of the whole
+  batch) show the best trade-off the machine allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from cnnserve.bench.results import ModelResult
+from cnnserve.bench.settings import BATCHING_OFF, BATCHING_ON
+
+_STYLE = {BATCHING_OFF: ("batching off", "tab:orange", "s"), BATCHING_ON: ("batching on", "tab:blue", "o")}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _panels(count: int):
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, count, figsize=(6 * count, 4.5), squeeze=False)
+    return plt, figure, list(axes[0])
+
+
+def plot_throughput(models: Sequence[ModelResult], path: Path) -> Path:
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
+    plt, figure, axes = _panels(len(models))
+    for ax, model in zip(axes, models, strict=True):
+        for sweep in model.sweeps:
+            label, color, marker = _STYLE.get(sweep.mode, (sweep.mode, None, "x"))
+            ax.plot(
+                [p.concurrency for p in sweep.points],
+                [p.images_per_second for p in sweep.points],
+                marker=marker,
+                color=color,
+                label=label,
+            )
+        best = model.onnxruntime_best()
+        if best is not None:
+            ax.axhline(
+                best.images_per_second,
+                color="black",
+                linestyle="--",
+                label=f"bare ONNX Runtime best (batch {best.batch_size})",
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({p.concurrency for s in model.sweeps for p in s.points}))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _position: f"{value:g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        served = max((p.images_per_second for s in model.sweeps for p in s.points), default=0.0)
+        if best is not None and served > 0 and best.images_per_second > 10 * served:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
+        ax.set_xlabel("concurrent callers")
+        ax.set_ylabel("images/s")
+        ax.set_title(model.model)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_latency(models: Sequence[ModelResult], path: Path) -> Path:
+    plt, figure, axes = _panels(len(models))
+    for ax, model in zip(axes, models, strict=True):
+        for sweep in model.sweeps:
+            label, color, marker = _STYLE.get(sweep.mode, (sweep.mode, None, "x"))
+            points = [p for p in sweep.points if p.latency.p99_ms is not None]
+            ax.plot(
+                [p.images_per_second for p in points],
+                [p.latency.p99_ms for p in points],
+                marker=marker,
+                color=color,
+                label=label,
+            )
+            for p in points:
+                ax.annotate(str(p.concurrency), (p.images_per_second, p.latency.p99_ms), fontsize=7, color=color)
+        bare = [p for p in model.onnxruntime if p.latency.p99_ms is not None]
+        if bare:
+            ax.plot(
+                [p.images_per_second for p in bare],
+                [p.latency.p99_ms for p in bare],
+                marker="^",
+                color="black",
+                linestyle="--",
+                label="bare ONNX Runtime (per batch)",
+            )
+            for p in bare:
+                ax.annotate(f"b{p.batch_size}", (p.images_per_second, p.latency.p99_ms), fontsize=7)
+        rates = [p.images_per_second for s in model.sweeps for p in s.points] + [p.images_per_second for p in bare]
+        if rates and min(rates) > 0 and max(rates) > 10 * min(rates):
+            ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("images/s")
+        ax.set_ylabel("p99 latency (ms)")
+        ax.set_title(f"{model.model} (labels: callers, b = batch size)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,111 @@
+"""What `cnnserve bench` measures and for how long: one typed object, validated when built.
+
+Two presets: the default run (two models, 1 to 256 callers, batch sizes 1 to 128; under 10 minutes on a small
+machine) and `quick` (one small model, three concurrencies; under a minute, for the test suite). Any field can
+be overridden on top of either.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+
+from cnnserve.bench._cpu import cpu_count
+from cnnserve.bench.payloads import PayloadKind
+
+BATCHING_OFF = "batching_off"
+BATCHING_ON = "batching_on"
+
+
+def default_processes() -> int:
+    """One load-generator process per logical CPU, two at least (so one slow process does not set the pace)."""
+    return min(max(cpu_count(), 2), 8)
+
+
+class BenchSettings(BaseModel):
+    model_config = {"frozen": True}
+
+    models: tuple[str, ...] = ("mnist_net", "catsdogs")
+    """Seed models to benchmark; each is served alone."""
+    model_repository: Path | None = None
+    """Take models from here when they are in it; the others are exported with random weights."""
+    cache_dir: Path = Path("load_tests/results/models")
+    """Where models exported with random weights are kept between runs."""
+    output_dir: Path = Path("load_tests/results/bench")
+    """results.json, results.md, throughput.png, latency.png and the servers' logs."""
+    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    """Closed-loop callers per point."""
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
+    """Batch sizes of the bare ONNX Runtime baseline."""
+    warmup_seconds: float = Field(1.0, ge=0.0)
+    """Per point, before measuring: connections open, the batcher's queue fills, caches warm."""
+    duration_seconds: float = Field(5.0, gt=0.0)
+    """Per point, measured."""
+    baseline_seconds: float = Field(1.0, gt=0.0)
+    """Per baseline batch size (at least three runs however long they take)."""
+    processes: int = Field(default_factory=default_processes, ge=1, le=64)
+    """Load-generator processes."""
+    payload: PayloadKind = PayloadKind.FLOAT32
+    """How images are sent. float32 tensors compare the serving path with bare ONNX Runtime on equal terms;
+    png/jpeg add the server's decoding."""
+    images_per_request: int = Field(1, ge=1, le=256)
+    intra_op_threads: int = Field(0, ge=0)
+    """ONNX Runtime threads, for the baseline and the servers alike; 0 lets ONNX Runtime choose."""
+    server_flags: tuple[str, ...] = ()
+    """Extra `cnnserve serve` flags for both servers."""
+    batching_off_flags: tuple[str, ...] = ("--max-batch-size", "1")
+    batching_on_flags: tuple[str, ...] = ()
+    """Flags of the batching server on top of the server's defaults."""
+    timeout_seconds: float = Field(30.0, gt=0.0)
+    """Deadline of every call."""
+    plots: bool = True
+
+    @field_validator("concurrency", "batch_sizes")
+    @classmethod
+    def _positive_sorted(cls, values: tuple[int, ...]) -> tuple[int, ...]:
+        if not values:
+            raise ValueError("needs at least one value")
+        if any(v < 1 for v in values):
+            raise ValueError(f"values must be at least 1, got {list(values)}")
+        return tuple(sorted(set(values)))
+
+    @field_validator("models")
+    @classmethod
+    def _some_models(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        if not values:
+            raise ValueError("name at least one model")
+        return values
+
+    def server_flags_for(self, mode: str) -> list[str]:
+        own = self.batching_off_flags if mode == BATCHING_OFF else self.batching_on_flags
+        threads = ["--intra-op-threads", str(self.intra_op_threads)] if self.intra_op_threads else []
+        return [*threads, *self.server_flags, *own]
+
+    def estimated_seconds(self) -> float:
+        """A rough duration of the whole run on a small machine, for the progress display."""
+        per_point = self.warmup_seconds + self.duration_seconds + 0.5
+        per_model = (
+            len(self.batch_sizes) * (self.baseline_seconds + 0.3)
+            + 2 * (3.0 + len(self.concurrency) * per_point)
+            + per_point
+        )
+        return len(self.models) * per_model
+
+
+QUICK: dict[str, Any] = {
+    "models": ("mnist_net",),
+    "concurrency": (1, 8, 64),
+    "batch_sizes": (1, 8, 64),
+    "warmup_seconds": 0.3,
+    "duration_seconds": 1.5,
+    "baseline_seconds": 0.3,
+}
+"""The `--quick` preset: proves the whole pipeline works in well under a minute."""
+
+
+def bench_settings(quick: bool = False, **overrides: Any) -> BenchSettings:
+    """The default or quick preset with `overrides` (None values ignored) applied."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return BenchSettings(**{**(QUICK if quick else {}), **given})

@@ -1,0 +1,74 @@
+"""`cnnserve bench --quick` end to end: real servers, real load-generator processes, real ONNX Runtime.
+
+Speed is not asserted (the machine is shared); what is checked is that every part of the run measured something
+and that the reports say so.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+def run_bench(*flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cnnserve", "bench", *flags], capture_output=True, text=True, timeout=110, check=False
+    )
+
+
+def test_quick_benchmark_measures_everything_and_writes_every_report(model_repository: Path, tmp_path: Path) -> None:
+    output = tmp_path / "bench"
+    completed = run_bench(
+        "--quick",
+        "--model-repository",
+        str(model_repository),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--output",
+        str(output),
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "mnist_net batching_on, 64 callers" in completed.stderr  # the progress display
+
+    report = json.loads((output / "results.json").read_text())
+    (model,) = report["models"]
+    assert model["model"] == "mnist_net"
+    assert model["weights"] == "as found"
+    assert model["input_shape"] == [1, 28, 28]
+    assert [p["batch_size"] for p in model["onnxruntime"]] == [1, 8, 64]
+    assert all(p["images_per_second"] > 0 for p in model["onnxruntime"])
+    assert model["round_trip"]["p99_ms"] > 0
+
+    sweeps = {sweep["mode"]: sweep for sweep in model["sweeps"]}
+    assert set(sweeps) == {"batching_off", "batching_on"}
+    assert sweeps["batching_off"]["batching"]["max_batch_size"] == 1
+    for sweep in sweeps.values():
+        assert [p["concurrency"] for p in sweep["points"]] == [1, 8, 64]
+        for point in sweep["points"]:
+            assert point["requests"] > 0 and point["errors"] == {}
+            assert point["latency"]["p50_ms"] <= point["latency"]["p99_ms"]
+            assert point["server_cpu_cores"] > 0 and point["generator_cpu_cores"] > 0
+    assert all(p["average_batch_size"] == 1.0 for p in sweeps["batching_off"]["points"])
+    # 64 callers against a batching server: batches of more than one image (the server's own statistics).
+    assert sweeps["batching_on"]["points"][-1]["average_batch_size"] > 1.0
+
+    targets = {t["name"]: t for t in report["targets"]}
+    assert len(targets) == 2 and all(t["passed"] is not None for t in targets.values())
+
+    markdown = (output / "results.md").read_text()
+    assert "### Bare ONNX Runtime (the limit)" in markdown and "| 64 | on |" in markdown
+    for plot in ("throughput.png", "latency.png"):
+        assert (output / plot).read_bytes().startswith(b"\x89PNG")
+
+
+def test_invalid_settings_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    completed = run_bench("--concurrency", "0,4", "--output", str(tmp_path))
+    assert completed.returncode == 2
+    assert "concurrency" in completed.stderr and "at least 1" in completed.stderr
+    assert not (tmp_path / "results.json").exists()
