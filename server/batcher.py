@@ -7,10 +7,9 @@ rows. A single asyncio task forms batches:
    the next one keeps filling in the queue;
 2. block until the first live request is queued;
 3. fill until the queue holds `max_batch_size` rows or a preferred batch size, or until the oldest request has
-   waited `max_queue_delay_seconds`, whichever comes first. With `adaptive_queue_delay`, stop waiting as soon as
-   the next request is not expected before the delay runs out (from the recent arrival rate, and from how long
-   it has been since the last arrival): a lone request at low load then runs at once instead of waiting out
-   the whole delay, while bursts still batch;
+   waited `max_queue_delay_seconds`, whichever comes first. With `adaptive_queue_delay` (`_AdaptiveDelay`),
+   wait only while waiting can pay off: a lone caller's request runs at once instead of waiting out the whole
+   delay, while concurrent callers still batch;
 4. take whole requests, highest priority first and oldest first within a priority, up to `max_batch_size` rows
    (or the largest preferred size that the queue can fill), concatenate them once, run the session in a worker
    thread, and hand each caller exactly its rows.
@@ -95,10 +94,9 @@ class DynamicBatcher:
         self._queued_rows = 0
         self._preferred = frozenset(settings.preferred_batch_sizes)
         self._wakeup = asyncio.Event()
-        self._last_arrival: float | None = None
-        self._arrival_gap = float("inf")
-        """Exponentially weighted mean time between arrivals (gaps capped at twice the delay, so that an idle
-        spell is soon forgotten), for the adaptive delay; infinite until two requests have arrived."""
+        self._delay_advisor = (
+            _AdaptiveDelay(settings.max_queue_delay_seconds) if settings.adaptive_queue_delay else None
+        )
         self._slots = asyncio.Semaphore(settings.instances)
         self._executor = ThreadPoolExecutor(settings.instances, thread_name_prefix=f"infer-{name}")
         self._running: set[asyncio.Task[None]] = set()
@@ -112,6 +110,12 @@ class DynamicBatcher:
     @property
     def queued_rows(self) -> int:
         return self._queued_rows
+
+    def refuse_if_full(self, rows: int) -> None:
+        """Raise QueueFullError when `rows` more would not fit right now, so that callers can refuse a request
+        before paying for its decoding (`submit` checks again: the queue may fill in between)."""
+        if self._queued_rows + rows > self._settings.max_queue_size:
+            raise self._queue_full(rows)
 
     def start(self) -> None:
         """Start the batching task on the running loop."""
@@ -144,12 +148,8 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         request = _QueuedRequest(inputs, loop.create_future(), now)
-        if self._last_arrival is not None:
-            gap = min(now - self._last_arrival, 2 * settings.max_queue_delay_seconds)
-            self._arrival_gap = (
-                gap if self._arrival_gap == float("inf") else self._arrival_gap + 0.25 * (gap - self._arrival_gap)
-            )
-        self._last_arrival = now
+        if self._delay_advisor is not None:
+            self._delay_advisor.arrived(now)
         request.timer = loop.call_at(_loop_time(loop, deadline), _expire, request.future, self._name)
         self._queues[level - 1].append(request)
         self._queued_rows += request.rows
@@ -221,11 +221,11 @@ class DynamicBatcher:
                 if remaining <= 0:
                     break
                 wait = remaining
-                if settings.adaptive_queue_delay:
-                    expected_gap = max(self._arrival_gap, now - (self._last_arrival or now))
-                    if expected_gap >= remaining:
+                if self._delay_advisor is not None:
+                    advised = self._delay_advisor.wait(now, remaining)
+                    if advised is None:
                         break
-                    wait = min(remaining, 2 * expected_gap)
+                    wait = advised
                 self._wakeup.clear()
                 try:
                     async with asyncio.timeout(wait):
@@ -235,6 +235,8 @@ class DynamicBatcher:
                         break
             batch = self._take()
             if batch:
+                if self._delay_advisor is not None:
+                    self._delay_advisor.batch_taken(len(batch))
                 return batch
 
     def _worth_running_now(self) -> bool:
@@ -321,6 +323,41 @@ class DynamicBatcher:
                     self._queued_rows -= request.rows
                     if not request.future.done():
                         request.future.set_exception(error)
+
+
+class _AdaptiveDelay:
+    """Decides, for the adaptive queue delay, whether waiting for more requests can pay off.
+
+    Two estimates, both exponentially weighted: the time between arrivals (gaps capped at twice the delay, so an
+    idle spell is soon forgotten) and the requests per batch taken. While batches hold one request each, callers
+    are not overlapping (a lone closed-loop caller never sends its next request before this one is answered), so
+    waiting only adds latency: run at once. Otherwise wait, but only while the next request is expected before the
+    delay runs out. Batches still form from whatever queued while an instance was busy.
+    """
+
+    def __init__(self, max_delay: float) -> None:
+        self._gap_cap = 2 * max_delay
+        self._gap = float("inf")
+        self._last_arrival: float | None = None
+        self._requests_per_batch = 1.0
+
+    def arrived(self, now: float) -> None:
+        if self._last_arrival is not None:
+            gap = min(now - self._last_arrival, self._gap_cap)
+            self._gap = gap if self._gap == float("inf") else self._gap + 0.25 * (gap - self._gap)
+        self._last_arrival = now
+
+    def batch_taken(self, requests: int) -> None:
+        self._requests_per_batch += 0.2 * (requests - self._requests_per_batch)
+
+    def wait(self, now: float, remaining: float) -> float | None:
+        """How long to wait for company now, or None to run the batch at once."""
+        if self._requests_per_batch < 1.25:
+            return None
+        expected_gap = max(self._gap, now - (self._last_arrival or now))
+        if expected_gap >= remaining:
+            return None
+        return min(remaining, 2 * expected_gap)
 
 
 def _loop_time(loop: asyncio.AbstractEventLoop, deadline: float) -> float:

@@ -123,6 +123,8 @@ class DataPlane:
         limit = self.settings.max_images_per_request
         if len(images) > limit:
             raise InvalidInputError(f"the request has {len(images)} images; at most {limit} are accepted per call")
+        if model.batcher is not None:
+            model.batcher.refuse_if_full(len(images))
         assert model.preprocessor is not None
         started = time.perf_counter()
         encoded_bytes = sum(len(image) for image in images if isinstance(image, bytes))

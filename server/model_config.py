@@ -81,6 +81,7 @@ class ModelConfig(BaseModel):
     intra_op_threads: int | None = Field(None, ge=0)
     inter_op_threads: int | None = Field(None, ge=0)
     graph_optimization: GraphOptimization | None = None
+    thread_spinning: bool | None = None
     version_policy: VersionPolicy = VersionPolicy()
 
     @classmethod

@@ -66,6 +66,9 @@ def create_session(model_path: Path, options: RuntimeSettings) -> LoadedSession:
     session_options.inter_op_num_threads = options.inter_op_threads
     session_options.graph_optimization_level = _OPTIMIZATION_LEVELS[options.graph_optimization]
     session_options.log_severity_level = 3
+    spinning = "1" if options.thread_spinning else "0"
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    session_options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
     provider_list: list[str | tuple[str, dict[str, str]]] = [
         (CUDA, cuda_options(options)) if name == CUDA else name for name in providers
     ]

@@ -53,8 +53,8 @@ class BatchingSettings(BaseModel):
     """How long the oldest queued image waits for company before its batch runs anyway."""
     preferred_batch_sizes: tuple[int, ...] = ()
     """Sizes dispatched as soon as they can be formed, without waiting out the delay."""
-    adaptive_queue_delay: bool = False
-    """Dispatch early when, at the recent arrival rate, no further request is expected within the delay."""
+    adaptive_queue_delay: bool = True
+    """Wait out the delay only while callers overlap and the next request is expected in time."""
     max_queue_size: int = Field(1024, ge=1)
     """Images a model may hold queued; beyond it requests are refused at once with RESOURCE_EXHAUSTED."""
     default_timeout_seconds: float = Field(30.0, gt=0.0)
@@ -95,6 +95,9 @@ class RuntimeSettings(BaseModel):
     intra_op_threads: int = Field(0, ge=0, description="threads inside one operator; 0 lets ONNX Runtime choose")
     inter_op_threads: int = Field(0, ge=0, description="threads across operators; 0 lets ONNX Runtime choose")
     graph_optimization: GraphOptimization = GraphOptimization.ALL
+    thread_spinning: bool = Field(
+        False, description="let ONNX Runtime's worker threads spin between calls (lower latency on dedicated cores)"
+    )
 
 
 _config_file: ContextVar[Path | None] = ContextVar("cnnserve_config_file", default=None)
@@ -114,7 +117,9 @@ class ServerSettings(BaseSettings):
     max_queue_delay_ms: float = Field(2.0, ge=0.0, le=10_000.0, description="default per model")
     preferred_batch_sizes: tuple[int, ...] = Field((), description="default per model")
     adaptive_queue_delay: bool = Field(
-        False, description="dispatch before the delay runs out when no further request is expected in time"
+        True,
+        description="wait out the queue delay only while callers overlap and the next request is expected in "
+        "time (a lone caller is not delayed); --no-adaptive-queue-delay always waits the full delay",
     )
     max_queue_size: int = Field(1024, ge=1, description="images queued per model before RESOURCE_EXHAUSTED")
     default_timeout_seconds: float = Field(30.0, gt=0.0, description="deadline of calls that bring none")
@@ -128,6 +133,11 @@ class ServerSettings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per operator; 0 lets it choose")
     inter_op_threads: int = Field(0, ge=0)
     graph_optimization: GraphOptimization = GraphOptimization.ALL
+    thread_spinning: bool = Field(
+        False,
+        description="let ONNX Runtime's threads spin-wait between calls; off by default because spinning threads "
+        "take CPU from the event loop that feeds them",
+    )
 
     repository_poll_seconds: float = Field(
         0.0, ge=0.0, description="poll the repository for new or removed versions this often; 0: never"
@@ -216,6 +226,7 @@ class ServerSettings(BaseSettings):
             intra_op_threads=self.intra_op_threads,
             inter_op_threads=self.inter_op_threads,
             graph_optimization=self.graph_optimization,
+            thread_spinning=self.thread_spinning,
         )
 
     @model_validator(mode="after")

@@ -56,7 +56,7 @@ def input_batch(
 ) -> np.ndarray:
     """The request's single input as a float32 (N, C, H, W) array; a read-only view of raw bytes when sent raw.
 
-    Raises InvalidInputError for a wrong input count, name, data type, shape or byte length.
+    Raises InvalidInputError for a wrong input count, name, data type, shape or byte length, or NaN/infinity.
     """
     if len(request.inputs) != 1:
         raise InvalidInputError(f"expected 1 inputs but got {len(request.inputs)} inputs for model '{model_name}'")
@@ -98,14 +98,21 @@ def input_batch(
                 f"unexpected total byte size {len(data)} for input '{INPUT_NAME}', expecting {4 * elements} "
                 f"(FP32 {_shape_text(shape)})"
             )
-        return np.frombuffer(data, dtype="<f4").reshape(shape)
+        return _finite(np.frombuffer(data, dtype="<f4").reshape(shape))
     values = tensor.contents.fp32_contents
     if len(values) != elements:
         raise InvalidInputError(
             f"unexpected number of FP32 values {len(values)} for input '{INPUT_NAME}', expecting {elements} "
             f"(shape {_shape_text(shape)}); send them in contents.fp32_contents or raw_input_contents"
         )
-    return np.asarray(values, dtype=np.float32).reshape(shape)
+    return _finite(np.asarray(values, dtype=np.float32).reshape(shape))
+
+
+def _finite(batch: np.ndarray) -> np.ndarray:
+    """`batch`, checked to hold no NaN or infinity (min and max propagate both, without a temporary array)."""
+    if not (np.isfinite(batch.min()) and np.isfinite(batch.max())):
+        raise InvalidInputError(f"input '{INPUT_NAME}' contains NaN or infinity; send finite FP32 values")
+    return batch
 
 
 def requested_outputs(request: pb.ModelInferRequest, model_name: str, label_count: int) -> list[RequestedOutput]:

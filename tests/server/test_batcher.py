@@ -56,7 +56,12 @@ def model() -> GatedModel:
 
 
 async def make_batcher(model: GatedModel, **settings: object) -> DynamicBatcher:
-    defaults: dict[str, object] = {"max_batch_size": 4, "max_queue_delay_seconds": 5.0, "max_queue_size": 16}
+    defaults: dict[str, object] = {
+        "max_batch_size": 4,
+        "max_queue_delay_seconds": 5.0,
+        "max_queue_size": 16,
+        "adaptive_queue_delay": False,
+    }
     batcher = DynamicBatcher(model, BatchingSettings(**{**defaults, **settings}), name="gated")
     batcher.start()
     return batcher
@@ -139,7 +144,10 @@ async def test_a_failed_batch_fails_only_its_own_callers(model: GatedModel) -> N
     model.fail_when = 13
     records: list[BatchRecord] = []
     batcher = DynamicBatcher(
-        model, BatchingSettings(max_batch_size=2, max_queue_delay_seconds=5.0), name="gated", on_batch=records.append
+        model,
+        BatchingSettings(max_batch_size=2, max_queue_delay_seconds=5.0, adaptive_queue_delay=False),
+        name="gated",
+        on_batch=records.append,
     )
     batcher.start()
     model.gate.set()
@@ -285,4 +293,18 @@ async def test_adaptive_delay_runs_a_lone_request_at_once_but_still_batches_a_bu
     burst = await asyncio.gather(*(batcher.submit(rows(v), far()) for v in range(8)))
     assert [b.item() for b in burst] == [2 * v for v in range(8)]
     assert model.batch_sizes == [1, 8]
+    await batcher.close(1)
+
+
+async def test_adaptive_delay_waits_for_company_once_callers_overlap(model: GatedModel) -> None:
+    model.gate.set()
+    batcher = await make_batcher(model, max_batch_size=8, max_queue_delay_seconds=0.5, adaptive_queue_delay=True)
+    for _ in range(3):
+        await asyncio.gather(*(batcher.submit(rows(v), far()) for v in range(4)))
+    model.batch_sizes.clear()
+    first = asyncio.ensure_future(batcher.submit(rows(1), far()))
+    await asyncio.sleep(0.02)
+    second = asyncio.ensure_future(batcher.submit(rows(2), far()))
+    assert [(await f).item() for f in (first, second)] == [2, 4]
+    assert model.batch_sizes == [2], "overlapping callers still meet in one batch"
     await batcher.close(1)
