@@ -98,5 +98,10 @@ def cuda_options(options: RuntimeSettings) -> dict[str, str]:
 
 
 def quiet_onnxruntime() -> None:
-    """Keep ONNX Runtime's own logger to errors, so a CUDA probe on a CPU machine does not flood the log."""
-    ort.set_default_logger_severity(3)
+    """Keep ONNX Runtime's own logger to fatal errors.
+
+    Otherwise every model's CUDA attempt on a machine without a usable GPU prints a red library-loading error;
+    the server reports that fallback itself, once per version and in GetModel, and real failures surface as
+    exceptions with their message.
+    """
+    ort.set_default_logger_severity(4)
