@@ -115,7 +115,9 @@ class Server:
         if settings.repository_poll_seconds > 0:
             self._poller = asyncio.create_task(self.repository.poll(settings.repository_poll_seconds))
         if settings.port_file is not None:
-            settings.port_file.write_text(json.dumps({"grpc_port": self.grpc_port, "metrics_port": self.metrics_port}))
+            staging = settings.port_file.with_name(f".{settings.port_file.name}.tmp")
+            staging.write_text(json.dumps({"grpc_port": self.grpc_port, "metrics_port": self.metrics_port}))
+            staging.replace(settings.port_file)
 
     async def stop(self) -> None:
         """Drain and stop; idempotent."""

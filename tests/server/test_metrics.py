@@ -24,7 +24,15 @@ from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 from tests.conftest import png_bytes
 from tests.servers import ServerProcess, channel_to, running_server
 
-BATCHING = ("--max-batch-size", "4", "--max-queue-delay-ms", "2000", "--max-queue-size", "6")
+BATCHING = (
+    "--max-batch-size",
+    "4",
+    "--max-queue-delay-ms",
+    "2000",
+    "--no-adaptive-queue-delay",
+    "--max-queue-size",
+    "6",
+)
 LABEL_NAMES = {"model", "version", "api", "code", "reason", "provider", "le"}
 
 

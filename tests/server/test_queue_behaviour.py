@@ -23,7 +23,15 @@ X = pb.Image(encoded=png_bytes(render_x()))
 
 @pytest.fixture(scope="module")
 def slow_queue_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory):
-    flags = ("--max-queue-delay-ms", "2000", "--max-batch-size", "64", "--max-queue-size", "3")
+    flags = (
+        "--max-queue-delay-ms",
+        "2000",
+        "--no-adaptive-queue-delay",
+        "--max-batch-size",
+        "64",
+        "--max-queue-size",
+        "3",
+    )
     with running_server(model_repository, *flags, workdir=tmp_path_factory.mktemp("slow")) as server:
         yield server
 

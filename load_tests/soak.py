@@ -1,0 +1,424 @@
+"""Soak test: constant load on a cnnserve server for a long time, watching throughput, errors and memory.
+
+    python load_tests/soak.py --model-repository models --duration 600 --rate 100
+    python load_tests/soak.py --server 127.0.0.1:8001 --metrics-url http://127.0.0.1:8002/metrics --duration 3600
+
+Without --server it starts `cnnserve serve` on loopback from --model-repository (which must hold `xo` and
+`mnist_net`, as `make run` leaves them in ./models) and reads the server's RSS from /proc/<pid>/status; with
+--server it reads `process_resident_memory_bytes` from --metrics-url. Requests go out open-loop at --rate per
+second (X/O and digit PNGs, digit tensors, requests of 1 to 4 images, and a --bad-fraction of undecodable
+images), each with a --timeout deadline, whatever the server's pace; at most --max-in-flight are outstanding.
+
+Every answer is checked against the answer the server gave the same payload at the start, so a wrong or
+half-answered response is counted, not just a failed one. Each second records the answers by outcome, their
+latencies and the RSS. At the end (or on Ctrl-C) it writes <out>/soak-<time>.json and .png and prints a
+summary: throughput, errors by status, requests lost (sent but never answered: must be 0), wrong answers (must
+be 0) and memory growth after the warm-up. Not part of the test suite: it runs for minutes to hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import math
+import re
+import signal
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import numpy as np
+from PIL import Image
+
+from cnnserve.v1 import classifier_pb2 as pb
+from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
+
+OK = "ok"
+WRONG = "wrong_answer"
+EXPECTED_ERROR = "refused_bad_input"
+SKIPPED = "not_sent_client_saturated"
+GOOD_OUTCOMES = (OK, EXPECTED_ERROR)
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class SoakSettings:
+    duration: float
+    rate: float
+    timeout: float
+    max_in_flight: int
+    bad_fraction: float
+    warm_up: float
+    out: Path
+    seed: int
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A request and what it must get: the labels the server gave it at the start, or INVALID_ARGUMENT."""
+
+    request: pb.ClassifyRequest
+    labels: tuple[str, ...] | None
+
+
+@dataclass
+class Second:
+    """What happened in one second of the run."""
+
+    at: float
+    outcomes: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    rss_bytes: int | None = None
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def build_payloads(stub: pb_grpc.ImageClassifierStub, seed: int) -> tuple[list[Payload], list[Payload]]:
+    """Good payloads with their reference answers, and bad ones; the references come from the server itself."""
+    from cnnserve.export import load_digit_images, render_o, render_x
+
+    rng = np.random.default_rng(seed)
+    digits, _ = load_digit_images()
+    picks = rng.choice(len(digits), 64, replace=False)
+    xo = [pb.Image(encoded=png(render_x())), pb.Image(encoded=png(render_o()))]
+    digit_pngs = [pb.Image(encoded=png(digits[i])) for i in picks]
+    scaled = (digits[picks].astype(np.float32) / 255.0 - 0.1307) / 0.3081
+    digit_tensors = [
+        pb.Image(tensor=pb.Tensor(dtype=pb.FLOAT32, shape=[1, 28, 28], data=row.astype("<f4").tobytes()))
+        for row in scaled
+    ]
+    requests = [pb.ClassifyRequest(model="xo", images=[image]) for image in xo]
+    requests.append(pb.ClassifyRequest(model="xo", images=[xo[0], xo[1], xo[1]], top_k=2))
+    for start in range(0, 64, 4):
+        requests.append(pb.ClassifyRequest(model="mnist_net", images=[digit_pngs[start]], top_k=3))
+        requests.append(pb.ClassifyRequest(model="mnist_net", images=digit_pngs[start : start + 4]))
+        requests.append(pb.ClassifyRequest(model="mnist_net", images=[digit_tensors[start + 1]]))
+    good = []
+    for request in requests:
+        answer = stub.Classify(request, timeout=30)
+        good.append(Payload(request, answer_labels(answer)))
+    bad_bytes = [bytes(rng.integers(0, 256, size, np.uint8)) for size in (10, 500, 5000)]
+    bad = [Payload(pb.ClassifyRequest(model="mnist_net", images=[pb.Image(encoded=b)]), None) for b in bad_bytes]
+    return good, bad
+
+
+def answer_labels(answer: pb.ClassifyResponse) -> tuple[str, ...]:
+    return tuple(entry.label for result in answer.results for entry in result.top)
+
+
+async def send(stub: pb_grpc.ImageClassifierStub, payload: Payload, timeout: float) -> str:
+    """One call; its outcome: OK, a wrong answer, bad input refused as it should be, or the status's name."""
+    try:
+        answer = await stub.Classify(payload.request, timeout=timeout)
+    except grpc.aio.AioRpcError as failure:
+        if payload.labels is None and failure.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            return EXPECTED_ERROR
+        return failure.code().name
+    if payload.labels is None:
+        return "unexpected_success"
+    return OK if answer_labels(answer) == payload.labels else WRONG
+
+
+class Recorder:
+    """Per-second outcome counts and latencies, keyed by whole seconds since the start."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.seconds: dict[int, Second] = {}
+        self.sent = 0
+        self.answered = 0
+
+    def second(self, now: float) -> Second:
+        index = int(now - self.started)
+        return self.seconds.setdefault(index, Second(at=float(index)))
+
+    def record(self, outcome: str, latency: float) -> None:
+        now = time.monotonic()
+        entry = self.second(now)
+        entry.outcomes[outcome] += 1
+        if outcome != SKIPPED:
+            self.answered += 1
+            entry.latencies.append(latency)
+
+
+async def run_load(
+    stub: pb_grpc.ImageClassifierStub,
+    good: list[Payload],
+    bad: list[Payload],
+    settings: SoakSettings,
+    rss: Callable[[], int | None],
+    stop: asyncio.Event,
+) -> Recorder:
+    """Send at a constant rate until the duration is over or `stop` is set, then wait for every answer."""
+    rng = np.random.default_rng(settings.seed)
+    started = time.monotonic()
+    recorder = Recorder(started)
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def call(payload: Payload) -> None:
+        sent = time.monotonic()
+        outcome = await send(stub, payload, settings.timeout)
+        recorder.record(outcome, time.monotonic() - sent)
+
+    async def sample_rss() -> None:
+        while True:
+            recorder.second(time.monotonic()).rss_bytes = rss()
+            await asyncio.sleep(1.0)
+
+    sampler = asyncio.create_task(sample_rss())
+    interval = 1.0 / settings.rate
+    next_send = started
+    end = started + settings.duration
+    while not stop.is_set() and (now := time.monotonic()) < end:
+        while next_send <= now:
+            next_send += interval
+            if len(in_flight) >= settings.max_in_flight:
+                recorder.record(SKIPPED, 0.0)
+                continue
+            payloads = bad if rng.random() < settings.bad_fraction else good
+            task = asyncio.create_task(call(payloads[rng.integers(len(payloads))]))
+            recorder.sent += 1
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=max(next_send - time.monotonic(), 0.0))
+    if in_flight:
+        await asyncio.wait(in_flight, timeout=settings.timeout + 5)
+    recorder.second(time.monotonic()).rss_bytes = rss()
+    sampler.cancel()
+    return recorder
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def summarise(recorder: Recorder, settings: SoakSettings) -> dict[str, object]:
+    seconds = [recorder.seconds[k] for k in sorted(recorder.seconds)]
+    totals: Counter[str] = Counter()
+    for entry in seconds:
+        totals.update(entry.outcomes)
+    latencies = [latency for entry in seconds for latency in entry.latencies]
+    elapsed = max(len(seconds) - 1, 1)
+    rss_points = [(entry.at, entry.rss_bytes) for entry in seconds if entry.rss_bytes is not None]
+    memory: dict[str, float | None] = {}
+    if rss_points:
+        times = np.array([t for t, _ in rss_points])
+        values = np.array([v for _, v in rss_points], dtype=np.float64) / MiB
+        settled = values[times >= settings.warm_up] if (times >= settings.warm_up).any() else values
+        later = times >= times[-1] / 2
+        slope = np.polyfit(times[later], values[later], 1)[0] * 3600 if later.sum() >= 3 else math.nan
+        memory = {
+            "rss_start_mib": round(float(values[0]), 1),
+            "rss_after_warm_up_mib": round(float(settled[0]), 1),
+            "rss_end_mib": round(float(values[-1]), 1),
+            "rss_peak_mib": round(float(values.max()), 1),
+            "growth_after_warm_up_mib": round(float(values[-1] - settled[0]), 1),
+            "second_half_slope_mib_per_hour": round(float(slope), 1),
+        }
+    answered = recorder.answered
+    errors = {name: count for name, count in totals.items() if name not in (*GOOD_OUTCOMES, SKIPPED)}
+    return {
+        "seconds": elapsed,
+        "offered_rate": settings.rate,
+        "sent": recorder.sent,
+        "answered": answered,
+        "lost": recorder.sent - answered,
+        "not_sent_client_saturated": totals[SKIPPED],
+        "ok": totals[OK],
+        "wrong_answers": totals[WRONG],
+        "bad_input_refused": totals[EXPECTED_ERROR],
+        "errors": errors,
+        "throughput_per_second": round(answered / elapsed, 1),
+        "latency_p50_ms": _ms(percentile(latencies, 50)),
+        "latency_p99_ms": _ms(percentile(latencies, 99)),
+        "latency_max_ms": _ms(max(latencies) if latencies else None),
+        **memory,
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def plot(recorder: Recorder, summary: dict[str, object], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seconds = [recorder.seconds[k] for k in sorted(recorder.seconds)][:-1]
+    minutes = np.array([entry.at / 60 for entry in seconds])
+    window = 10 if len(seconds) > 120 else 1
+    figure, (throughput, errors, latency, memory) = plt.subplots(4, 1, figsize=(10, 11), sharex=True)
+    answered = [sum(n for o, n in entry.outcomes.items() if o != SKIPPED) for entry in seconds]
+    ok = [entry.outcomes[OK] for entry in seconds]
+    throughput.plot(minutes, smoothed(answered, window), color="tab:blue", linewidth=0.8, label="answered / s")
+    throughput.plot(minutes, smoothed(ok, window), color="tab:green", linewidth=0.8, label="correct / s")
+    throughput.axhline(float(summary["offered_rate"]), color="grey", linestyle="--", linewidth=0.8, label="offered")
+    throughput.set_ylabel(f"requests / s ({window} s mean)")
+    throughput.set_ylim(bottom=0)
+    throughput.legend(loc="lower right")
+    kinds = sorted({o for entry in seconds for o in entry.outcomes if o != OK})
+    for kind in kinds:
+        label = f"{kind} (expected)" if kind == EXPECTED_ERROR else kind
+        errors.plot(minutes, smoothed([e.outcomes[kind] for e in seconds], window), linewidth=0.8, label=label)
+    errors.set_ylabel(f"non-OK / s ({window} s mean)")
+    if kinds:
+        errors.legend(loc="upper right", fontsize="small")
+    p50 = [percentile(entry.latencies, 50) or math.nan for entry in seconds]
+    p99 = [percentile(entry.latencies, 99) or math.nan for entry in seconds]
+    latency.plot(minutes, np.array(p50) * 1000, linewidth=0.6, label="p50")
+    latency.plot(minutes, np.array(p99) * 1000, linewidth=0.6, label="p99")
+    latency.set_ylabel("latency per second (ms)")
+    latency.set_ylim(bottom=0)
+    latency.legend(loc="upper right")
+    rss = [(entry.at / 60, entry.rss_bytes / MiB) for entry in seconds if entry.rss_bytes is not None]
+    if rss:
+        memory.plot(*zip(*rss, strict=True), color="tab:red")
+    memory.set_ylabel("server RSS (MiB)")
+    memory.set_xlabel("minutes")
+    figure.suptitle(
+        f"soak: {summary['sent']} requests at {summary['offered_rate']}/s, lost {summary['lost']}, "
+        f"wrong {summary['wrong_answers']}, RSS growth after warm-up {summary.get('growth_after_warm_up_mib')} MiB"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def smoothed(values: list[int], window: int) -> np.ndarray:
+    """Trailing mean over `window` points (the first points average what there is)."""
+    cumulative = np.cumsum(np.asarray(values, dtype=np.float64))
+    shifted = (
+        np.concatenate([np.zeros(window), cumulative[:-window]]) if window < len(values) else np.zeros(len(values))
+    )
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    return (cumulative - shifted[: len(values)]) / counts
+
+
+def proc_rss(pid: int) -> Callable[[], int | None]:
+    def read() -> int | None:
+        try:
+            text = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return None
+        found = re.search(r"^VmRSS:\s+(\d+) kB", text, re.MULTILINE)
+        return int(found.group(1)) * 1024 if found else None
+
+    return read
+
+
+def metrics_rss(url: str) -> Callable[[], int | None]:
+    def read() -> int | None:
+        try:
+            text = urllib.request.urlopen(url, timeout=2).read().decode()
+        except OSError:
+            return None
+        found = re.search(r"^process_resident_memory_bytes (\S+)$", text, re.MULTILINE)
+        return int(float(found.group(1))) if found else None
+
+    return read
+
+
+@contextmanager
+def server_under_soak(args: argparse.Namespace) -> Iterator[tuple[str, Callable[[], int | None]]]:
+    """The target and an RSS reader: of the server given, or of one started here (and stopped afterwards)."""
+    if args.server:
+        yield args.server, metrics_rss(args.metrics_url) if args.metrics_url else (lambda: None)
+        return
+    from cnnserve.bench.server import running_server
+
+    repository = args.model_repository
+    missing = [name for name in ("xo", "mnist_net") if not (repository / name).is_dir()]
+    if missing:
+        raise SystemExit(f"{repository} lacks {missing}; `make run` or `cnnserve train NAME --out {repository}`")
+    log_path = args.out / "soak-server.log"
+    with running_server(repository, args.serve_flag or [], log_path) as server:
+        print(f"server pid {server.pid} on {server.target}, log {log_path}", file=sys.stderr)
+        yield server.target, proc_rss(server.pid)
+
+
+async def soak(target: str, rss: Callable[[], int | None], settings: SoakSettings) -> tuple[Recorder, dict]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with grpc.insecure_channel(target) as channel:
+        good, bad = build_payloads(pb_grpc.ImageClassifierStub(channel), settings.seed)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.ImageClassifierStub(channel)
+        recorder = await run_load(stub, good, bad, settings, rss, stop)
+    return recorder, summarise(recorder, settings)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of load; default 600")
+    parser.add_argument("--rate", type=float, default=100.0, help="requests per second; default 100")
+    parser.add_argument("--timeout", type=float, default=5.0, help="deadline of each call in seconds; default 5")
+    parser.add_argument("--max-in-flight", type=int, default=512, help="outstanding calls at most; default 512")
+    parser.add_argument("--bad-fraction", type=float, default=0.01, help="share of undecodable images; 0.01")
+    parser.add_argument("--warm-up", type=float, default=60.0, help="seconds before memory growth counts; 60")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model-repository", type=Path, default=Path("models"), help="served when no --server")
+    parser.add_argument("--serve-flag", action="append", help="extra `cnnserve serve` flag (repeatable)")
+    parser.add_argument("--server", help="HOST:PORT of a running server instead of starting one")
+    parser.add_argument("--metrics-url", help="with --server: its /metrics URL, for the RSS")
+    parser.add_argument("--out", type=Path, default=Path("load_tests/results"), help="default load_tests/results")
+    args = parser.parse_args(argv)
+    if args.rate <= 0 or args.duration <= 0 or not 0 <= args.bad_fraction <= 1:
+        parser.error("--rate and --duration must be positive and --bad-fraction within 0..1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings = SoakSettings(
+        duration=args.duration,
+        rate=args.rate,
+        timeout=args.timeout,
+        max_in_flight=args.max_in_flight,
+        bad_fraction=args.bad_fraction,
+        warm_up=min(args.warm_up, args.duration / 2),
+        out=args.out,
+        seed=args.seed,
+    )
+    with server_under_soak(args) as (target, rss):
+        recorder, summary = asyncio.run(soak(target, rss, settings))
+    stem = args.out / f"soak-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    timeline = [
+        {
+            "second": entry.at,
+            "outcomes": dict(entry.outcomes),
+            "p50_ms": _ms(percentile(entry.latencies, 50)),
+            "p99_ms": _ms(percentile(entry.latencies, 99)),
+            "rss_bytes": entry.rss_bytes,
+        }
+        for entry in (recorder.seconds[k] for k in sorted(recorder.seconds))
+    ]
+    record = {"settings": {**asdict(settings), "out": str(settings.out)}, "summary": summary, "timeline": timeline}
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    plot(recorder, summary, stem.with_suffix(".png"))
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
+    return 0 if summary["lost"] == 0 and summary["wrong_answers"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
