@@ -23,6 +23,7 @@ from cnnserve.server.preprocess import FloatTensor, ImageInput
 from cnnserve.server.repository import ModelRepository
 from cnnserve.server.settings import ServerSettings
 
+DEFAULT_TIMEOUT_SECONDS = 30.0
 _DECODE_INLINE_BYTES = 64 * 1024
 """Encoded payloads up to this size are decoded on the event loop; larger ones in a worker thread."""
 _Result = TypeVar("_Result")
@@ -34,9 +35,10 @@ class DataPlane:
         self.settings = settings
         self.metrics = metrics
 
-    def deadline(self, time_remaining: float | None) -> float:
-        """The monotonic deadline of a call: its own, capped by the default timeout."""
-        timeout = self.settings.batching.default_timeout_seconds
+    @staticmethod
+    def deadline(model: ModelVersion, time_remaining: float | None) -> float:
+        """The monotonic deadline of a call to `model`: its own, capped by the model's default timeout."""
+        timeout = model.batching.default_timeout_seconds if model.batching else DEFAULT_TIMEOUT_SECONDS
         if time_remaining is not None:
             timeout = min(timeout, max(time_remaining, 0.0))
         return time.monotonic() + timeout

@@ -205,9 +205,6 @@ class ServerMetrics:
         """Export queue depth, readiness and load time of whatever `versions()` lists at each scrape."""
         self.registry.register(_ModelCollector(versions))
 
-    def watch_queues(self, depths: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
-        """Superseded by `watch_models`, which exports the queue depths; kept so existing callers still work."""
-
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics over HTTP in a daemon thread; returns the bound port (useful with port 0)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)

@@ -73,7 +73,6 @@ class ModelRepository:
         self._signatures: dict[str, Signature] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._listeners: list[Callable[[], object]] = []
-        metrics.watch_queues(self._queue_depths)
 
     def on_change(self, listener: Callable[[], object]) -> None:
         """Call `listener` after every load or unload (the server recomputes its readiness)."""
@@ -250,8 +249,3 @@ class ModelRepository:
     def _notify(self) -> None:
         for listener in self._listeners:
             listener()
-
-    def _queue_depths(self) -> Iterator[tuple[str, str, int]]:
-        for v in self.versions():
-            if v.batcher is not None:
-                yield v.name, str(v.version), v.batcher.queued_rows

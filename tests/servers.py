@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
+from cnnserve.bench.server import serve_command as bench_serve_command
 
 
 @dataclass
@@ -46,23 +47,8 @@ class ServerProcess:
 
 
 def serve_command(repository: Path, *flags: str, port_file: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "cnnserve",
-        "serve",
-        "--model-repository",
-        str(repository),
-        "--host",
-        "127.0.0.1",
-        "--grpc-port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--port-file",
-        str(port_file),
-        *flags,
-    ]
+    """`cnnserve serve` on free loopback ports, writing its ports to `port_file` once ready."""
+    return bench_serve_command(repository, flags, port_file)
 
 
 @contextmanager

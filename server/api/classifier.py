@@ -135,7 +135,7 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
             k = request.top_k or 1
             if not 1 <= k <= label_count:
                 raise InvalidInputError(f"top_k must be between 1 and {label_count} for {model.name}, got {k}")
-            deadline = dataplane.deadline(context.time_remaining())
+            deadline = dataplane.deadline(model, context.time_remaining())
             return await dataplane.classify_images(model, image_inputs(request), deadline)
 
         model, probabilities = await dataplane.observe(API, request.model, request.version, classify)

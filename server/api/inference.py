@@ -219,7 +219,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             timeout_us = integer_parameter(request.parameters, "timeout", minimum=0)
             if timeout_us:
                 remaining = timeout_us / 1e6 if remaining is None else min(remaining, timeout_us / 1e6)
-            deadline = dataplane.deadline(remaining)
+            deadline = dataplane.deadline(model, remaining)
             priority = integer_parameter(request.parameters, "priority", minimum=0) or 0
             outputs = requested_outputs(request, model.name, label_count_of(model))
             inputs = input_batch(request, input_shape_of(model), model.name, max_rows)
