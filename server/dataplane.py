@@ -24,8 +24,9 @@ from cnnserve.server.repository import ModelRepository
 from cnnserve.server.settings import ServerSettings
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
-_DECODE_INLINE_BYTES = 64 * 1024
-"""Encoded payloads up to this size are decoded on the event loop; larger ones in a worker thread."""
+_DECODE_INLINE_PIXELS = 512 * 512
+"""Requests whose images hold up to this many pixels (by their headers) are decoded on the event loop; larger
+ones in a worker thread, so that a small file claiming a large picture cannot stall every other request."""
 _Result = TypeVar("_Result")
 
 
@@ -129,11 +130,11 @@ class DataPlane:
             model.batcher.refuse_if_full(len(images))
         assert model.preprocessor is not None
         started = time.perf_counter()
-        encoded_bytes = sum(len(image) for image in images if isinstance(image, bytes))
-        if encoded_bytes > _DECODE_INLINE_BYTES:
-            inputs = await asyncio.to_thread(model.preprocessor.batch, images)
+        prepared = model.preprocessor.prepare(images)
+        if prepared.pixels > _DECODE_INLINE_PIXELS:
+            inputs = await asyncio.to_thread(prepared.finish)
         else:
-            inputs = model.preprocessor.batch(images)
+            inputs = prepared.finish()
         preprocess_seconds = time.perf_counter() - started
         model.statistics.compute_input.add(preprocess_seconds)
         if not (len(images) == 1 and isinstance(images[0], FloatTensor)):

@@ -63,55 +63,84 @@ class ImagePreprocessor:
 
     def batch(self, images: Sequence[ImageInput]) -> np.ndarray:
         """The model input for `images`, in order. Raises InvalidInputError naming the offending image."""
+        return self.prepare(images).finish()
+
+    def prepare(self, images: Sequence[ImageInput]) -> PreparedImages:
+        """Check every image and read the headers of encoded ones, without decoding anything yet.
+
+        Cheap enough for the event loop; `PreparedImages.pixels` then tells whether the decoding that `finish`
+        does belongs on a worker thread. Raises InvalidInputError naming the offending image.
+        """
         if len(images) == 1 and isinstance(images[0], FloatTensor):
-            return self._float_tensor(images[0], 0)[np.newaxis]
-        out = np.empty((len(images), *self.input_shape), dtype=np.float32)
-        pixel_rows: list[int] = []
-        pixels: list[np.ndarray] = []
+            return PreparedImages(self, [self._float_tensor(images[0], 0)], 0)
+        parts: list[np.ndarray | tuple[int, Image.Image]] = []
+        pixels = 0
         for position, image in enumerate(images):
             if isinstance(image, FloatTensor):
-                out[position] = self._float_tensor(image, position)
+                parts.append(self._float_tensor(image, position))
+                continue
+            picture = (
+                self._picture_from_pixels(image, position)
+                if isinstance(image, PixelTensor)
+                else self._open(image, position)
+            )
+            pixels += picture.width * picture.height
+            parts.append((position, picture))
+        return PreparedImages(self, parts, pixels)
+
+    def _finish(self, parts: list[np.ndarray | tuple[int, Image.Image]]) -> np.ndarray:
+        if len(parts) == 1 and isinstance(parts[0], np.ndarray):
+            return parts[0][np.newaxis]
+        out = np.empty((len(parts), *self.input_shape), dtype=np.float32)
+        pixel_rows: list[int] = []
+        pixels: list[np.ndarray] = []
+        for row, part in enumerate(parts):
+            if isinstance(part, np.ndarray):
+                out[row] = part
             else:
-                pixel_rows.append(position)
-                pixels.append(self._pixels(image, position))
+                pixel_rows.append(row)
+                pixels.append(self._model_sized(*part))
         if pixels:
             stacked = np.stack(pixels).reshape(len(pixels), self.preprocessing.height, self.preprocessing.width, -1)
             normalised = stacked * self._gain + self._offset
             out[pixel_rows] = normalised.transpose(0, 3, 1, 2)
         return out
 
-    def _pixels(self, image: bytes | PixelTensor, position: int) -> np.ndarray:
-        if isinstance(image, PixelTensor):
-            picture = self._picture_from_pixels(image, position)
-        else:
-            picture = self._decode(image, position)
+    def _model_sized(self, position: int, picture: Image.Image) -> np.ndarray:
+        """Decode (when still encoded), convert and resize one picture to the model's input size."""
         pre = self.preprocessing
+        try:
+            if picture.format == "JPEG":
+                picture.draft(pre.color.value, (pre.width, pre.height))
+            picture.load()
+        except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for malformed bytes
+            raise InvalidInputError(
+                f"image {position} could not be decoded as PNG or JPEG ({exc.__class__.__name__}: {exc})"
+            ) from exc
         if picture.mode != pre.color.value:
             picture = picture.convert(pre.color.value)
         if picture.size != (pre.width, pre.height):
             picture = picture.resize((pre.width, pre.height), Image.Resampling.BILINEAR)
         return np.asarray(picture, dtype=np.uint8)
 
-    def _decode(self, data: bytes, position: int) -> Image.Image:
+    def _open(self, data: bytes, position: int) -> Image.Image:
+        """Read and check the header only; refuses decompression bombs before a pixel is decoded."""
         if not data:
             raise InvalidInputError(f"image {position} is empty; send the bytes of a PNG or JPEG file")
         try:
             picture = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-            width, height = picture.size
-            if width * height > self.max_image_pixels:
-                raise InvalidInputError(
-                    f"image {position} is {width}x{height} pixels, over the limit of {self.max_image_pixels}; "
-                    "downscale it before sending"
-                )
-            pre = self.preprocessing
-            picture.draft(pre.color.value, (pre.width, pre.height))
-            picture.load()
-        except InvalidInputError:
-            raise
         except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for malformed bytes
             raise InvalidInputError(
                 f"image {position} could not be decoded as PNG or JPEG ({exc.__class__.__name__}: {exc})"
             ) from exc
+        width, height = picture.size
+        if width * height > self.max_image_pixels:
+            raise InvalidInputError(
+                f"image {position} is {width}x{height} pixels, over the limit of {self.max_image_pixels}; "
+                "downscale it before sending"
+            )
+        if width <= 0 or height <= 0:
+            raise InvalidInputError(f"image {position} could not be decoded as PNG or JPEG: it has no pixels")
         return picture
 
     def _picture_from_pixels(self, tensor: PixelTensor, position: int) -> Image.Image:
@@ -149,3 +178,19 @@ class ImagePreprocessor:
         if not np.isfinite(array).all():
             raise InvalidInputError(f"image {position}: the tensor contains NaN or infinity")
         return array
+
+
+class PreparedImages:
+    """The images of one request, checked and with headers read; `finish` decodes them into the model input."""
+
+    def __init__(
+        self, preprocessor: ImagePreprocessor, parts: list[np.ndarray | tuple[int, Image.Image]], pixels: int
+    ) -> None:
+        self._preprocessor = preprocessor
+        self._parts = parts
+        self.pixels = pixels
+        """Pixels that `finish` will decode or resample (0 for ready float tensors)."""
+
+    def finish(self) -> np.ndarray:
+        """The (N, C, H, W) float32 input. Raises InvalidInputError for an image whose data turns out broken."""
+        return self._preprocessor._finish(self._parts)

@@ -1,0 +1,43 @@
+"""The image preprocessor on its own: headers are checked first, pixels decoded later."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnnserve.metadata import ColorMode, Preprocessing
+from cnnserve.server.errors import InvalidInputError
+from cnnserve.server.preprocess import FloatTensor, ImagePreprocessor, PixelTensor
+from tests.conftest import jpeg_bytes, png_bytes
+
+MNIST_LIKE = Preprocessing(color=ColorMode.GRAYSCALE, height=28, width=28, mean=(0.5,), std=(0.5,))
+
+
+def test_prepare_reads_headers_only_and_counts_the_pixels_to_decode() -> None:
+    big = png_bytes(np.zeros((600, 800), np.uint8))
+    truncated = big[: len(big) // 2]
+    prepared = ImagePreprocessor(MNIST_LIKE).prepare([truncated, PixelTensor((28, 28), bytes(784))])
+    assert prepared.pixels == 600 * 800 + 28 * 28, "the header of the truncated file was enough to count it"
+    with pytest.raises(InvalidInputError, match="image 0 could not be decoded"):
+        prepared.finish()
+
+
+def test_every_kind_of_image_becomes_the_same_model_input() -> None:
+    pixels = (np.arange(28 * 28) % 256).astype(np.uint8).reshape(28, 28)
+    ready = ((pixels.astype(np.float32) / 255 - 0.5) / 0.5)[np.newaxis]
+    preprocessor = ImagePreprocessor(MNIST_LIKE)
+    batch = preprocessor.batch(
+        [png_bytes(pixels), PixelTensor((28, 28), pixels.tobytes()), FloatTensor((1, 28, 28), ready.tobytes())]
+    )
+    assert batch.shape == (3, 1, 28, 28) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch[0], ready, atol=1e-6)
+    np.testing.assert_allclose(batch[1], ready, atol=1e-6)
+    np.testing.assert_allclose(batch[2], ready, atol=1e-6)
+    jpeg = preprocessor.batch([jpeg_bytes(np.stack([pixels] * 3, axis=-1), quality=100)])
+    assert np.abs(jpeg[0] - ready).mean() < 0.05, "JPEG is lossy but close"
+
+
+def test_a_header_over_the_pixel_limit_is_refused_before_decoding() -> None:
+    huge_but_small_file = png_bytes(np.zeros((3000, 3000), np.uint8))
+    with pytest.raises(InvalidInputError, match="3000x3000 pixels, over the limit of 1000000"):
+        ImagePreprocessor(MNIST_LIKE, max_image_pixels=1_000_000).prepare([huge_but_small_file])
