@@ -7,10 +7,12 @@ long enough for the caller to give up or for the queue to fill.
 from __future__ import annotations
 
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cnnserve.export import render_x
 from cnnserve.v1 import classifier_pb2 as pb
@@ -46,9 +48,21 @@ def executions(stub) -> int:
     return stub.GetModel(pb.GetModelRequest(name="xo")).versions[0].statistics.execution_count
 
 
-def test_a_full_queue_refuses_at_once_and_the_accepted_requests_complete(stub) -> None:
+def queue_depth(server: ServerProcess) -> float:
+    """The xo queue depth, from a real scrape of the metrics endpoint."""
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as answer:
+        text = answer.read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "cnnserve_queue_depth":
+            return sum(s.value for s in family.samples if s.labels.get("model") == "xo")
+    return 0.0
+
+
+def test_a_full_queue_refuses_at_once_and_the_accepted_requests_complete(stub, slow_queue_server) -> None:
     accepted = [stub.Classify.future(pb.ClassifyRequest(model="xo", images=[X]), timeout=10) for _ in range(3)]
-    time.sleep(0.3)
+    deadline = time.monotonic() + 5
+    while queue_depth(slow_queue_server) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as refused:
         stub.Classify(pb.ClassifyRequest(model="xo", images=[X]), timeout=10)
