@@ -139,8 +139,7 @@ class DynamicBatcher:
                 f"1..{settings.priority_levels}"
             )
         limit = settings.max_batch_size
-        if self._queued_rows + len(inputs) > settings.max_queue_size:
-            raise self._queue_full(len(inputs))
+        self.refuse_if_full(len(inputs))
         if len(inputs) > limit:
             slices = [inputs[start : start + limit] for start in range(0, len(inputs), limit)]
             parts = await asyncio.gather(*(self.submit(part, deadline, level) for part in slices))

@@ -19,7 +19,7 @@ from cnnserve.server.errors import InvalidInputError, RepositoryChangesDisabledE
 from cnnserve.server.logs import call_deadline_passed, log_request
 from cnnserve.server.metrics import UNKNOWN, RequestSeries, ServerMetrics
 from cnnserve.server.model import ModelVersion
-from cnnserve.server.preprocess import FloatTensor, ImageInput
+from cnnserve.server.preprocess import ImageInput
 from cnnserve.server.repository import ModelRepository
 from cnnserve.server.settings import ServerSettings
 
@@ -135,8 +135,10 @@ class DataPlane:
             inputs = await asyncio.to_thread(prepared.finish)
         else:
             inputs = prepared.finish()
-        preprocess_seconds = time.perf_counter() - started
-        model.statistics.compute_input.add(preprocess_seconds)
-        if not (len(images) == 1 and isinstance(images[0], FloatTensor)):
-            self.metrics.preprocessed(model, preprocess_seconds)
+        self.record_input(model, time.perf_counter() - started)
         return await model.infer(inputs, deadline)
+
+    def record_input(self, model: ModelVersion, seconds: float) -> None:
+        """Count the time one request spent turning its payload into the model's input, whatever the API."""
+        model.statistics.compute_input.add(seconds)
+        self.metrics.preprocessed(model, seconds)

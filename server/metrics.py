@@ -22,7 +22,7 @@ Prometheus scrapes, so keeping them current costs nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import (
@@ -200,6 +200,7 @@ class ServerMetrics:
             registry=r,
         )
         self._series: dict[tuple[str, str, str], RequestSeries] = {}
+        self._preprocess_series: dict[tuple[str, int], Any] = {}
 
     def watch_models(self, versions: Callable[[], Iterable[ModelVersion]]) -> None:
         """Export queue depth, readiness and load time of whatever `versions()` lists at each scrape."""
@@ -230,7 +231,11 @@ class ServerMetrics:
             self.rejections.labels(model, reason).inc()
 
     def preprocessed(self, model: ModelVersion, seconds: float) -> None:
-        self.preprocess_duration.labels(model.name, str(model.version)).observe(seconds)
+        key = (model.name, model.version)
+        series = self._preprocess_series.get(key)
+        if series is None:
+            series = self._preprocess_series[key] = self.preprocess_duration.labels(model.name, str(model.version))
+        series.observe(seconds)
 
     def batch_executed(self, model: str, version: int, record: BatchRecord) -> None:
         """Count one executed batch (failed ones too: they ran, and their callers waited)."""
@@ -265,3 +270,4 @@ class ServerMetrics:
             metric.remove_by_labels(labels)
         for key in [key for key in self._series if key[1:] == (model.name, str(model.version))]:
             del self._series[key]
+        self._preprocess_series.pop((model.name, model.version), None)

@@ -223,7 +223,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             priority = integer_parameter(request.parameters, "priority", minimum=0) or 0
             outputs = requested_outputs(request, model.name, label_count_of(model))
             inputs = input_batch(request, input_shape_of(model), model.name, max_rows)
-            model.statistics.compute_input.add(time.perf_counter() - started)
+            dataplane.record_input(model, time.perf_counter() - started)
             probabilities = await model.infer(inputs, deadline, priority)
             return infer_response(request, model.name, model.version, probabilities, model.metadata.labels, outputs)
 
