@@ -4,7 +4,9 @@ One `DynamicBatcher` per model version. Callers `submit` an (n, C, H, W) array a
 rows. A single asyncio task forms batches:
 
 1. wait for a free instance (a slot among `instances` concurrent session calls), so that while one batch runs
-   the next one keeps filling in the queue;
+   the next one keeps filling in the queue. Once a full batch (`max_batch_size` rows) is queued, it does not wait:
+   it is formed and staged behind the running ones (one staged batch at most), so that an instance goes from
+   one batch straight to the next in its own thread instead of idling until the event loop gets round to it;
 2. block until the first live request is queued;
 3. fill until the queue holds `max_batch_size` rows or a preferred batch size, or until the oldest request has
    waited `max_queue_delay_seconds`, whichever comes first. With `adaptive_queue_delay` (`_AdaptiveDelay`),
@@ -75,6 +77,17 @@ class BatchRecord:
 RunBatch = Callable[[np.ndarray], np.ndarray]
 
 
+@dataclass(frozen=True, slots=True)
+class _BatchRun:
+    """What an instance did with a batch: the requests it ran, their outputs or the error, and when."""
+
+    requests: list[_QueuedRequest]
+    outputs: np.ndarray | None
+    error: Exception | None
+    started: float
+    finished: float
+
+
 class DynamicBatcher:
     """Groups concurrent requests for one model into batches; see the module docstring for the contract."""
 
@@ -97,7 +110,9 @@ class DynamicBatcher:
         self._delay_advisor = (
             _AdaptiveDelay(settings.max_queue_delay_seconds) if settings.adaptive_queue_delay else None
         )
-        self._slots = asyncio.Semaphore(settings.instances)
+        self._in_flight = 0
+        """Batches handed to the executor and not finished: running, or one staged behind the running ones."""
+        self._instance_freed = asyncio.Event()
         self._executor = ThreadPoolExecutor(settings.instances, thread_name_prefix=f"infer-{name}")
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -155,6 +170,8 @@ class DynamicBatcher:
         rows = self._queued_rows
         if rows == request.rows or rows >= limit or rows in self._preferred:
             self._wakeup.set()
+            if rows >= limit:
+                self._instance_freed.set()
         try:
             return await request.future
         finally:
@@ -187,12 +204,9 @@ class DynamicBatcher:
     async def _form_batches(self) -> None:
         try:
             while True:
-                await self._slots.acquire()
-                try:
-                    batch = await self._next_batch()
-                except BaseException:
-                    self._slots.release()
-                    raise
+                await self._wait_for_instance()
+                batch = await self._next_batch()
+                self._in_flight += 1
                 task = asyncio.get_running_loop().create_task(self._execute(batch))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
@@ -203,6 +217,19 @@ class DynamicBatcher:
             self._fail_queued(InferenceError(f"the batcher of model {self._name} failed: {exc}"))
             self._closed = True
             raise
+
+    async def _wait_for_instance(self) -> None:
+        """Return once an instance is free, or once a full batch is queued and can be staged behind the running
+        batches (it could not grow by waiting, and the instance that frees first then starts it without a trip
+        through the event loop)."""
+        instances = self._settings.instances
+        while True:
+            if self._in_flight < instances:
+                return
+            if self._in_flight == instances and self._queued_rows >= self._settings.max_batch_size:
+                return
+            self._instance_freed.clear()
+            await self._instance_freed.wait()
 
     async def _next_batch(self) -> list[_QueuedRequest]:
         """Block for the first live request, fill until a batch is worth running, then take one."""
@@ -275,43 +302,69 @@ class DynamicBatcher:
         return batch
 
     async def _execute(self, batch: list[_QueuedRequest]) -> None:
-        started = time.monotonic()
-        rows = sum(request.rows for request in batch)
-        failed = False
         try:
             inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([r.inputs for r in batch])
             loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, inputs)
-            if len(outputs) != rows:
-                raise InferenceError(f"model {self._name} returned {len(outputs)} rows for a batch of {rows}")
-            offset = 0
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_result(outputs[offset : offset + request.rows])
-                offset += request.rows
+            run = await loop.run_in_executor(self._executor, self._run_live, batch, inputs)
         except Exception as exc:
-            failed = True
+            run = _BatchRun(batch, None, exc, time.monotonic(), time.monotonic())
+        finally:
+            self._in_flight -= 1
+            self._instance_freed.set()
+        if not run.requests:
+            return
+        rows = sum(request.rows for request in run.requests)
+        failure = run.error
+        if failure is None and (run.outputs is None or len(run.outputs) != rows):
+            count = "no" if run.outputs is None else len(run.outputs)
+            failure = InferenceError(f"model {self._name} returned {count} rows for a batch of {rows}")
+        if failure is None:
+            assert run.outputs is not None
+            offset = 0
+            for request in run.requests:
+                if not request.future.done():
+                    request.future.set_result(run.outputs[offset : offset + request.rows])
+                offset += request.rows
+        else:
             error = (
-                exc
-                if isinstance(exc, CnnserveError)
-                else InferenceError(f"model {self._name} failed on a batch of {rows} images: {exc}")
+                failure
+                if isinstance(failure, CnnserveError)
+                else InferenceError(f"model {self._name} failed on a batch of {rows} images: {failure}")
             )
-            _log.warning("batch of %d for %s failed: %s", rows, self._name, exc)
-            for request in batch:
+            _log.warning("batch of %d for %s failed: %s", rows, self._name, failure)
+            for request in run.requests:
                 if not request.future.done():
                     request.future.set_exception(error)
-        finally:
-            self._slots.release()
         if self._on_batch is not None:
             self._on_batch(
                 BatchRecord(
                     size=rows,
-                    requests=len(batch),
-                    queue_wait_seconds=tuple(started - request.enqueued_at for request in batch),
-                    compute_seconds=time.monotonic() - started,
-                    failed=failed,
+                    requests=len(run.requests),
+                    queue_wait_seconds=tuple(run.started - request.enqueued_at for request in run.requests),
+                    compute_seconds=run.finished - run.started,
+                    failed=failure is not None,
                 )
             )
+
+    def _run_live(self, batch: list[_QueuedRequest], inputs: np.ndarray) -> _BatchRun:
+        """In an instance's thread: run the batch's requests that are still waiting for an answer.
+
+        A staged batch may wait a whole batch's time for its instance; requests answered meanwhile (deadline
+        passed, caller cancelled) are left out, so that they are never computed. Reading `future.done()` from
+        this thread is only a read; a request that expires just after it still gets its computed rows dropped.
+        """
+        live = [request for request in batch if not request.future.done()]
+        started = time.monotonic()
+        if not live:
+            return _BatchRun(live, None, None, started, started)
+        if len(live) < len(batch):
+            batch = live
+            inputs = np.concatenate([r.inputs for r in live])
+        try:
+            outputs = self._run_batch(inputs)
+        except Exception as exc:
+            return _BatchRun(batch, None, exc, started, time.monotonic())
+        return _BatchRun(batch, outputs, None, started, time.monotonic())
 
     def _fail_queued(self, error: CnnserveError) -> None:
         for queue in self._queues:

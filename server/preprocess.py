@@ -2,7 +2,8 @@
 
 Decoding is per image (Pillow), everything after it is one vectorised operation per request: the affine map
 ``(pixel * scale - mean) / std`` (with the optional inversion folded in) is precomputed as ``pixel * a + b``.
-Raw float32 tensors are the fast path: `numpy.frombuffer` views the request's bytes without copying.
+Raw float32 tensors are the fast path: `numpy.frombuffer` views the request's bytes without copying. Raw uint8
+pixels that already have the model's size and colour skip Pillow: they are scaled straight into the batch.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class FloatTensor:
 ImageInput = bytes | PixelTensor | FloatTensor
 """One image of a request: encoded PNG/JPEG bytes, pixels, or a ready input tensor."""
 
+_Part = np.ndarray | tuple[int, Image.Image]
+"""One checked image on its way into the batch: a float32 [C, H, W] ready input, uint8 [H, W, C] pixels of the
+model's size, or (position, picture) still to be decoded, converted or resized."""
+
 
 class ImagePreprocessor:
     """Builds `(N, C, H, W)` float32 batches for one model from the images of one request."""
@@ -49,6 +54,7 @@ class ImagePreprocessor:
         self.preprocessing = preprocessing
         self.max_image_pixels = max_image_pixels
         self.input_shape = (preprocessing.channels, preprocessing.height, preprocessing.width)
+        self._pixel_shape = (preprocessing.height, preprocessing.width, preprocessing.channels)
         channels = preprocessing.channels
         mean = np.broadcast_to(np.asarray(preprocessing.mean, np.float32), (channels,))
         std = np.broadcast_to(np.asarray(preprocessing.std, np.float32), (channels,))
@@ -73,38 +79,54 @@ class ImagePreprocessor:
         """
         if len(images) == 1 and isinstance(images[0], FloatTensor):
             return PreparedImages(self, [self._float_tensor(images[0], 0)], 0)
-        parts: list[np.ndarray | tuple[int, Image.Image]] = []
+        parts: list[_Part] = []
         pixels = 0
         for position, image in enumerate(images):
             if isinstance(image, FloatTensor):
                 parts.append(self._float_tensor(image, position))
                 continue
-            picture = (
-                self._picture_from_pixels(image, position)
-                if isinstance(image, PixelTensor)
-                else self._open(image, position)
-            )
+            if isinstance(image, PixelTensor):
+                array, model_sized = self._pixel_array(image, position)
+                if model_sized:
+                    parts.append(array)
+                    continue
+                picture = Image.fromarray(array, mode="L" if array.ndim == 2 else "RGB")
+            else:
+                picture = self._open(image, position)
             pixels += picture.width * picture.height
             parts.append((position, picture))
         return PreparedImages(self, parts, pixels)
 
-    def _finish(self, parts: list[np.ndarray | tuple[int, Image.Image]]) -> np.ndarray:
-        if len(parts) == 1 and isinstance(parts[0], np.ndarray):
+    def _finish(self, parts: list[_Part]) -> np.ndarray:
+        if len(parts) == 1 and isinstance(parts[0], np.ndarray) and parts[0].dtype == np.float32:
             return parts[0][np.newaxis]
         out = np.empty((len(parts), *self.input_shape), dtype=np.float32)
         pixel_rows: list[int] = []
         pixels: list[np.ndarray] = []
         for row, part in enumerate(parts):
-            if isinstance(part, np.ndarray):
-                out[row] = part
-            else:
+            if isinstance(part, tuple):
                 pixel_rows.append(row)
-                pixels.append(self._model_sized(*part))
+                pixels.append(self._model_sized(*part).reshape(self._pixel_shape))
+            elif part.dtype == np.uint8:
+                pixel_rows.append(row)
+                pixels.append(part)
+            else:
+                out[row] = part
         if pixels:
-            stacked = np.stack(pixels).reshape(len(pixels), self.preprocessing.height, self.preprocessing.width, -1)
-            normalised = stacked * self._gain + self._offset
-            out[pixel_rows] = normalised.transpose(0, 3, 1, 2)
+            self._scale_into(out, pixel_rows, np.stack(pixels))
         return out
+
+    def _scale_into(self, out: np.ndarray, rows: list[int], pixels: np.ndarray) -> None:
+        """Write `(pixels * gain + offset)`, transposed from (N, H, W, C) to (N, C, H, W), into `out[rows]`:
+        two passes over the output, straight into the batch when every row is pixels (the usual case). The
+        transpose is done on the uint8 pixels first: a contiguous cast is vectorised, a strided one is not
+        (about 1.7 against 2.7 ms for 32 images of 150x150 RGB here)."""
+        chw = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+        target = out if len(rows) == len(out) else np.empty((len(rows), *self.input_shape), np.float32)
+        np.multiply(chw, self._gain.reshape(-1, 1, 1), out=target)
+        target += self._offset.reshape(-1, 1, 1)
+        if target is not out:
+            out[rows] = target
 
     def _model_sized(self, position: int, picture: Image.Image) -> np.ndarray:
         """Decode (when still encoded), convert and resize one picture to the model's input size."""
@@ -143,7 +165,9 @@ class ImagePreprocessor:
             raise InvalidInputError(f"image {position} could not be decoded as PNG or JPEG: it has no pixels")
         return picture
 
-    def _picture_from_pixels(self, tensor: PixelTensor, position: int) -> Image.Image:
+    def _pixel_array(self, tensor: PixelTensor, position: int) -> tuple[np.ndarray, bool]:
+        """The pixels and whether they already have the model's size and colour: then as uint8 [H, W, C], with
+        nothing left to do but scaling; otherwise as [H, W] or [H, W, 3] for Pillow to convert and resize."""
         shape = tensor.shape
         valid_shape = len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3))
         if not valid_shape or any(side <= 0 for side in shape):
@@ -158,9 +182,11 @@ class ImagePreprocessor:
         if expected > self.max_image_pixels * 3:
             raise InvalidInputError(f"image {position}: {list(shape)} is over the pixel limit")
         array = np.frombuffer(tensor.data, dtype=np.uint8).reshape(shape)
-        if array.ndim == 3 and shape[2] == 1:
-            array = array[:, :, 0]
-        return Image.fromarray(array, mode="L" if array.ndim == 2 else "RGB")
+        channels = 1 if array.ndim == 2 else shape[2]
+        pre = self.preprocessing
+        if shape[:2] == (pre.height, pre.width) and channels == pre.channels:
+            return array.reshape(self._pixel_shape), True
+        return (array[:, :, 0] if channels == 1 and array.ndim == 3 else array), False
 
     def _float_tensor(self, tensor: FloatTensor, position: int) -> np.ndarray:
         shape = tuple(tensor.shape)
@@ -183,9 +209,7 @@ class ImagePreprocessor:
 class PreparedImages:
     """The images of one request, checked and with headers read; `finish` decodes them into the model input."""
 
-    def __init__(
-        self, preprocessor: ImagePreprocessor, parts: list[np.ndarray | tuple[int, Image.Image]], pixels: int
-    ) -> None:
+    def __init__(self, preprocessor: ImagePreprocessor, parts: list[_Part], pixels: int) -> None:
         self._preprocessor = preprocessor
         self._parts = parts
         self.pixels = pixels

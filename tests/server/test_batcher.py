@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -255,20 +256,48 @@ async def test_two_instances_run_two_batches_at_once(model: GatedModel) -> None:
     await batcher.close(1)
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the batcher's task run until `condition` holds (a few loop turns; no sleeping on the clock)."""
+    for _ in range(100):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the batcher never got there")
+
+
 async def test_a_cancelled_request_frees_its_queue_space_at_once(model: GatedModel) -> None:
     batcher = await make_batcher(model, max_batch_size=1, max_queue_size=2, max_queue_delay_seconds=0.0)
     running = asyncio.ensure_future(batcher.submit(rows(0), far()))
     await started(model)
-    queued = asyncio.ensure_future(batcher.submit(rows(1), far()))
-    leaving = asyncio.ensure_future(batcher.submit(rows(2), far()))
+    staged = asyncio.ensure_future(batcher.submit(rows(1), far()))
+    await until(lambda: batcher.queued_rows == 0)
+    queued = asyncio.ensure_future(batcher.submit(rows(2), far()))
+    leaving = asyncio.ensure_future(batcher.submit(rows(3), far()))
     await asyncio.sleep(0)
     assert batcher.queued_rows == 2
     leaving.cancel()
     await asyncio.sleep(0)
     assert batcher.queued_rows == 1
-    replacement = asyncio.ensure_future(batcher.submit(rows(3), far()))
+    replacement = asyncio.ensure_future(batcher.submit(rows(4), far()))
     model.gate.set()
-    assert [(await f).item() for f in (running, queued, replacement)] == [0, 2, 6]
+    assert [(await f).item() for f in (running, staged, queued, replacement)] == [0, 2, 4, 8]
+    await batcher.close(1)
+
+
+async def test_a_full_batch_is_staged_behind_the_running_one_and_a_partial_one_is_not(model: GatedModel) -> None:
+    batcher = await make_batcher(model, max_batch_size=2, max_queue_delay_seconds=0.0)
+    running = asyncio.ensure_future(batcher.submit(rows(0), far()))
+    await started(model)
+    full = asyncio.ensure_future(batcher.submit(rows(1, 2), far()))
+    await until(lambda: batcher.queued_rows == 0)
+    partial = asyncio.ensure_future(batcher.submit(rows(3), far()))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert batcher.queued_rows == 1, "one batch at most is staged; the next keeps filling in the queue"
+    more = asyncio.ensure_future(batcher.submit(rows(4), far()))
+    model.gate.set()
+    await asyncio.gather(running, full, partial, more)
+    assert model.batch_sizes == [1, 2, 2]
     await batcher.close(1)
 
 
