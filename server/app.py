@@ -28,6 +28,7 @@ from cnnserve.server.metrics import ServerMetrics
 from cnnserve.server.repository import ModelRepository
 from cnnserve.server.runtime import quiet_onnxruntime
 from cnnserve.server.settings import ServerSettings
+from cnnserve.server.shared_memory import SystemSharedMemory
 from cnnserve.v1 import classifier_pb2, classifier_pb2_grpc
 
 _log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Server:
         self.repository = ModelRepository(settings, self.metrics)
         self.metrics.watch_models(self.repository.versions)
         self.dataplane = DataPlane(self.repository, settings, self.metrics)
+        self.shared_memory = SystemSharedMemory() if settings.allow_shared_memory else None
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
@@ -73,7 +75,9 @@ class Server:
         quiet_onnxruntime()
         settings = self.settings
         classifier_pb2_grpc.add_ImageClassifierServicer_to_server(ImageClassifierServicer(self.dataplane), self._grpc)
-        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), self._grpc)
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.dataplane, self.shared_memory), self._grpc
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         services = (*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), self._grpc)
@@ -131,6 +135,8 @@ class Server:
             self._poller.cancel()
         await self._grpc.stop(grace=drain)
         await self.repository.close(drain_seconds=0)
+        if self.shared_memory is not None:
+            self.shared_memory.close()
         _log.info("stopped")
 
     async def _update_health(self) -> None:

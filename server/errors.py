@@ -64,6 +64,30 @@ class RepositoryChangesDisabledError(CnnserveError):
     status_code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class SharedMemoryRegionExistsError(CnnserveError):
+    """A shared memory region of that name is registered already."""
+
+    status_code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class SharedMemoryRegionNotFoundError(CnnserveError):
+    """No shared memory region of that name is registered."""
+
+    status_code = grpc.StatusCode.NOT_FOUND
+
+
+class SharedMemoryDisabledError(CnnserveError):
+    """System shared memory is turned off on this server."""
+
+    status_code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class TooManySharedMemoryRegionsError(CnnserveError):
+    """The server holds as many shared memory regions as it allows; the client should unregister some."""
+
+    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def status_of(exc: BaseException) -> grpc.StatusCode:
     """The gRPC status an exception is answered with: its own for CnnserveError, INTERNAL for anything else."""
     return exc.status_code if isinstance(exc, CnnserveError) else grpc.StatusCode.INTERNAL

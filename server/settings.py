@@ -143,6 +143,10 @@ class ServerSettings(BaseSettings):
         0.0, ge=0.0, description="poll the repository for new or removed versions this often; 0: never"
     )
     allow_repository_changes: bool = Field(True, description="allow explicit load/unload calls over the API")
+    allow_shared_memory: bool = Field(
+        True,
+        description="let clients on this host register system shared memory regions (/dev/shm) for tensors",
+    )
     max_images_per_request: int = Field(256, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1, description="decoded images larger than this are refused")
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest gRPC message accepted")

@@ -2,8 +2,9 @@
 
 Triton's and KServe's clients work against cnnserve unchanged. ModelInfer runs through the same DataPlane and
 batcher as the image API, so requests from both protocols batch together and share statistics and metrics.
-The RPCs cnnserve does not implement (shared memory, trace and log settings) are not registered, so gRPC
-answers them UNIMPLEMENTED.
+System shared memory (Triton's extension: tensors in /dev/shm regions the client registers) is on unless
+`--no-allow-shared-memory`. The RPCs cnnserve does not implement (CUDA shared memory, trace and log settings)
+are not registered, so gRPC answers them UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from cnnserve.server.api.inference_models import (
     version_number,
 )
 from cnnserve.server.api.inference_tensors import (
+    check_shared_memory_outputs,
     infer_response,
     input_batch,
     integer_parameter,
@@ -42,14 +44,16 @@ from cnnserve.server.errors import (
     CnnserveError,
     InvalidInputError,
     ModelNotFoundError,
+    SharedMemoryDisabledError,
     UnavailableError,
 )
 from cnnserve.server.model import ModelVersion
+from cnnserve.server.shared_memory import SystemSharedMemory
 
 API = "inference"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ("classification", "model_configuration", "model_repository", "schedule_policy", "statistics")
-"""The protocol extensions ServerMetadata announces, with Triton's names."""
+"""The protocol extensions ServerMetadata announces, with Triton's names (and "system_shared_memory" when on)."""
 STREAM_WINDOW = 64
 """Requests of one ModelStreamInfer call in flight at once; the stream stops reading beyond it (backpressure)."""
 _log = logging.getLogger(__name__)
@@ -63,10 +67,12 @@ def _server_version() -> str:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, shared_memory: SystemSharedMemory | None = None) -> None:
         self._dataplane = dataplane
         self._repository = dataplane.repository
-        self._metadata = pb.ServerMetadataResponse(name="cnnserve", version=_server_version(), extensions=EXTENSIONS)
+        self._shared_memory = shared_memory
+        extensions = (*EXTENSIONS, "system_shared_memory") if shared_memory is not None else EXTENSIONS
+        self._metadata = pb.ServerMetadataResponse(name="cnnserve", version=_server_version(), extensions=extensions)
 
     @grpc_errors
     async def ServerLive(
@@ -143,6 +149,48 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelUnloadResponse:
         await self._dataplane.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+    @grpc_errors
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        region = self._shared_memory_or_refuse().register(request.name, request.key, request.offset, request.byte_size)
+        _log.info(
+            "registered shared memory region %r: %d bytes of %s at %d",
+            region.name,
+            region.byte_size,
+            region.key,
+            region.offset,
+        )
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @grpc_errors
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self._shared_memory_or_refuse().status(request.name):
+            response.regions[region.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size
+                )
+            )
+        return response
+
+    @grpc_errors
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._shared_memory_or_refuse().unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    def _shared_memory_or_refuse(self) -> SystemSharedMemory:
+        if self._shared_memory is None:
+            raise SharedMemoryDisabledError(
+                "system shared memory is turned off on this server (--no-allow-shared-memory); send tensors in "
+                "the messages"
+            )
+        return self._shared_memory
 
     @grpc_errors
     async def ModelInfer(
@@ -222,10 +270,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             deadline = dataplane.deadline(model, remaining)
             priority = integer_parameter(request.parameters, "priority", minimum=0) or 0
             outputs = requested_outputs(request, model.name, label_count_of(model))
-            inputs = input_batch(request, input_shape_of(model), model.name, max_rows)
+            inputs = input_batch(request, input_shape_of(model), model.name, max_rows, self._shared_memory)
+            check_shared_memory_outputs(outputs, len(inputs), label_count_of(model), self._shared_memory)
             dataplane.record_input(model, time.perf_counter() - started)
             probabilities = await model.infer(inputs, deadline, priority)
-            return infer_response(request, model.name, model.version, probabilities, model.metadata.labels, outputs)
+            labels = model.metadata.labels
+            return infer_response(
+                request, model.name, model.version, probabilities, labels, outputs, self._shared_memory
+            )
 
         try:
             _, response = await dataplane.observe(API, request.model_name, version, handle)

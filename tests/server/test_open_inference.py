@@ -275,7 +275,7 @@ def test_priority_is_read_and_checked_against_the_models_levels(client) -> None:
 
 
 def test_rpcs_cnnserve_does_not_implement_answer_unimplemented(client) -> None:
-    assert failure(client.get_system_shared_memory_status).status() == "StatusCode.UNIMPLEMENTED"
+    assert failure(client.get_cuda_shared_memory_status).status() == "StatusCode.UNIMPLEMENTED"
     assert failure(client.get_trace_settings).status() == "StatusCode.UNIMPLEMENTED"
 
 

@@ -107,7 +107,7 @@ def test_the_service_methods_match_tritons(ours, triton) -> None:
     (service,) = [s for file in ours for s in file.service]
     (theirs,) = [s for s in triton[0].service if s.name == "GRPCInferenceService"]
     their_methods = {m.name: m for m in theirs.method}
-    assert len(service.method) == 12
+    assert len(service.method) == 15
     for method in service.method:
         other = their_methods[method.name]
         assert (method.input_type, method.output_type) == (other.input_type, other.output_type), method.name
