@@ -28,9 +28,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         "bench",
         help="measure the server against bare ONNX Runtime on this machine",
         description="For each model: bare ONNX Runtime at each batch size (the limit), then a server with "
-        "batching off and one with batching on over a sweep of concurrent callers. Writes results.json, "
-        "results.md, throughput.png and latency.png, and checks the performance targets. The default run takes "
-        "a few minutes; --quick well under one.",
+        "batching off and one with batching on over a sweep of concurrent callers, then the server saturated "
+        "with many-image requests (in the message and in shared memory) and in its throughput configuration. "
+        "Writes results.json, results.md, throughput.png, latency.png and saturation.png, and checks the "
+        "performance targets. The default run takes a few minutes; --quick well under one.",
     )
     parser.add_argument("--quick", action="store_true", help="mnist_net only, 3 concurrencies, short windows")
     parser.add_argument("--models", type=_names, help="comma-separated (default: mnist_net,catsdogs)")
@@ -58,6 +59,17 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--batching-off-flags", type=shlex.split, help='flags of the other server (default "--max-batch-size 1")'
+    )
+    parser.add_argument(
+        "--bulk-images", type=int, help="images per ModelInfer call of the saturation points (default 32; 0: none)"
+    )
+    parser.add_argument("--bulk-callers", type=int, help="callers of the saturation points (default 4)")
+    parser.add_argument(
+        "--no-throughput-configuration",
+        action="store_false",
+        dest="throughput_configuration",
+        default=None,
+        help="skip the server with one single-threaded instance per core (and bare ONNX Runtime the same way)",
     )
     parser.add_argument("--timeout", type=float, dest="timeout_seconds", help="seconds per call (default 30)")
     parser.add_argument("--no-plots", action="store_false", dest="plots", default=None, help="skip the PNG plots")

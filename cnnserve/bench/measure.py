@@ -17,6 +17,7 @@ from cnnserve.bench.server import ModelCounters, ServerUnderTest
 
 CLASSIFY_METHOD = "/cnnserve.v1.ImageClassifier/Classify"
 HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 START_DELAY_SECONDS = 0.3
 """Between handing out a plan and its start: time for the workers to open their connections."""
 

@@ -5,6 +5,8 @@
 - latency.png: p99 latency against images/s (log scales; images/s linear when it spans less than 10x), the
   curve every serving system is judged by; bare ONNX Runtime's points (one per batch size, latency of the whole
   batch) show the best trade-off the machine allows.
+- saturation.png: images/s of every saturation point (request shape x configuration) as bars, against bare
+  ONNX Runtime's best and the 90% line.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def plot_throughput(models: Sequence[ModelResult], path: Path) -> Path:
                 best.images_per_second,
                 color="black",
                 linestyle="--",
-                label=f"bare ONNX Runtime best (batch {best.batch_size})",
+                label=f"bare ONNX Runtime best ({best.label})",
             )
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({p.concurrency for s in model.sweeps for p in s.points}))
@@ -90,7 +92,7 @@ def plot_latency(models: Sequence[ModelResult], path: Path) -> Path:
             )
             for p in points:
                 ax.annotate(str(p.concurrency), (p.images_per_second, p.latency.p99_ms), fontsize=7, color=color)
-        bare = [p for p in model.onnxruntime if p.latency.p99_ms is not None]
+        bare = [p for p in model.onnxruntime if p.latency.p99_ms is not None and p.sessions == 1]
         if bare:
             ax.plot(
                 [p.images_per_second for p in bare],
@@ -111,6 +113,46 @@ def plot_latency(models: Sequence[ModelResult], path: Path) -> Path:
         ax.set_title(f"{model.model} (labels: callers, b = batch size)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_saturation(models: Sequence[ModelResult], path: Path) -> Path:
+    from cnnserve.bench.targets import SATURATION_FRACTION
+
+    with_points = [model for model in models if model.saturation]
+    plt, figure, axes = _panels(len(with_points))
+    for ax, model in zip(axes, with_points, strict=True):
+        bars: list[tuple[str, float]] = []
+        sweep = model.sweep(BATCHING_ON)
+        served = sweep.best() if sweep is not None else None
+        if served is not None:
+            bars.append((f"defaults\n{model.images_per_request} per Classify", served.images_per_second))
+        for point in model.saturation:
+            short = point.request.replace(" images per ModelInfer, ", " per ModelInfer\n").replace(
+                " per Classify call", " per Classify"
+            )
+            bars.append((f"{point.configuration}\n{short}", point.point.images_per_second))
+        positions = range(len(bars))
+        ax.bar(positions, [value for _, value in bars], color="tab:blue")
+        ax.set_xticks(list(positions), [label for label, _ in bars], fontsize=7)
+        best = model.onnxruntime_best()
+        if best is not None:
+            ax.axhline(best.images_per_second, color="black", linestyle="--", label=f"bare ONNX Runtime ({best.label})")
+            ax.axhline(
+                SATURATION_FRACTION * best.images_per_second,
+                color="tab:red",
+                linestyle=":",
+                label=f"{SATURATION_FRACTION:.0%} of it",
+            )
+            for position, (_, value) in zip(positions, bars, strict=True):
+                ax.annotate(f"{value / best.images_per_second:.2f}", (position, value), ha="center", va="bottom")
+        ax.set_ylabel("images/s")
+        ax.set_title(f"{model.model}: saturated, by request and configuration")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize="small", loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

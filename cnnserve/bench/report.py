@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cnnserve.bench.results import BenchResult, LatencySummary, ModelResult, ServerPoint
 from cnnserve.bench.settings import BATCHING_OFF, BATCHING_ON
-from cnnserve.bench.targets import BATCHING_GAIN_CALLERS, saturation_ratio
+from cnnserve.bench.targets import BATCHING_GAIN_CALLERS, saturation_ratio, server_best
 
 MODE_TITLES = {BATCHING_OFF: "off", BATCHING_ON: "on"}
 
@@ -25,10 +25,12 @@ def write_reports(result: BenchResult, output_dir: Path, plots: bool = True) -> 
     markdown_path.write_text(markdown(result))
     written = [json_path, markdown_path]
     if plots:
-        from cnnserve.bench.plots import plot_latency, plot_throughput
+        from cnnserve.bench.plots import plot_latency, plot_saturation, plot_throughput
 
         written.append(plot_throughput(result.models, output_dir / "throughput.png"))
         written.append(plot_latency(result.models, output_dir / "latency.png"))
+        if any(model.saturation for model in result.models):
+            written.append(plot_saturation(result.models, output_dir / "saturation.png"))
     return written
 
 
@@ -86,13 +88,14 @@ def _model_section(model: ModelResult) -> list[str]:
         "",
         "### Bare ONNX Runtime (the limit)",
         "",
-        "| batch size | images/s | p50 ms | p95 ms | p99 ms | CPU | other CPU |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| batch size | sessions x threads | images/s | p50 ms | p95 ms | p99 ms | CPU | other CPU |",
+        "|---:|:---|---:|---:|---:|---:|---:|---:|",
     ]
     for p in model.onnxruntime:
         lat = p.latency
+        layout = f"{p.sessions} x {p.threads_per_session or 'all'}"
         lines.append(
-            f"| {p.batch_size} | {_number(p.images_per_second)} | {_ms(lat.p50_ms)} | {_ms(lat.p95_ms)} | "
+            f"| {p.batch_size} | {layout} | {_number(p.images_per_second)} | {_ms(lat.p50_ms)} | {_ms(lat.p95_ms)} | "
             f"{_ms(lat.p99_ms)} | {p.cpu_cores:.2f} | {max(p.machine_cpu_cores - p.cpu_cores, 0.0):.2f} |"
         )
     best = model.onnxruntime_best()
@@ -119,6 +122,27 @@ def _model_section(model: ModelResult) -> list[str]:
             f"{p.other_cpu_cores:.2f} | {errors} |"
         )
     lines.append("")
+    if model.saturation:
+        lines += [
+            "### Saturation by request shape and configuration",
+            "",
+            "*defaults*: the batching server's flags; *throughput*: one single-threaded instance per core.",
+            "",
+            "| configuration | requests | callers | images/s | of limit | p50 ms | p99 ms | avg batch | server CPU "
+            "| generator CPU | other CPU | errors |",
+            "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for saturated in model.saturation:
+            p = saturated.point
+            share = f"{p.images_per_second / limit:.0%}" if limit else "-"
+            errors = ", ".join(f"{code} {count}" for code, count in sorted(p.errors.items())) or "0"
+            lines.append(
+                f"| {saturated.configuration} | {saturated.request} | {p.concurrency} | "
+                f"{_number(p.images_per_second)} | {share} | {_ms(p.latency.p50_ms)} | {_ms(p.latency.p99_ms)} | "
+                f"{_number(p.average_batch_size, 1)} | {p.server_cpu_cores:.2f} | {p.generator_cpu_cores:.2f} | "
+                f"{p.other_cpu_cores:.2f} | {errors} |"
+            )
+        lines.append("")
     return lines
 
 
@@ -127,7 +151,7 @@ def _ratios(model: ModelResult) -> list[str]:
     best = model.onnxruntime_best()
     if best is not None:
         found.append(
-            f"Bare ONNX Runtime: best {best.images_per_second:,.0f} images/s at batch {best.batch_size}; "
+            f"Bare ONNX Runtime: best {best.images_per_second:,.0f} images/s at {best.label}; "
             f"batch 1 p50 {_ms(_batch_latency(model, 1).p50_ms)} ms, p99 {_ms(_batch_latency(model, 1).p99_ms)} ms."
         )
     for mode in (BATCHING_ON, BATCHING_OFF):
@@ -139,6 +163,13 @@ def _ratios(model: ModelResult) -> list[str]:
                 f"Batching {MODE_TITLES[mode]}: best {served.images_per_second:,.0f} images/s at "
                 f"{served.concurrency} callers = **{ratio:.2f}** of bare ONNX Runtime's best."
             )
+    overall = server_best(model)
+    if overall is not None and best is not None and best.images_per_second > 0:
+        point, what = overall
+        found.append(
+            f"Server at saturation, best of everything measured: {point.images_per_second:,.0f} images/s ({what}) "
+            f"= **{point.images_per_second / best.images_per_second:.2f}** of bare ONNX Runtime's best."
+        )
     on, off = model.sweep(BATCHING_ON), model.sweep(BATCHING_OFF)
     on_point = on.at(BATCHING_GAIN_CALLERS) if on is not None else None
     off_point = off.at(BATCHING_GAIN_CALLERS) if off is not None else None

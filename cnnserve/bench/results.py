@@ -38,6 +38,16 @@ class BaselinePoint:
     """CPU seconds per second used by the measuring process (ONNX Runtime's threads)."""
     machine_cpu_cores: float
     """Every process on the machine meanwhile; what exceeds `cpu_cores` was someone else's."""
+    sessions: int = 1
+    """Sessions running side by side, each on its own batches (images/s is their sum)."""
+    threads_per_session: int = 0
+    """Intra-op threads of each session; 0: ONNX Runtime's choice (one per core)."""
+
+    @property
+    def label(self) -> str:
+        if self.sessions == 1:
+            return f"batch {self.batch_size}"
+        return f"batch {self.batch_size}, {self.sessions} sessions x {self.threads_per_session} thread"
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,23 @@ class ServerSweep:
         return max(self.points, key=lambda p: p.images_per_second, default=None)
 
 
+@dataclass(frozen=True)
+class SaturationPoint:
+    """The server kept saturated with one request shape, in one server configuration."""
+
+    configuration: str
+    """"defaults" (the batching server's flags) or "throughput" (one single-threaded instance per core)."""
+    flags: list[str]
+    request: str
+    """What each call carried, in words (e.g. "32 images per ModelInfer, in shared memory")."""
+    images_per_request: int
+    point: ServerPoint
+
+    @property
+    def description(self) -> str:
+        return f"{self.request}, {self.point.concurrency} callers, {self.configuration} configuration"
+
+
 @dataclass
 class ModelResult:
     model: str
@@ -97,12 +124,15 @@ class ModelResult:
     """A grpc.health.v1 Check at one caller: the cost of a gRPC call with no work behind it."""
     onnxruntime: list[BaselinePoint] = field(default_factory=list)
     sweeps: list[ServerSweep] = field(default_factory=list)
+    saturation: list[SaturationPoint] = field(default_factory=list)
+    """Saturation with other request shapes and configurations than the sweeps' single-image Classify calls."""
 
     def sweep(self, mode: str) -> ServerSweep | None:
         return next((s for s in self.sweeps if s.mode == mode), None)
 
     def onnxruntime_at(self, batch_size: int) -> BaselinePoint | None:
-        return next((p for p in self.onnxruntime if p.batch_size == batch_size), None)
+        """The one-session point at `batch_size` (the sweep of batch sizes)."""
+        return next((p for p in self.onnxruntime if p.batch_size == batch_size and p.sessions == 1), None)
 
     def onnxruntime_best(self) -> BaselinePoint | None:
         return max(self.onnxruntime, key=lambda p: p.images_per_second, default=None)

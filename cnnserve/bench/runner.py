@@ -1,8 +1,11 @@
 """The whole benchmark: for each model, bare ONNX Runtime, then the server with batching off and on.
 
-Order per model: prepare the model; measure bare ONNX Runtime at each batch size while no server runs; then
-start a server with batching off, check one real request, measure a gRPC round trip, sweep the concurrency, stop
-it; the same with batching on. The load generator's processes are started once for the whole run.
+Order per model: prepare the model; measure bare ONNX Runtime at each batch size (and as one single-threaded
+session per core side by side) while no server runs; then start a server with batching off, check one real
+request, measure a gRPC round trip, sweep the concurrency, stop it; the same with batching on, which is then
+also saturated with many-image requests (ModelInfer, raw in the message and in shared memory); finally the
+throughput configuration (one single-threaded instance per core) with single-image and many-image requests.
+The load generator's processes are started once for the whole run.
 """
 
 from __future__ import annotations
@@ -15,22 +18,33 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cnnserve.bench._cpu import cpu_count
-from cnnserve.bench.baseline import BaselineSettings, measure_onnxruntime
+from cnnserve.bench.baseline import BaselineSettings, measure_onnxruntime, measure_parallel_sessions
 from cnnserve.bench.loadgen import LoadGenerator
 from cnnserve.bench.measure import (
     CLASSIFY_METHOD,
     HEALTH_CHECK_METHOD,
+    INFER_METHOD,
     Window,
     health_check_request,
     measure_point,
 )
 from cnnserve.bench.models import prepare_model, single_model_repository
-from cnnserve.bench.payloads import ModelInput, classify_request
+from cnnserve.bench.payloads import ModelInput, PayloadKind, classify_request, synthetic_photo
 from cnnserve.bench.progress import Progress
-from cnnserve.bench.results import BaselinePoint, BenchResult, ModelResult, ServerPoint, ServerSweep
+from cnnserve.bench.results import (
+    BaselinePoint,
+    BenchResult,
+    ModelResult,
+    SaturationPoint,
+    ServerPoint,
+    ServerSweep,
+)
 from cnnserve.bench.server import ServerUnderTest, running_server
 from cnnserve.bench.settings import BATCHING_OFF, BATCHING_ON, BenchSettings
+from cnnserve.bench.shared_memory import infer_request, registered_region, shared_memory_available
 from cnnserve.bench.targets import check_targets
 
 _log = logging.getLogger(__name__)
@@ -68,7 +82,7 @@ def _benchmark_model(
     def on_baseline(point: BaselinePoint) -> None:
         progress.step(
             settings.baseline_seconds + 0.3,
-            f"{name} bare ONNX Runtime, batch {point.batch_size}: {point.images_per_second:,.0f} images/s, "
+            f"{name} bare ONNX Runtime, {point.label}: {point.images_per_second:,.0f} images/s, "
             f"p99 {point.latency.p99_ms:.2f} ms per batch",
         )
 
@@ -77,6 +91,14 @@ def _benchmark_model(
         BaselineSettings(settings.batch_sizes, settings.baseline_seconds, settings.intra_op_threads),
         on_point=on_baseline,
     )
+    if settings.measures_throughput_configuration:
+        baseline += measure_parallel_sessions(
+            prepared.model_path,
+            cpu_count(),
+            settings.parallel_batch_sizes(),
+            settings.baseline_seconds,
+            on_point=on_baseline,
+        )
     result = ModelResult(
         model=name,
         input_shape=[],
@@ -121,8 +143,119 @@ def _benchmark_model(
                 _check_server_alive(server)
                 sweep.points.append(point)
                 progress.step(per_point, f"{name} {mode}, {callers} callers: {_summary(point)}")
+            if mode == BATCHING_ON:
+                result.saturation += _saturate(generator, server, name, "defaults", flags, settings, window, progress)
         result.sweeps.append(sweep)
+    if settings.measures_throughput_configuration:
+        result.saturation += _throughput_configuration(generator, repository, name, settings, window, result, progress)
     return result
+
+
+def _throughput_configuration(
+    generator: LoadGenerator,
+    repository: Path,
+    name: str,
+    settings: BenchSettings,
+    window: Window,
+    result: ModelResult,
+    progress: Progress,
+) -> list[SaturationPoint]:
+    """One single-threaded instance per core: single-image calls at the batching sweep's best concurrency, then
+    the many-image requests."""
+    flags = settings.throughput_flags()
+    on = result.sweep(BATCHING_ON)
+    best = on.best() if on is not None else None
+    callers = best.concurrency if best is not None else max(settings.concurrency)
+    per_point = settings.warmup_seconds + settings.duration_seconds + 0.5
+    log_path = settings.output_dir / "logs" / f"{name}-throughput.log"
+    with running_server(repository, flags, log_path) as server:
+        progress.step(3.0, f"{name} throughput configuration: server up ({' '.join(flags)})")
+        request = _checked_classify_request(server, name, settings)
+        point = measure_point(
+            generator,
+            server,
+            method=CLASSIFY_METHOD,
+            request=request,
+            callers=callers,
+            window=window,
+            model=name,
+            images_per_request=settings.images_per_request,
+        )
+        _check_server_alive(server)
+        words = _classify_words(settings)
+        progress.step(per_point, f"{name} throughput configuration, {words}, {callers} callers: {_summary(point)}")
+        points = [SaturationPoint("throughput", flags, words, settings.images_per_request, point)]
+        points += _saturate(generator, server, name, "throughput", flags, settings, window, progress)
+    return points
+
+
+def _saturate(
+    generator: LoadGenerator,
+    server: ServerUnderTest,
+    name: str,
+    configuration: str,
+    flags: list[str],
+    settings: BenchSettings,
+    window: Window,
+    progress: Progress,
+) -> list[SaturationPoint]:
+    """Keep the server saturated with `bulk_images` images per ModelInfer call: raw in the message, then (where
+    /dev/shm exists) in system shared memory, so that no tensor bytes travel."""
+    rows = settings.bulk_images
+    if not rows:
+        return []
+    model_input = ModelInput.from_model_info(server.model_info(name))
+    batch = np.stack([model_input.to_model_input(synthetic_photo(model_input, seed)) for seed in range(rows)])
+    per_point = settings.warmup_seconds + settings.duration_seconds + 0.5
+    points = []
+
+    def measure(request_words: str, request: bytes) -> None:
+        point = measure_point(
+            generator,
+            server,
+            method=INFER_METHOD,
+            request=request,
+            callers=settings.bulk_callers,
+            window=window,
+            model=name,
+            images_per_request=rows,
+        )
+        _check_server_alive(server)
+        points.append(SaturationPoint(configuration, flags, request_words, rows, point))
+        progress.step(per_point, f"{name} {configuration} configuration, {request_words}: {_summary(point)}")
+
+    measure(f"{rows} images per ModelInfer, raw in the message", _checked_infer_request(server, name, batch))
+    if shared_memory_available():
+        with registered_region(server.target, f"bench-{name}", batch) as region:
+            request = _checked_infer_request(server, name, batch, region)
+            measure(f"{rows} images per ModelInfer, in shared memory", request)
+    else:
+        progress.note(f"{name}: no writable /dev/shm here, so no shared memory point")
+    return points
+
+
+def _checked_infer_request(server: ServerUnderTest, name: str, batch: np.ndarray, region: str | None = None) -> bytes:
+    """The serialised ModelInfer request, after one call proved the server answers it with a row per image."""
+    request = infer_request(name, batch, region)
+    response = server.infer(request)
+    if not response.outputs or response.outputs[0].shape[0] != len(batch):
+        raise RuntimeError(f"{name}: ModelInfer of {len(batch)} images answered {response.outputs}")
+    return request.SerializeToString()
+
+
+def _classify_words(settings: BenchSettings) -> str:
+    count = settings.images_per_request
+    return f"{count} image{'s' if count > 1 else ''} per Classify call ({PayloadKind(settings.payload).value})"
+
+
+def _checked_classify_request(server: ServerUnderTest, name: str, settings: BenchSettings) -> bytes:
+    """The serialised Classify request of the sweeps, after one call proved the server answers it properly."""
+    model_input = ModelInput.from_model_info(server.model_info(name))
+    request = classify_request(name, model_input, settings.payload, settings.images_per_request)
+    response = server.classify(request)
+    if len(response.results) != settings.images_per_request:
+        raise RuntimeError(f"{name}: asked for {settings.images_per_request} results, got {len(response.results)}")
+    return request.SerializeToString()
 
 
 def _start_sweep(
@@ -131,11 +264,7 @@ def _start_sweep(
     """Describe the served model, build the request once and check the server answers it properly."""
     info = server.model_info(name)
     model_input = ModelInput.from_model_info(info)
-    request = classify_request(name, model_input, settings.payload, settings.images_per_request)
-    response = server.classify(request)
-    if len(response.results) != settings.images_per_request:
-        raise RuntimeError(f"{name}: asked for {settings.images_per_request} results, got {len(response.results)}")
-    serialized = request.SerializeToString()
+    serialized = _checked_classify_request(server, name, settings)
     result.input_shape = [model_input.channels, model_input.height, model_input.width]
     result.request_bytes = len(serialized)
     batching = {

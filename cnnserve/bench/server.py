@@ -20,6 +20,8 @@ from pathlib import Path
 
 import grpc
 
+from cnnserve.inference import grpc_service_pb2 as inference_pb
+from cnnserve.inference import grpc_service_pb2_grpc as inference_grpc
 from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 
@@ -43,6 +45,7 @@ class ServerUnderTest:
         self.log_path = log_path
         self._channel = grpc.insecure_channel(self.target)
         self._stub = pb_grpc.ImageClassifierStub(self._channel)
+        self._inference = inference_grpc.GRPCInferenceServiceStub(self._channel)
 
     @property
     def pid(self) -> int:
@@ -69,6 +72,9 @@ class ServerUnderTest:
 
     def classify(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
         return self._stub.Classify(request, timeout=30)
+
+    def infer(self, request: inference_pb.ModelInferRequest) -> inference_pb.ModelInferResponse:
+        return self._inference.ModelInfer(request, timeout=30)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

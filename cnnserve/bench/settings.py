@@ -60,6 +60,14 @@ class BenchSettings(BaseModel):
     """Flags of the batching server on top of the server's defaults."""
     timeout_seconds: float = Field(30.0, gt=0.0)
     """Deadline of every call."""
+    bulk_images: int = Field(32, ge=0, le=256)
+    """Images per request of the saturation points (ModelInfer, raw in the message and in shared memory);
+    0 skips them."""
+    bulk_callers: int = Field(4, ge=1)
+    """Callers of the saturation points: enough to keep a batch waiting behind each running one."""
+    throughput_configuration: bool = True
+    """Also saturate a server with one single-threaded instance per core (`--instances N --intra-op-threads 1`),
+    and measure bare ONNX Runtime the same way (N sessions of one thread side by side)."""
     plots: bool = True
 
     @field_validator("concurrency", "batch_sizes")
@@ -83,14 +91,39 @@ class BenchSettings(BaseModel):
         threads = ["--intra-op-threads", str(self.intra_op_threads)] if self.intra_op_threads else []
         return [*threads, *self.server_flags, *own]
 
+    def throughput_flags(self) -> list[str]:
+        """The throughput configuration's flags: the batching server's, with one single-threaded instance per
+        core, so that batches run side by side instead of sharing threads that wait for each other."""
+        return [
+            *self.server_flags,
+            *self.batching_on_flags,
+            "--instances",
+            str(cpu_count()),
+            "--intra-op-threads",
+            "1",
+        ]
+
+    @property
+    def measures_throughput_configuration(self) -> bool:
+        return self.throughput_configuration and cpu_count() > 1
+
+    def parallel_batch_sizes(self) -> tuple[int, ...]:
+        """Batch sizes of the baseline's side-by-side sessions: the sweep's, up to 32 (larger ones were never
+        better per image here)."""
+        return tuple(size for size in self.batch_sizes if size <= 32) or self.batch_sizes[:1]
+
     def estimated_seconds(self) -> float:
         """A rough duration of the whole run on a small machine, for the progress display."""
         per_point = self.warmup_seconds + self.duration_seconds + 0.5
+        bulk_points = 2 if self.bulk_images else 0
         per_model = (
             len(self.batch_sizes) * (self.baseline_seconds + 0.3)
             + 2 * (3.0 + len(self.concurrency) * per_point)
-            + per_point
+            + (1 + bulk_points) * per_point
         )
+        if self.measures_throughput_configuration:
+            per_model += len(self.parallel_batch_sizes()) * (self.baseline_seconds + 0.3)
+            per_model += 3.0 + (1 + bulk_points) * per_point
         return len(self.models) * per_model
 
 
@@ -101,6 +134,8 @@ QUICK: dict[str, Any] = {
     "warmup_seconds": 0.3,
     "duration_seconds": 1.5,
     "baseline_seconds": 0.3,
+    "bulk_images": 8,
+    "throughput_configuration": False,
 }
 """The `--quick` preset: proves the whole pipeline works in well under a minute."""
 

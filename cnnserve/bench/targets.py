@@ -1,6 +1,10 @@
 """The issue's performance targets, checked against what a run measured.
 
-- catsdogs (compute dominates): the server's best images/s is at least 90% of bare ONNX Runtime's best.
+- catsdogs (compute dominates): the server's best images/s at saturation is at least 90% of bare ONNX Runtime's
+  best. Both sides are the best measured: bare ONNX Runtime over batch sizes and over one session with every
+  core or one single-threaded session per core; the server over the batching sweep and the saturation points
+  (request shapes and configurations). The check's text names which point it was and also gives the best
+  single-image figure, so nobody has to guess what was compared.
 - mnist_net (per-request overhead dominates), single-image requests: batching on serves at least twice the
   requests/s of batching off at 64 callers, and its p99 latency at one caller is within 1 ms of bare ONNX
   Runtime's batch-1 p99 plus the p99 of a gRPC round trip (a health check).
@@ -10,7 +14,7 @@ A target whose inputs were not measured (another model set, no 64-caller point) 
 
 from __future__ import annotations
 
-from cnnserve.bench.results import ModelResult, TargetCheck
+from cnnserve.bench.results import ModelResult, ServerPoint, TargetCheck
 from cnnserve.bench.settings import BATCHING_OFF, BATCHING_ON
 
 SATURATION_MODEL = "catsdogs"
@@ -42,21 +46,34 @@ def saturation_ratio(result: ModelResult, mode: str = BATCHING_ON) -> float | No
     return served.images_per_second / limit.images_per_second
 
 
+def server_best(result: ModelResult) -> tuple[ServerPoint, str] | None:
+    """The server's highest images/s of the run, from the batching sweep or a saturation point, and what it was."""
+    candidates: list[tuple[ServerPoint, str]] = []
+    sweep = result.sweep(BATCHING_ON)
+    if sweep is not None and (best := sweep.best()) is not None:
+        count = result.images_per_request
+        shape = f"{count} image{'s' if count > 1 else ''} per Classify call ({result.payload})"
+        candidates.append((best, f"{shape}, {best.concurrency} callers, default configuration"))
+    candidates += [(point.point, point.description) for point in result.saturation]
+    return max(candidates, key=lambda candidate: candidate[0].images_per_second, default=None)
+
+
 def _saturation(result: ModelResult) -> TargetCheck:
     name = f"server throughput at saturation >= {SATURATION_FRACTION:.0%} of bare ONNX Runtime's best"
-    ratio = saturation_ratio(result)
     required = f">= {SATURATION_FRACTION:.2f}"
-    if ratio is None:
-        return TargetCheck(name, result.model, None, "not measured", required)
     limit = result.onnxruntime_best()
-    sweep = result.sweep(BATCHING_ON)
-    assert limit is not None and sweep is not None
-    best = sweep.best()
-    assert best is not None
+    found = server_best(result)
+    if limit is None or found is None or limit.images_per_second <= 0:
+        return TargetCheck(name, result.model, None, "not measured", required)
+    best, what = found
+    ratio = best.images_per_second / limit.images_per_second
     measured = (
-        f"{ratio:.2f} ({best.images_per_second:.1f} images/s at {best.concurrency} callers vs "
-        f"{limit.images_per_second:.1f} at batch {limit.batch_size})"
+        f"{ratio:.2f} ({best.images_per_second:.1f} images/s: {what}; bare ONNX Runtime "
+        f"{limit.images_per_second:.1f} at {limit.label})"
     )
+    single = saturation_ratio(result)
+    if single is not None and result.images_per_request == 1:
+        measured += f"; single-image Classify calls {single:.2f}"
     return TargetCheck(name, result.model, ratio >= SATURATION_FRACTION, measured, required)
 
 
