@@ -384,7 +384,9 @@ class _AdaptiveDelay:
     idle spell is soon forgotten) and the requests per batch taken. While batches hold one request each, callers
     are not overlapping (a lone closed-loop caller never sends its next request before this one is answered), so
     waiting only adds latency: run at once. Otherwise wait, but only while the next request is expected before the
-    delay runs out. Batches still form from whatever queued while an instance was busy.
+    delay runs out, and not once two average gaps have passed without one: callers in lockstep (a closed loop of
+    a few callers) are then all in the batch, and waiting out the delay would idle the server. Batches still form
+    from whatever queued while an instance was busy.
     """
 
     def __init__(self, max_delay: float) -> None:
@@ -406,10 +408,12 @@ class _AdaptiveDelay:
         """How long to wait for company now, or None to run the batch at once."""
         if self._requests_per_batch < 1.25:
             return None
-        expected_gap = max(self._gap, now - (self._last_arrival or now))
-        if expected_gap >= remaining:
+        silence = now - (self._last_arrival or now)
+        if silence >= 2 * self._gap:
+            return None  # the burst is over: callers in lockstep (a closed loop) are all in this batch already
+        if self._gap >= remaining:
             return None
-        return min(remaining, 2 * expected_gap)
+        return min(remaining, 2 * self._gap - silence)
 
 
 def _loop_time(loop: asyncio.AbstractEventLoop, deadline: float) -> float:

@@ -55,6 +55,7 @@ class ImagePreprocessor:
         self.max_image_pixels = max_image_pixels
         self.input_shape = (preprocessing.channels, preprocessing.height, preprocessing.width)
         self._pixel_shape = (preprocessing.height, preprocessing.width, preprocessing.channels)
+        self._float_bytes = 4 * math.prod(self.input_shape)
         channels = preprocessing.channels
         mean = np.broadcast_to(np.asarray(preprocessing.mean, np.float32), (channels,))
         std = np.broadcast_to(np.asarray(preprocessing.std, np.float32), (channels,))
@@ -195,7 +196,7 @@ class ImagePreprocessor:
                 f"image {position}: a FLOAT32 tensor must have the model's input shape {list(self.input_shape)}, "
                 f"got {list(shape)}"
             )
-        expected = 4 * int(np.prod(self.input_shape))
+        expected = self._float_bytes
         if len(tensor.data) != expected:
             raise InvalidInputError(
                 f"image {position}: shape {list(shape)} as FLOAT32 needs {expected} bytes, got {len(tensor.data)}"

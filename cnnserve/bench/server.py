@@ -17,11 +17,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
-from cnnserve.inference import grpc_service_pb2 as inference_pb
-from cnnserve.inference import grpc_service_pb2_grpc as inference_grpc
 from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 
@@ -45,7 +44,6 @@ class ServerUnderTest:
         self.log_path = log_path
         self._channel = grpc.insecure_channel(self.target)
         self._stub = pb_grpc.ImageClassifierStub(self._channel)
-        self._inference = inference_grpc.GRPCInferenceServiceStub(self._channel)
 
     @property
     def pid(self) -> int:
@@ -73,8 +71,15 @@ class ServerUnderTest:
     def classify(self, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
         return self._stub.Classify(request, timeout=30)
 
-    def infer(self, request: inference_pb.ModelInferRequest) -> inference_pb.ModelInferResponse:
-        return self._inference.ModelInfer(request, timeout=30)
+    def infer(self, request: Any) -> Any:
+        """ModelInfer over the Open Inference Protocol (a cnnserve.inference ModelInferRequest and response).
+
+        The generated `inference` modules are imported here, not at the top: the test suite imports this module
+        beside tritonclient, whose own `inference` protos would clash with them in one process.
+        """
+        from cnnserve.inference import grpc_service_pb2_grpc as inference_grpc
+
+        return inference_grpc.GRPCInferenceServiceStub(self._channel).ModelInfer(request, timeout=30)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

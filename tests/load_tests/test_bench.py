@@ -58,12 +58,25 @@ def test_quick_benchmark_measures_everything_and_writes_every_report(model_repos
     # 64 callers against a batching server: batches of more than one image (the server's own statistics).
     assert sweeps["batching_on"]["points"][-1]["average_batch_size"] > 1.0
 
+    # Saturation with 8 images per ModelInfer call, in the message and in shared memory (the quick preset).
+    saturation = {point["request"]: point for point in model["saturation"]}
+    assert set(saturation) == {
+        "8 images per ModelInfer, raw in the message",
+        "8 images per ModelInfer, in shared memory",
+    }
+    for point in saturation.values():
+        assert point["configuration"] == "defaults" and point["images_per_request"] == 8
+        assert point["point"]["requests"] > 0 and point["point"]["errors"] == {}
+        assert point["point"]["images_per_second"] == pytest.approx(8 * point["point"]["requests_per_second"])
+    assert not list(Path("/dev/shm").glob("cnnserve_bench_*")), "the bench removes its shared memory objects"
+
     targets = {t["name"]: t for t in report["targets"]}
     assert len(targets) == 2 and all(t["passed"] is not None for t in targets.values())
 
     markdown = (output / "results.md").read_text()
     assert "### Bare ONNX Runtime (the limit)" in markdown and "| 64 | on |" in markdown
-    for plot in ("throughput.png", "latency.png"):
+    assert "### Saturation by request shape and configuration" in markdown
+    for plot in ("throughput.png", "latency.png", "saturation.png"):
         assert (output / plot).read_bytes().startswith(b"\x89PNG")
 
 
