@@ -126,12 +126,15 @@ def _model_section(model: ModelResult) -> list[str]:
         lines += [
             "### Saturation by request shape and configuration",
             "",
-            "*defaults*: the batching server's flags; *throughput*: one single-threaded instance per core.",
+            "*defaults*: the batching server's flags; *throughput*: one single-threaded instance per core, with "
+            "the max batch size at which bare ONNX Runtime's single-threaded sessions side by side were fastest "
+            "(flags below).",
             "",
             "| configuration | requests | callers | images/s | of limit | p50 ms | p99 ms | avg batch | server CPU "
             "| generator CPU | other CPU | errors |",
             "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
+        configurations = {point.configuration: point.flags for point in model.saturation}
         for saturated in model.saturation:
             p = saturated.point
             share = f"{p.images_per_second / limit:.0%}" if limit else "-"
@@ -142,6 +145,10 @@ def _model_section(model: ModelResult) -> list[str]:
                 f"{_number(p.average_batch_size, 1)} | {p.server_cpu_cores:.2f} | {p.generator_cpu_cores:.2f} | "
                 f"{p.other_cpu_cores:.2f} | {errors} |"
             )
+        lines.append("")
+        for configuration, flags in configurations.items():
+            shown = f"`cnnserve serve {' '.join(flags)}`" if flags else "the server's defaults"
+            lines.append(f"- {configuration}: {shown}")
         lines.append("")
     return lines
 
