@@ -163,7 +163,7 @@ class DynamicBatcher:
         now = time.monotonic()
         request = _QueuedRequest(inputs, loop.create_future(), now)
         if self._delay_advisor is not None:
-            self._delay_advisor.arrived(now)
+            self._delay_advisor.arrived(now, joins_others=self._queued_rows > 0)
         request.timer = loop.call_at(_loop_time(loop, deadline), _expire, request.future, self._name)
         self._queues[level - 1].append(request)
         self._queued_rows += request.rows
@@ -380,8 +380,8 @@ class DynamicBatcher:
 class _AdaptiveDelay:
     """Decides, for the adaptive queue delay, whether waiting for more requests can pay off.
 
-    Two estimates, both exponentially weighted: the time between arrivals (gaps capped at twice the delay, so an
-    idle spell is soon forgotten) and the requests per batch taken. While batches hold one request each, callers
+    Two estimates, both exponentially weighted: the time between arrivals that meet in the queue (gaps capped at
+    twice the delay) and the requests per batch taken. While batches hold one request each, callers
     are not overlapping (a lone closed-loop caller never sends its next request before this one is answered), so
     waiting only adds latency: run at once. Otherwise wait, but only while the next request is expected before the
     delay runs out, and not once two average gaps have passed without one: callers in lockstep (a closed loop of
@@ -395,8 +395,10 @@ class _AdaptiveDelay:
         self._last_arrival: float | None = None
         self._requests_per_batch = 1.0
 
-    def arrived(self, now: float) -> None:
-        if self._last_arrival is not None:
+    def arrived(self, now: float, joins_others: bool) -> None:
+        """Count an arrival. Only gaps between requests that meet in the queue are learned: a gap that ends in an
+        empty queue spans a wait for answers (callers in a closed loop), not how fast company comes."""
+        if self._last_arrival is not None and joins_others:
             gap = min(now - self._last_arrival, self._gap_cap)
             self._gap = gap if self._gap == float("inf") else self._gap + 0.25 * (gap - self._gap)
         self._last_arrival = now

@@ -326,25 +326,24 @@ async def test_adaptive_delay_runs_a_lone_request_at_once_but_still_batches_a_bu
 
 
 async def test_adaptive_delay_waits_for_company_once_callers_overlap(model: GatedModel) -> None:
-    model.gate.set()
     batcher = await make_batcher(model, max_batch_size=8, max_queue_delay_seconds=0.5, adaptive_queue_delay=True)
-
-    async def staggered(count: int, gap: float) -> list[np.ndarray]:
-        """`count` callers arriving `gap` apart, each waiting for its own answer: they overlap."""
-        calls = []
-        for value in range(count):
-            calls.append(asyncio.ensure_future(batcher.submit(rows(value), far())))
-            await asyncio.sleep(gap)
-        return await asyncio.gather(*calls)
-
-    for _ in range(3):
-        await asyncio.gather(*(batcher.submit(rows(v), far()) for v in range(4)))
-    for _ in range(3):
-        await staggered(4, 0.02)
+    for _ in range(3):  # while a batch runs, callers arrive 10 ms apart and meet in the queue: that is learned
+        model.gate.clear()
+        model.started.clear()
+        running = asyncio.ensure_future(batcher.submit(rows(9), far()))
+        await started(model)
+        overlapping = []
+        for value in range(4):
+            overlapping.append(asyncio.ensure_future(batcher.submit(rows(value), far())))
+            await asyncio.sleep(0.01)
+        model.gate.set()
+        await asyncio.gather(running, *overlapping)
     model.batch_sizes.clear()
-    answers = await staggered(2, 0.02)
-    assert [a.item() for a in answers] == [0, 2]
-    assert model.batch_sizes == [2], "callers arriving about as often as before still meet in one batch"
+    first = asyncio.ensure_future(batcher.submit(rows(1), far()))
+    await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(batcher.submit(rows(2), far()))
+    assert [(await f).item() for f in (first, second)] == [2, 4]
+    assert model.batch_sizes == [2], "a caller arriving as soon as companions did before is waited for"
     await batcher.close(1)
 
 
