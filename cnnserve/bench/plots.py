@@ -123,36 +123,40 @@ def plot_saturation(models: Sequence[ModelResult], path: Path) -> Path:
     from cnnserve.bench.targets import SATURATION_FRACTION
 
     with_points = [model for model in models if model.saturation]
-    plt, figure, axes = _panels(len(with_points))
-    for ax, model in zip(axes, with_points, strict=True):
+    plt = _pyplot()
+    figure, axes = plt.subplots(len(with_points), 1, figsize=(9, 2.2 + 0.55 * 6 * len(with_points)), squeeze=False)
+    for ax, model in zip((row[0] for row in axes), with_points, strict=True):
         bars: list[tuple[str, float]] = []
         sweep = model.sweep(BATCHING_ON)
         served = sweep.best() if sweep is not None else None
         if served is not None:
-            bars.append((f"defaults\n{model.images_per_request} per Classify", served.images_per_second))
-        for point in model.saturation:
-            short = point.request.replace(" images per ModelInfer, ", " per ModelInfer\n").replace(
-                " per Classify call", " per Classify"
+            count = model.images_per_request
+            bars.append(
+                (f"defaults: {count} image{'s' if count > 1 else ''} per Classify call", served.images_per_second)
             )
-            bars.append((f"{point.configuration}\n{short}", point.point.images_per_second))
-        positions = range(len(bars))
-        ax.bar(positions, [value for _, value in bars], color="tab:blue")
-        ax.set_xticks(list(positions), [label for label, _ in bars], fontsize=7)
+        bars += [
+            (f"{point.configuration}: {point.request}", point.point.images_per_second) for point in model.saturation
+        ]
+        positions = list(range(len(bars)))[::-1]
+        ax.barh(positions, [value for _, value in bars], color="tab:blue")
+        ax.set_yticks(positions, [label for label, _ in bars], fontsize=8)
         best = model.onnxruntime_best()
         if best is not None:
-            ax.axhline(best.images_per_second, color="black", linestyle="--", label=f"bare ONNX Runtime ({best.label})")
-            ax.axhline(
+            ax.axvline(best.images_per_second, color="black", linestyle="--", label=f"bare ONNX Runtime ({best.label})")
+            ax.axvline(
                 SATURATION_FRACTION * best.images_per_second,
                 color="tab:red",
                 linestyle=":",
                 label=f"{SATURATION_FRACTION:.0%} of it",
             )
             for position, (_, value) in zip(positions, bars, strict=True):
-                ax.annotate(f"{value / best.images_per_second:.2f}", (position, value), ha="center", va="bottom")
-        ax.set_ylabel("images/s")
-        ax.set_title(f"{model.model}: saturated, by request and configuration")
-        ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize="small", loc="lower right")
+                ax.annotate(
+                    f" {value / best.images_per_second:.2f}", (value, position), va="center", ha="left", fontsize=8
+                )
+        ax.set_xlabel("images/s")
+        ax.set_title(f"{model.model}: the server saturated (ratio to bare ONNX Runtime's best)", fontsize=10)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -94,8 +94,8 @@ class BenchSettings(BaseModel):
     def throughput_flags(self, max_batch_size: int | None) -> list[str]:
         """The throughput configuration's flags: the batching server's, with one single-threaded instance per
         core, so that batches run side by side instead of sharing threads that wait for each other, and batches
-        of `max_batch_size`: the size at which bare ONNX Runtime ran fastest per image that way (tuned from the
-        run's own measurements, as Triton's model analyzer would)."""
+        of `max_batch_size`: the runner picks it from bare ONNX Runtime run that way in the same run (tuned from
+        the run's own measurements, as Triton's model analyzer would)."""
         batch = ["--max-batch-size", str(max_batch_size)] if max_batch_size else []
         return [
             *self.server_flags,
