@@ -130,17 +130,7 @@ def _benchmark_model(
                 result.round_trip = trip.latency
                 progress.step(per_point, f"{name}: gRPC round trip (health check) p99 {trip.latency.p99_ms:.3f} ms")
             for callers in settings.concurrency:
-                point = measure_point(
-                    generator,
-                    server,
-                    method=CLASSIFY_METHOD,
-                    request=request,
-                    callers=callers,
-                    window=window,
-                    model=name,
-                    images_per_request=settings.images_per_request,
-                )
-                _check_server_alive(server)
+                point = _classify_point(generator, server, name, request, callers, window, settings)
                 sweep.points.append(point)
                 progress.step(per_point, f"{name} {mode}, {callers} callers: {_summary(point)}")
             if mode == BATCHING_ON:
@@ -171,22 +161,36 @@ def _throughput_configuration(
     with running_server(repository, flags, log_path) as server:
         progress.step(3.0, f"{name} throughput configuration: server up ({' '.join(flags)})")
         request = _checked_classify_request(server, name, settings)
-        point = measure_point(
-            generator,
-            server,
-            method=CLASSIFY_METHOD,
-            request=request,
-            callers=callers,
-            window=window,
-            model=name,
-            images_per_request=settings.images_per_request,
-        )
-        _check_server_alive(server)
+        point = _classify_point(generator, server, name, request, callers, window, settings)
         words = _classify_words(settings)
         progress.step(per_point, f"{name} throughput configuration, {words}, {callers} callers: {_summary(point)}")
         points = [SaturationPoint("throughput", flags, words, settings.images_per_request, point)]
         points += _saturate(generator, server, name, "throughput", flags, settings, window, progress)
     return points
+
+
+def _classify_point(
+    generator: LoadGenerator,
+    server: ServerUnderTest,
+    name: str,
+    request: bytes,
+    callers: int,
+    window: Window,
+    settings: BenchSettings,
+) -> ServerPoint:
+    """`callers` closed-loop Classify callers for one window; raises if the server died meanwhile."""
+    point = measure_point(
+        generator,
+        server,
+        method=CLASSIFY_METHOD,
+        request=request,
+        callers=callers,
+        window=window,
+        model=name,
+        images_per_request=settings.images_per_request,
+    )
+    _check_server_alive(server)
+    return point
 
 
 def _throughput_batch_size(result: ModelResult) -> int | None:
