@@ -23,6 +23,7 @@ from pathlib import Path
 
 from cnnserve.server.errors import (
     InvalidInputError,
+    SharedMemoryDisabledError,
     SharedMemoryRegionExistsError,
     SharedMemoryRegionNotFoundError,
     TooManySharedMemoryRegionsError,
@@ -65,6 +66,14 @@ class SharedMemoryRegion:
         os.close(self.descriptor)
         with contextlib.suppress(BufferError):
             self.memory.close()
+
+
+def shared_memory_disabled() -> SharedMemoryDisabledError:
+    """What a client that uses shared memory hears from a server started with --no-allow-shared-memory."""
+    return SharedMemoryDisabledError(
+        "system shared memory is turned off on this server (--no-allow-shared-memory); send tensors in the "
+        "messages instead"
+    )
 
 
 class SystemSharedMemory:

@@ -44,11 +44,10 @@ from cnnserve.server.errors import (
     CnnserveError,
     InvalidInputError,
     ModelNotFoundError,
-    SharedMemoryDisabledError,
     UnavailableError,
 )
 from cnnserve.server.model import ModelVersion
-from cnnserve.server.shared_memory import SystemSharedMemory
+from cnnserve.server.shared_memory import SystemSharedMemory, shared_memory_disabled
 
 API = "inference"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -186,10 +185,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _shared_memory_or_refuse(self) -> SystemSharedMemory:
         if self._shared_memory is None:
-            raise SharedMemoryDisabledError(
-                "system shared memory is turned off on this server (--no-allow-shared-memory); send tensors in "
-                "the messages"
-            )
+            raise shared_memory_disabled()
         return self._shared_memory
 
     @grpc_errors

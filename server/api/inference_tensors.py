@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnnserve.inference import grpc_service_pb2 as pb
-from cnnserve.server.errors import InvalidInputError, SharedMemoryDisabledError
+from cnnserve.server.errors import InvalidInputError
 from cnnserve.server.postprocess import top_k
-from cnnserve.server.shared_memory import SystemSharedMemory
+from cnnserve.server.shared_memory import SystemSharedMemory, shared_memory_disabled
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -71,10 +71,7 @@ class SharedMemoryPlace:
 
     def view(self, shared_memory: SystemSharedMemory | None, purpose: str) -> memoryview:
         if shared_memory is None:
-            raise SharedMemoryDisabledError(
-                "system shared memory is turned off on this server (--no-allow-shared-memory); send the tensor "
-                "in the message instead"
-            )
+            raise shared_memory_disabled()
         return shared_memory.get(self.region).view(self.offset, self.byte_size, purpose)
 
 
