@@ -265,9 +265,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 remaining = timeout_us / 1e6 if remaining is None else min(remaining, timeout_us / 1e6)
             deadline = dataplane.deadline(model, remaining)
             priority = integer_parameter(request.parameters, "priority", minimum=0) or 0
-            outputs = requested_outputs(request, model.name, label_count_of(model))
+            label_count = label_count_of(model)
+            outputs = requested_outputs(request, model.name, label_count)
             inputs = input_batch(request, input_shape_of(model), model.name, max_rows, self._shared_memory)
-            check_shared_memory_outputs(outputs, len(inputs), label_count_of(model), self._shared_memory)
+            check_shared_memory_outputs(outputs, len(inputs), label_count, self._shared_memory)
             dataplane.record_input(model, time.perf_counter() - started)
             probabilities = await model.infer(inputs, deadline, priority)
             labels = model.metadata.labels
