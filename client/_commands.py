@@ -23,11 +23,12 @@ from cnnserve.client._exceptions import CnnserveClientError, ImageError, Invalid
 from cnnserve.client._progress import ProgressBar
 from cnnserve.client._types import ClassifyOutcome, HealthStatus, ModelInfo
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
 def image_paths(paths: Iterable[Path]) -> list[Path]:
-    """Files as given, and the PNG/JPEG files under folders (recursively, sorted, hidden files skipped)."""
+    """Files as given, and the image files (`IMAGE_SUFFIXES`) under folders (recursively, sorted, hidden files
+    skipped)."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -65,7 +66,10 @@ def _connect(command: str, args: argparse.Namespace) -> Client | None:
 def run_classify(args: argparse.Namespace) -> ExitCode:
     paths = image_paths(args.paths)
     if not paths:
-        _error("classify", "no PNG or JPEG images found in " + ", ".join(str(p) for p in args.paths))
+        _error(
+            "classify",
+            "no PNG or JPEG images (nor WebP, BMP, GIF or TIFF) found in " + ", ".join(str(p) for p in args.paths),
+        )
         return ExitCode.USAGE
     client = _connect("classify", args)
     if client is None:
@@ -180,7 +184,11 @@ def run_models(args: argparse.Namespace) -> ExitCode:
 
 
 def _model_row(model: ModelInfo) -> tuple[str, ...]:
-    shape = f"{model.input.channels}x{model.input.height}x{model.input.width} {model.input.color}"
+    spec = model.input
+    sides = (
+        (spec.height, spec.width, spec.channels) if spec.layout == "NHWC" else (spec.channels, spec.height, spec.width)
+    )
+    shape = f"{'x'.join(str(side) for side in sides)} {spec.color}"
     providers = sorted({v.execution_provider for v in model.versions if v.execution_provider})
     versions = ",".join(str(v.version) for v in model.versions)
     return model.name, "yes" if model.ready else "no", versions, shape, str(len(model.labels)), ",".join(providers)

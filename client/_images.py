@@ -1,8 +1,11 @@
 """Turning what applications hold (paths, bytes, PIL images, numpy arrays) into request images.
 
-Encoded files are sent as they are (the server decodes them); Pillow images in mode L or RGB and uint8 arrays
-are sent as raw pixels, which spares an encode on this side and a decode on the server; float32 arrays are the
-model's input, already preprocessed, shape [C, H, W].
+Encoded files (PNG, JPEG, WebP, BMP, GIF, TIFF) are sent as they are: the server decodes them, turns them upright
+as their EXIF orientation says and composites transparent pixels onto the model's background. Pillow images are
+turned upright here (their EXIF would not travel); in mode L or RGB they are sent as raw pixels, as are uint8
+arrays, which spares an encode on this side and a decode on the server; in other modes they are encoded
+losslessly (PNG, or TIFF for CMYK and the like). float32 arrays are the model's input, already preprocessed,
+shape [C, H, W].
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 ImageLike: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray | PILImage"
-"""A file path, PNG/JPEG bytes, a PIL image, or a numpy array: uint8 pixels [H, W] or [H, W, C] (C = 1 or 3),
+"""A file path, encoded image bytes, a PIL image, or a numpy array: uint8 pixels [H, W] or [H, W, C] (C = 1 or 3),
 or float32 model input [C, H, W]."""
 
 _PIXEL_MODES = {"L", "RGB"}
+_PNG_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "P", "RGB", "RGBA"}
+"""Modes Pillow writes as PNG; images in other modes (CMYK, YCbCr, LAB, F...) are sent as TIFF."""
+_EXIF_ORIENTATION = 0x0112
 
 
 def encode_image(image: ImageLike) -> pb.Image:
@@ -49,8 +55,8 @@ def encode_image(image: ImageLike) -> pb.Image:
     if _is_pil_image(image):
         return _from_pil(image)
     raise ImageError(
-        f"cannot send a {type(image).__name__} as an image: give a file path, PNG/JPEG bytes, a PIL image or a "
-        "numpy array"
+        f"cannot send a {type(image).__name__} as an image: give a file path, encoded image bytes, a PIL image or "
+        "a numpy array"
     )
 
 
@@ -93,11 +99,22 @@ def _is_pil_image(image: Any) -> bool:
 
 
 def _from_pil(image: PILImage) -> pb.Image:
-    if image.mode in _PIXEL_MODES:
-        return pb.Image(tensor=_tensor(np.asarray(image, dtype=np.uint8)))
-    buffer = io.BytesIO()
     try:
-        image.save(buffer, format="PNG")
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"cannot encode a mode {image.mode} PIL image as PNG: {exc}") from exc
+        image = _upright(image)
+        if image.mode in _PIXEL_MODES:
+            return pb.Image(tensor=_tensor(np.asarray(image, dtype=np.uint8)))
+        buffer = io.BytesIO()
+        image_format = "PNG" if image.mode in _PNG_MODES else "TIFF"
+        image.save(buffer, format=image_format)
+    except (OSError, SyntaxError, ValueError) as exc:  # a lazily loaded image's file can be broken or gone
+        raise ImageError(f"cannot send a mode {image.mode} PIL image: {exc}") from exc
     return pb.Image(encoded=buffer.getvalue())
+
+
+def _upright(image: PILImage) -> PILImage:
+    """`image` turned as its EXIF orientation says, as the server turns an encoded file; itself when upright."""
+    if image.getexif().get(_EXIF_ORIENTATION, 1) not in range(2, 9):
+        return image
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image)

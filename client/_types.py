@@ -4,6 +4,7 @@ touch generated code."""
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,26 +77,39 @@ class HealthStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The image a model takes: [channels, height, width], `color` is the Pillow mode ("L" or "RGB")."""
+    """The image a model takes, `channels` x `height` x `width`, laid out as `layout` says."""
 
     channels: int
     height: int
     width: int
     color: str
+    """What images are converted to (a Pillow mode): "L" (grayscale), "RGB", or "BGR" (RGB, channels reversed)."""
     layout: str
+    """Where the channel axis of the model's input sits: "NCHW" or "NHWC"."""
+    dtype: str = "float32"
+    """The element type of the model's input: "float32", or "uint8" (pixels as they are, 0..255)."""
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How pixels become the model's input: (pixel * scale - mean[c]) / std[c], after 255 - pixel when invert.
+    """How pixels become the model's input: the picture is resized as `resize` says, then for a float32 input
+    (pixel * scale - mean[c]) / std[c], after 255 - pixel when invert; a uint8 input takes the pixels as they are.
 
-    Needed only to send FLOAT32 tensors that are already preprocessed.
+    Needed only to send tensors that are already preprocessed. The fields after `invert` take their defaults
+    from servers older than them, which resize by stretching.
     """
 
     scale: float
     mean: tuple[float, ...]
     std: tuple[float, ...]
     invert: bool
+    resize: str = "stretch"
+    """How the picture is brought to the input size: "stretch", "center_crop" (the shorter side to size /
+    crop_ratio, then the centre) or "pad" (the whole picture fitted in, the rest filled with `background`)."""
+    crop_ratio: float = 0.875
+    """The share of the resized picture a centre crop keeps; unused by the other resize modes."""
+    background: tuple[int, int, int] = (255, 255, 255)
+    """R, G, B (0..255) behind transparent pixels and in the padding of "pad"."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +181,7 @@ def model_info_from(message: pb.ModelInfo) -> ModelInfo:
             width=message.input.width,
             color=message.input.color,
             layout=message.input.layout,
+            dtype=message.input.dtype or "float32",
         ),
         labels=tuple(message.labels),
         preprocessing=Preprocessing(
@@ -174,6 +189,9 @@ def model_info_from(message: pb.ModelInfo) -> ModelInfo:
             mean=tuple(message.preprocessing.mean),
             std=tuple(message.preprocessing.std),
             invert=message.preprocessing.invert,
+            resize=message.preprocessing.resize or "stretch",
+            crop_ratio=message.preprocessing.crop_ratio or 0.875,
+            background=_background(message.preprocessing.background),
         ),
         output_kind=message.output_kind,
         batching=Batching(
@@ -198,3 +216,11 @@ def model_info_from(message: pb.ModelInfo) -> ModelInfo:
             for v in message.versions
         ),
     )
+
+
+def _background(values: Sequence[int]) -> tuple[int, int, int]:
+    """The background colour as sent, white when the server sends none (servers older than the field)."""
+    if len(values) != 3:
+        return (255, 255, 255)
+    red, green, blue = values
+    return (red, green, blue)

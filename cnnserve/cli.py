@@ -7,15 +7,14 @@ onnxruntime and `cnnserve serve` never imports torch. Logging is configured here
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 from collections.abc import Sequence
 
 from cnnserve import __version__
-from cnnserve.bench import _cli as bench_cli
+from cnnserve._logging import configure_logging
 from cnnserve.client import _cli as client_cli
 from cnnserve.export import _cli as export_cli
 from cnnserve.server import _cli as server_cli
-from cnnserve.server.logs import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,19 +27,43 @@ def build_parser() -> argparse.ArgumentParser:
     server_cli.register(subcommands)
     export_cli.register(subcommands)
     client_cli.register(subcommands)
-    bench_cli.register(subcommands)
+    _register_bench(subcommands)
     return parser
+
+
+def _register_bench(subcommands: argparse._SubParsersAction) -> None:
+    """`cnnserve bench` where the source checkout's `load_tests` is importable (`make` arranges that).
+
+    The benchmark is a tool of the checkout, not of the installed distribution, so an installed server (its
+    container image included) does not carry it; there the subcommand says where to find it.
+    """
+    try:
+        from load_tests.bench import _cli as bench_cli
+    except ImportError:
+        parser = subcommands.add_parser("bench", help="the benchmark (needs the source checkout)")
+        parser.set_defaults(run=_bench_unavailable)
+        return
+    bench_cli.register(subcommands)
+
+
+def _bench_unavailable(args: argparse.Namespace) -> int:
+    print(
+        "cnnserve bench: the benchmark lives in the source checkout (load_tests/bench); run `make bench` there, "
+        "or `python -m load_tests.bench` from the checkout's root",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # `serve --log-format` (a server setting) wins over CNNSERVE_LOG_FORMAT, which every command honours.
-    log_format = getattr(args, "log_format", None) or os.environ.get("CNNSERVE_LOG_FORMAT") or "text"
+    # Every command honours CNNSERVE_LOG_FORMAT; `serve` resolves it like its other settings (flag, variable, file).
+    log_format = server_cli.log_format(args)
     try:
-        configure_logging(args.log_level, str(log_format).lower())
+        configure_logging(args.log_level, log_format.lower())
     except ValueError as exc:
-        parser.error(f"CNNSERVE_LOG_FORMAT: {exc}")
+        parser.error(f"--log-format, CNNSERVE_LOG_FORMAT or the config file's log_format: {exc}")
     return int(args.run(args) or 0)
 
 

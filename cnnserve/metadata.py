@@ -1,21 +1,27 @@
-"""What an exported model tells the server about itself.
+"""What the server must know about a model beyond its graph: the one specification of a served classifier.
 
 `export` writes these fields into the ONNX file's ``metadata_props`` and the server reads them back from the
-session, so a model file is self-describing: no side files to lose, no guessing of labels or scaling. This module
-is the single contract between the two and imports neither torch nor onnxruntime.
+session, so a model file is self-describing: no side files to lose, no guessing of labels or scaling. A model
+that another tool wrote (torchvision, Keras through tf2onnx, a model zoo) has no such entry: the server then
+builds the same `ModelMetadata` from what its graph says, its ``config.toml`` tables and its ``labels.txt``
+(server/model_spec.py). Either way this module defines what the fields mean, and imports neither torch nor
+onnxruntime.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from typing import Any
 
 METADATA_KEY = "cnnserve.model"
 """The one ``metadata_props`` key that holds the JSON document below."""
 
 SCHEMA_VERSION = 1
+"""Fields added since version 1 are optional, with the defaults below, so files of every release still load."""
 
 
 class OutputKind(StrEnum):
@@ -29,20 +35,64 @@ class OutputKind(StrEnum):
 
 
 class ColorMode(StrEnum):
-    """How an encoded image is converted before scaling: Pillow's mode names."""
+    """The colour a picture is converted to: Pillow's mode names, and BGR (RGB with the channels reversed)."""
 
     GRAYSCALE = "L"
     RGB = "RGB"
+    BGR = "BGR"
+    """For networks trained on OpenCV's channel order (Caffe models, many detectors' backbones)."""
+
+    @property
+    def pillow_mode(self) -> str:
+        """The Pillow mode pictures are converted to; BGR's channels are reversed after that."""
+        return "L" if self is ColorMode.GRAYSCALE else "RGB"
+
+    @property
+    def channels(self) -> int:
+        return 1 if self is ColorMode.GRAYSCALE else 3
+
+
+class Layout(StrEnum):
+    """Where the channel axis of the input sits: PyTorch's NCHW or TensorFlow's NHWC."""
+
+    NCHW = "NCHW"
+    NHWC = "NHWC"
+
+
+class InputType(StrEnum):
+    """The element type of the model's input tensor."""
+
+    FLOAT32 = "float32"
+    UINT8 = "uint8"
+    """Pixels as they are, 0..255: the graph scales them itself (many TensorFlow and quantised models)."""
+
+
+class ResizeMode(StrEnum):
+    """How a picture of another shape becomes the model's height x width (Pillow, bilinear)."""
+
+    STRETCH = "stretch"
+    """Resize to exactly the model's size, whatever the picture's aspect ratio."""
+    CENTER_CROP = "center_crop"
+    """Resize so that the picture covers the model's size divided by `crop_ratio` (the shorter side of a
+    square model's picture to size / crop_ratio), keeping its aspect ratio, then cut out the centre: torchvision's
+    ``Resize(256)`` + ``CenterCrop(224)`` for a ratio of 0.875."""
+    PAD = "pad"
+    """Resize so that the whole picture fits, keeping its aspect ratio, and fill the rest with `background`
+    (letterboxing; for a square model, padding to a square)."""
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How to turn an image into the model's input tensor.
+    """How to turn an image into the model's input tensor; `cnnserve.preprocessing` is the reference for it.
 
-    A decoded image is converted to ``color``, resized to ``height`` x ``width`` (Pillow, bilinear), laid out as
-    NCHW float32 and mapped per channel as ``(pixel * scale - mean[c]) / std[c]``. ``invert`` flips pixels
-    (``255 - p``) before scaling, for models trained on light strokes on a dark background (MNIST) when given
-    dark-on-light images.
+    A decoded picture is converted to ``color``, resized to ``height`` x ``width`` as ``resize`` says, its
+    channels reversed for BGR and flipped (``255 - p``) when ``invert``; a float32 input is then mapped per channel
+    as ``(pixel * scale - mean[c]) / std[c]`` (``mean`` and ``std`` in the model's channel order), a uint8 input
+    takes the pixels as they are. The tensor is laid out as ``layout`` says. ``invert`` is for models trained on
+    light strokes on a dark background (MNIST) when given dark-on-light images.
+
+    Built objects are valid: the constructor accepts enum values as plain strings and sequences as lists, and
+    raises ValueError naming the field that is wrong.
     """
 
     color: ColorMode
@@ -52,22 +102,118 @@ class Preprocessing:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     invert: bool = False
-    layout: str = "NCHW"
+    layout: Layout = Layout.NCHW
+    dtype: InputType = InputType.FLOAT32
+    resize: ResizeMode = ResizeMode.STRETCH
+    crop_ratio: float = 0.875
+    """The share of the resized picture that a centre crop keeps; unused by the other resize modes."""
+    background: tuple[int, int, int] = (255, 255, 255)
+    """RGB colour behind transparent pixels and in the padding of `ResizeMode.PAD`."""
 
     @property
     def channels(self) -> int:
-        return 1 if self.color is ColorMode.GRAYSCALE else 3
+        return self.color.channels
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The shape of one image's input tensor, without the batch axis: [C, H, W] or [H, W, C]."""
+        if self.layout is Layout.NHWC:
+            return (self.height, self.width, self.channels)
+        return (self.channels, self.height, self.width)
+
+    @property
+    def keeps_model_sized_pictures(self) -> bool:
+        """Whether a picture that already has the model's size is used as it is (no resampling): true but for a
+        centre crop that keeps less than the whole picture."""
+        return self.resize is not ResizeMode.CENTER_CROP or self.crop_ratio == 1.0
 
     def __post_init__(self) -> None:
-        if self.layout != "NCHW":
-            raise ValueError(f"only NCHW layout is supported, got {self.layout!r}")
+        _coerce(self, "color", ColorMode)
+        _coerce(self, "layout", Layout)
+        _coerce(self, "dtype", InputType)
+        _coerce(self, "resize", ResizeMode)
+        for name in ("mean", "std", "background"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"input size must be positive, got {self.height}x{self.width}")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be a positive number, got {self.scale}")
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) not in (1, self.channels):
-                raise ValueError(f"{name} needs 1 or {self.channels} values, got {len(values)}")
+                raise ValueError(f"{name} needs 1 or {self.channels} values for {self.color.name}, got {len(values)}")
         if any(s == 0 for s in self.std):
             raise ValueError("std must not contain zero")
+        if not 0.0 < self.crop_ratio <= 1.0:
+            raise ValueError(f"crop_ratio must be above 0 and at most 1, got {self.crop_ratio}")
+        if len(self.background) != 3 or any(not 0 <= int(v) <= 255 for v in self.background):
+            raise ValueError(f"background must be three values 0..255 (R, G, B), got {list(self.background)}")
+        if self.dtype is InputType.UINT8 and (
+            self.scale != 1.0 or any(m != 0 for m in self.mean) or any(s != 1 for s in self.std)
+        ):
+            raise ValueError(
+                "a uint8 input takes the pixels as they are (0..255): scale 1, mean 0 and std 1 (the raw preset), "
+                f"got scale {self.scale}, mean {list(self.mean)}, std {list(self.std)}"
+            )
+
+    def to_document(self) -> dict[str, Any]:
+        """The fields as JSON values (enums as their strings, tuples as lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> Preprocessing:
+        """Parse what `to_document` wrote; fields added after schema version 1 may be missing.
+
+        Raises KeyError, TypeError or ValueError for a missing or malformed field.
+        """
+        defaults = {name: value for name, value in document.items() if name in _OPTIONAL_PREPROCESSING_FIELDS}
+        return cls(
+            color=ColorMode(document["color"]),
+            height=int(document["height"]),
+            width=int(document["width"]),
+            scale=float(document["scale"]),
+            mean=tuple(float(v) for v in document["mean"]),
+            std=tuple(float(v) for v in document["std"]),
+            **defaults,
+        )
+
+
+_OPTIONAL_PREPROCESSING_FIELDS = ("invert", "layout", "dtype", "resize", "crop_ratio", "background")
+
+
+def _coerce(instance: object, name: str, kind: type[StrEnum]) -> None:
+    value = getattr(instance, name)
+    try:
+        object.__setattr__(instance, name, kind(value))
+    except ValueError:
+        choices = ", ".join(member.value for member in kind)
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}") from None
+
+
+class Preset(StrEnum):
+    """Named preprocessing recipes of common model families; `PRESETS` holds their values."""
+
+    IMAGENET = "imagenet"
+    INCEPTION = "inception"
+    UNIT = "unit"
+    RAW = "raw"
+
+
+PRESETS: Mapping[Preset, Mapping[str, Any]] = {
+    Preset.IMAGENET: {
+        "color": ColorMode.RGB,
+        "scale": 1.0 / 255.0,
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "resize": ResizeMode.CENTER_CROP,
+        "crop_ratio": 0.875,
+    },
+    Preset.INCEPTION: {"scale": 1.0 / 127.5, "mean": (1.0,), "std": (1.0,)},
+    Preset.UNIT: {"scale": 1.0 / 255.0, "mean": (0.0,), "std": (1.0,)},
+    Preset.RAW: {"scale": 1.0, "mean": (0.0,), "std": (1.0,)},
+}
+"""Field values of `Preprocessing` per preset. imagenet: torchvision's (RGB, shorter side to size / 0.875 then a
+centre crop, x/255 normalised by ImageNet's mean and std); inception: x/127.5 - 1 (Keras' InceptionV3 and
+MobileNet); unit: x/255; raw: 0..255 as they are (every uint8 input, and graphs that scale by themselves)."""
 
 
 @dataclass(frozen=True)
@@ -88,8 +234,14 @@ class ModelMetadata:
         if self.output_kind is OutputKind.SIGMOID and len(self.labels) != 2:
             raise ValueError("a sigmoid output needs exactly two labels (negative, positive)")
 
+    @property
+    def output_width(self) -> int:
+        """Columns of the model's raw output: one per label, a single one for a sigmoid."""
+        return 1 if self.output_kind is OutputKind.SIGMOID else len(self.labels)
+
     def to_json(self) -> str:
         document = asdict(self)
+        document["preprocessing"] = self.preprocessing.to_document()
         document["schema_version"] = SCHEMA_VERSION
         document["extra"] = dict(self.extra)
         return json.dumps(document, sort_keys=True)
@@ -102,25 +254,15 @@ class ModelMetadata:
             version = document.get("schema_version")
             if version != SCHEMA_VERSION:
                 raise ValueError(f"unsupported metadata schema version {version!r}")
-            pre = document["preprocessing"]
             return cls(
                 name=document["name"],
                 labels=tuple(str(label) for label in document["labels"]),
-                preprocessing=Preprocessing(
-                    color=ColorMode(pre["color"]),
-                    height=int(pre["height"]),
-                    width=int(pre["width"]),
-                    scale=float(pre["scale"]),
-                    mean=tuple(float(v) for v in pre["mean"]),
-                    std=tuple(float(v) for v in pre["std"]),
-                    invert=bool(pre.get("invert", False)),
-                    layout=pre.get("layout", "NCHW"),
-                ),
+                preprocessing=Preprocessing.from_document(document["preprocessing"]),
                 output_kind=OutputKind(document["output_kind"]),
                 description=document.get("description", ""),
                 extra={str(k): str(v) for k, v in document.get("extra", {}).items()},
             )
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
             raise ValueError(f"malformed cnnserve model metadata: {exc!r}") from exc
 
     @classmethod
@@ -128,6 +270,6 @@ class ModelMetadata:
         if METADATA_KEY not in props:
             raise ValueError(
                 f"the model has no {METADATA_KEY!r} metadata entry; export it with `cnnserve train` or "
-                "`cnnserve export`"
+                "`cnnserve export`, or import it with `cnnserve import`"
             )
         return cls.from_json(props[METADATA_KEY])

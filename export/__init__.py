@@ -44,7 +44,7 @@ def build_model(
     data_dir: Path | str | None = None,
     run_dir: Path | str | None = None,
 ) -> Path:
-    """Train ``name`` on its offline data, export it, and return the new ``<out_dir>/<name>/<v>/model.onnx``.
+    """Train ``name`` on its offline data, export it, and return its new model file (``<out_dir>/<name>/<v>/``).
 
     See `cnnserve.export.pipeline.build_model`.
     """

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from cnnserve.repository_layout import MODEL_FILE
 
 from .catalog import MODEL_NAMES
 from .recipe import OptimizerName
@@ -12,24 +15,29 @@ from .recipe import OptimizerName
 def register(subcommands: argparse._SubParsersAction) -> None:
     train = subcommands.add_parser(
         "train",
-        help="train a seed model and export it to ONNX",
-        description="Train NAME with its recipe from the seed notes, export the best checkpoint as the next "
-        "version in DIR/NAME/<version>/model.onnx and write checkpoints, history, curves and an evaluation "
-        "report to the run folder.",
+        help="train a seed network on its data or yours and export it to ONNX",
+        description="Train the network ARCH with its recipe from the seed notes, export the best checkpoint as "
+        f"the next version in DIR/NAME/<version>/{MODEL_FILE} and write checkpoints, history, curves and an "
+        "evaluation report to the run folder. With --data-dir the data decides the classes and the network's "
+        "head is sized to them; images are converted and resized to the network's input.",
     )
-    train.add_argument("name", metavar="NAME", choices=MODEL_NAMES, help=", ".join(MODEL_NAMES))
+    train.add_argument("architecture", metavar="ARCH", choices=MODEL_NAMES, help=", ".join(MODEL_NAMES))
     _add_common(train)
-    train.add_argument("--epochs", type=int, help="default: the model's recipe")
+    train.add_argument("--epochs", type=int, help="default: the network's recipe")
     train.add_argument(
         "--data-dir",
         type=Path,
-        help="MNIST/Fashion-MNIST IDX files or a folder with one subfolder per class "
-        "(default: generated X/O glyphs for xo, scikit-learn digits for the MNIST models)",
+        metavar="FOLDER",
+        help="a folder with one subfolder per class (the sorted subfolder names are the labels), or one with "
+        "MNIST-style IDX files ({train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]; t10k is the test set) "
+        "(default: generated X/O glyphs for xo, scikit-learn digits for the MNIST networks)",
     )
     train.add_argument(
         "--labels",
-        type=lambda text: tuple(label.strip() for label in text.split(",")),
-        help="comma-separated class names for IDX data that is not digits (e.g. Fashion-MNIST)",
+        type=Path,
+        metavar="FILE",
+        help="class names, one per line in class order (IDX label 0 first), e.g. export/labels/fashion-mnist.txt "
+        "(default: the subfolder names, or the IDX label values)",
     )
     train.add_argument("--seed", type=int, default=1, help="default: 1")
     train.add_argument("--batch-size", type=int, help="default: the model's recipe")
@@ -48,27 +56,35 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         help="export a training checkpoint to ONNX without training",
         description="Turn a checkpoint written by `cnnserve train` into the next repository version.",
     )
-    export.add_argument("name", metavar="NAME", choices=MODEL_NAMES, help=", ".join(MODEL_NAMES))
+    export.add_argument("architecture", metavar="ARCH", choices=MODEL_NAMES, help=", ".join(MODEL_NAMES))
     export.add_argument("--checkpoint", type=Path, required=True, help="best.pt or last.pt from a run folder")
-    _add_common(export)
+    _add_common(export, name_default="the run's", run_dir_default="the checkpoint's folder")
     export.add_argument("--data-dir", type=Path, help="the run's data folder, if it has moved")
     export.set_defaults(run=_run_export)
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(
+    parser: argparse.ArgumentParser, name_default: str = "ARCH", run_dir_default: str = "runs/NAME"
+) -> None:
+    parser.add_argument("--name", help=f"the model's name in the repository and its metadata (default: {name_default})")
     parser.add_argument(
         "--int8", action="store_true", help="also store a dynamic-int8 variant as NAME_int8 and compare it"
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="model repository root")
-    parser.add_argument("--run-dir", type=Path, help="checkpoints, history, plots and report (default: runs/NAME)")
+    parser.add_argument(
+        "--run-dir", type=Path, help=f"checkpoints, history, plots and report (default: {run_dir_default})"
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from .datasets import read_class_names
     from .pipeline import TrainSettings, train_and_export
 
-    outcome = train_and_export(
-        TrainSettings(
-            model=args.name,
+    try:
+        labels = read_class_names(args.labels) if args.labels else None
+        settings = TrainSettings(
+            model=args.architecture,
+            name=args.name,
             out_dir=args.out,
             run_dir=args.run_dir,
             data_dir=args.data_dir,
@@ -79,12 +95,14 @@ def _run_train(args: argparse.Namespace) -> int:
             optimizer=OptimizerName(args.optimizer) if args.optimizer else None,
             early_stopping_patience=args.patience,
             augment=args.augment,
-            labels=args.labels,
+            labels=labels,
             int8=args.int8,
             resume=args.resume,
             threads=args.threads,
         )
-    )
+        outcome = train_and_export(settings)
+    except (ValueError, FileNotFoundError) as exc:
+        return _fail("train", exc)
     _print_outcome(outcome)
     return 0
 
@@ -92,21 +110,32 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     from .pipeline import export_checkpoint
 
-    outcome = export_checkpoint(
-        args.checkpoint,
-        args.out,
-        run_dir=args.run_dir,
-        data_dir=args.data_dir,
-        expected_model=args.name,
-        int8=args.int8,
-    )
+    try:
+        outcome = export_checkpoint(
+            args.checkpoint,
+            args.out,
+            run_dir=args.run_dir,
+            data_dir=args.data_dir,
+            expected_model=args.architecture,
+            name=args.name,
+            int8=args.int8,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        return _fail("export", exc)
     _print_outcome(outcome)
     return 0
+
+
+def _fail(command: str, exc: Exception) -> int:
+    """Bad settings or data (the pipeline's ValueError, a missing file): one line, exit status 2."""
+    print(f"cnnserve {command}: {exc}", file=sys.stderr)
+    return 2
 
 
 def _print_outcome(outcome) -> None:
     report = outcome.report
     print(
-        f"{report.model}: test accuracy {report.pytorch_accuracy:.4f} (ONNX {report.onnx_accuracy:.4f}) "
-        f"on {report.test_images} images; trained {report.training_seconds:.1f}s; wrote {outcome.model_path}"
+        f"{report.model} ({report.architecture}, {len(report.labels)} classes): test accuracy "
+        f"{report.pytorch_accuracy:.4f} (ONNX {report.onnx_accuracy:.4f}) on {report.test_images} images; "
+        f"trained {report.training_seconds:.1f}s; wrote {outcome.model_path}"
     )

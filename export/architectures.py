@@ -1,11 +1,13 @@
 """The six seed networks from the lecture notes, ported to PyTorch (NCHW).
 
 Each class follows its row of the seed-model table layer by layer, so its parameter count equals the table's;
-a test holds every port to that number. Keras examples end in ``Dense(10, softmax)``: here they end in the
-last linear layer and are trained with cross-entropy on logits (numerically safer than softmax followed by a
-log), so they export as ``OutputKind.LOGITS`` and the server applies the softmax. ``MnistNet`` keeps its
-``log_softmax`` (the PyTorch example trains with NLL) and ``CatsDogsNet`` keeps its sigmoid, because the
-table defines their outputs that way.
+a test holds every port to that number. Every network takes ``num_classes`` (default: the table's) and sizes only
+its last layer by it, so the same architecture trains on data with any number of classes. Keras examples end in
+``Dense(10, softmax)``: here they end in the last linear layer and are trained with cross-entropy on logits
+(numerically safer than softmax followed by a log), so they export as ``OutputKind.LOGITS`` and the server
+applies the softmax. ``MnistNet`` keeps its ``log_softmax`` (the PyTorch example trains with NLL) and
+``CatsDogsNet`` keeps its sigmoid for two classes, because the table defines their outputs that way; for any
+other class count ``CatsDogsNet`` ends in logits like the other Keras ports (a softmax head).
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ XO_HAND_SET_FILTERS = (
 class XONet(nn.Module):
     """The X's and O's toy ConvNet: 27 filter weights and a 12->2 classifier, 53 parameters."""
 
-    def __init__(self, hand_set_filters: bool = True) -> None:
+    def __init__(self, num_classes: int = 2, hand_set_filters: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 3, kernel_size=3, bias=False)
         self.pool1 = nn.MaxPool2d(2, stride=2, ceil_mode=True)
         self.pool2 = nn.MaxPool2d(2, stride=2)
-        self.fc = nn.Linear(12, 2)
+        self.fc = nn.Linear(12, num_classes)
         if hand_set_filters:
             with torch.no_grad():
                 self.conv.weight.copy_(torch.tensor(XO_HAND_SET_FILTERS, dtype=torch.float32)[:, None] / 9)
@@ -43,14 +45,14 @@ class XONet(nn.Module):
 class MnistNet(nn.Module):
     """PyTorch's MNIST example "Net" with its log-softmax output (trained with NLL loss)."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
         self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
         self.conv2_drop = nn.Dropout2d(0.5)
         self.fc1 = nn.Linear(320, 50)
         self.fc1_drop = nn.Dropout(0.5)
-        self.fc2 = nn.Linear(50, 10)
+        self.fc2 = nn.Linear(50, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(F.max_pool2d(self.conv1(x), 2))
@@ -62,7 +64,7 @@ class MnistNet(nn.Module):
 class MnistConvNet(nn.Module):
     """Chollet's Keras MNIST ConvNet (valid padding throughout); returns logits."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, 3),
@@ -74,7 +76,7 @@ class MnistConvNet(nn.Module):
             nn.Conv2d(64, 64, 3),
             nn.ReLU(),
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(576, 64), nn.ReLU(), nn.Linear(64, 10))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(576, 64), nn.ReLU(), nn.Linear(64, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -83,7 +85,7 @@ class MnistConvNet(nn.Module):
 class MnistCnn32(nn.Module):
     """The elitedatascience Keras MNIST CNN: two 32-filter convolutions, then a 128-unit layer; logits."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, 3),
@@ -94,7 +96,7 @@ class MnistCnn32(nn.Module):
             nn.Dropout(0.25),
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(12 * 12 * 32, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10)
+            nn.Flatten(), nn.Linear(12 * 12 * 32, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, num_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +111,7 @@ class MnistWide(nn.Module):
     14, both even, so it equals a plain ``MaxPool2d(2)`` (ceil mode would give the same sizes too).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, 5, padding=2),
@@ -120,7 +122,7 @@ class MnistWide(nn.Module):
             nn.MaxPool2d(2, stride=2),
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(7 * 7 * 64, 1024), nn.ReLU(), nn.Dropout(0.5), nn.Linear(1024, 10)
+            nn.Flatten(), nn.Linear(7 * 7 * 64, 1024), nn.ReLU(), nn.Dropout(0.5), nn.Linear(1024, num_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,22 +130,29 @@ class MnistWide(nn.Module):
 
 
 class CatsDogsNet(nn.Module):
-    """Chollet's cats-vs-dogs ConvNet for 3x150x150 inputs; returns P(dog) as a [batch, 1] sigmoid."""
+    """Chollet's cats-vs-dogs ConvNet for 3x150x150 inputs.
 
-    def __init__(self) -> None:
+    With two classes it returns P(second class) (P(dog)) as a [batch, 1] sigmoid, as in the notes; with any
+    other number it returns [batch, num_classes] logits.
+    """
+
+    def __init__(self, num_classes: int = 2) -> None:
         super().__init__()
+        self.sigmoid = num_classes == 2
         layers: list[nn.Module] = []
         channels = 3
         for width in (32, 64, 128, 128):
             layers += [nn.Conv2d(channels, width, 3), nn.ReLU(), nn.MaxPool2d(2)]
             channels = width
         self.features = nn.Sequential(*layers)
+        outputs = 1 if self.sigmoid else num_classes
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Dropout(0.5), nn.Linear(7 * 7 * 128, 512), nn.ReLU(), nn.Linear(512, 1)
+            nn.Flatten(), nn.Dropout(0.5), nn.Linear(7 * 7 * 128, 512), nn.ReLU(), nn.Linear(512, outputs)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.classifier(self.features(x)))
+        logits = self.classifier(self.features(x))
+        return torch.sigmoid(logits) if self.sigmoid else logits
 
 
 def count_parameters(model: nn.Module) -> int:

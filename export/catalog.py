@@ -1,13 +1,15 @@
 """The six seed models: architecture, preprocessing, labels, output kind, data and recipe of each.
 
-Everything a model needs to be trained, exported and served is decided here once, so `cnnserve train NAME`
-needs nothing but the name. This module imports no torch; `ModelSpec.create` imports the architecture late.
+Everything a model needs to be trained, exported and served is decided here once, so `cnnserve train ARCH`
+needs nothing but the name. Trained on data of its own (`ModelSpec.with_labels`), a network keeps its input,
+preprocessing and recipe and only its classifier head follows the data's classes. This module imports no torch;
+`ModelSpec.create` imports the architecture late.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from cnnserve.metadata import ColorMode, OutputKind, Preprocessing
@@ -20,9 +22,9 @@ class DataKind(StrEnum):
 
     GENERATED_XO = "generated_xo"
     DIGITS = "digits"
-    """scikit-learn digits as 28x28; --data-dir may point at MNIST/Fashion-MNIST IDX files or class folders."""
+    """scikit-learn digits as 28x28."""
     IMAGE_FOLDER = "image_folder"
-    """A folder with one subfolder per class; --data-dir is required."""
+    """None: --data-dir is required."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class ModelSpec:
     architecture: str
     """Class name in `cnnserve.export.architectures`."""
     parameter_count: int
-    """The table's exact count; a faithful port matches it."""
+    """The table's exact count with the seed labels; a faithful port matches it."""
     preprocessing: Preprocessing
     labels: tuple[str, ...]
     output_kind: OutputKind
@@ -42,9 +44,28 @@ class ModelSpec:
     """Epochs on the small offline stand-in data when the table's count assumes 60,000 MNIST images."""
 
     def create(self):
-        """A freshly initialised ``torch.nn.Module`` (imports torch)."""
+        """A freshly initialised ``torch.nn.Module`` with a head for ``labels`` (imports torch)."""
         architectures = importlib.import_module("cnnserve.export.architectures")
-        return getattr(architectures, self.architecture)()
+        return getattr(architectures, self.architecture)(num_classes=len(self.labels))
+
+    def with_labels(self, labels: tuple[str, ...]) -> ModelSpec:
+        """This network for the classes ``labels``: same input, preprocessing and recipe, a head of their size.
+
+        A sigmoid head exists only for two classes; for any other count it becomes a softmax head (logits,
+        trained with cross-entropy). Raises ValueError for fewer than two labels or a repeated one.
+        """
+        if labels == self.labels:
+            return self
+        if len(labels) < 2:
+            raise ValueError(f"a classifier needs at least two classes, got {len(labels)}: {', '.join(labels)}")
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"class names must differ; repeated: {', '.join(repeated)}")
+        spec = replace(self, labels=tuple(labels))
+        if self.output_kind is OutputKind.SIGMOID and len(labels) != 2:
+            recipe = replace(self.recipe, loss=LossName.CROSS_ENTROPY)
+            spec = replace(spec, output_kind=OutputKind.LOGITS, recipe=recipe)
+        return spec
 
 
 _MNIST_PIXELS = Preprocessing(color=ColorMode.GRAYSCALE, height=28, width=28)

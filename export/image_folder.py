@@ -1,7 +1,8 @@
 """A folder of images with one subfolder per class, as Keras' ``flow_from_directory`` reads it.
 
-Classes are the subfolder names sorted alphabetically (cats=0, dogs=1), and every image is decoded, converted
-and resized exactly as the server will do it (Pillow, bilinear), so training sees what serving sees.
+Classes are the subfolder names sorted alphabetically (cats=0, dogs=1), as many as there are; hidden folders
+(``.git``, ``.ipynb_checkpoints``) are not classes. Every image is converted and resized by
+`cnnserve.preprocessing.fit_to_model`, as the server does it, so training sees what serving sees.
 """
 
 from __future__ import annotations
@@ -12,12 +13,18 @@ import numpy as np
 from PIL import Image
 
 from cnnserve.metadata import Preprocessing
+from cnnserve.preprocessing import fit_to_model
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
+def class_folders(folder: Path) -> list[Path]:
+    """The class subfolders of ``folder``, sorted by name."""
+    return sorted(child for child in folder.iterdir() if child.is_dir() and not child.name.startswith("."))
+
+
 def is_image_folder(folder: Path) -> bool:
-    return folder.is_dir() and any(child.is_dir() for child in folder.iterdir())
+    return folder.is_dir() and bool(class_folders(folder))
 
 
 def load_image_folder(folder: Path, preprocessing: Preprocessing) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -25,10 +32,9 @@ def load_image_folder(folder: Path, preprocessing: Preprocessing) -> tuple[np.nd
 
     Raises ValueError when the folder has no class subfolders or a class has no images.
     """
-    classes = tuple(sorted(child.name for child in folder.iterdir() if child.is_dir()))
+    classes = tuple(child.name for child in class_folders(folder))
     if not classes:
         raise ValueError(f"{folder} has no class subfolders")
-    size = (preprocessing.width, preprocessing.height)
     images, labels = [], []
     for label, name in enumerate(classes):
         files = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -36,7 +42,6 @@ def load_image_folder(folder: Path, preprocessing: Preprocessing) -> tuple[np.nd
             raise ValueError(f"class folder {folder / name} holds no images")
         for path in files:
             with Image.open(path) as image:
-                converted = image.convert(preprocessing.color.value)
-            images.append(np.asarray(converted.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8))
+                images.append(fit_to_model(image, preprocessing))
             labels.append(label)
     return np.stack(images), np.asarray(labels, dtype=np.int64), classes

@@ -1,9 +1,10 @@
 """Train, export and evaluate: what `cnnserve train` and `cnnserve export` do, callable from Python.
 
-One run: choose the data, split it, train with the model's recipe (checkpointing the best validation loss),
-reload the best checkpoint, export it to ONNX with its metadata, check ONNX Runtime against PyTorch, add it to
-the repository as a new version, and write the evaluation report. Run artefacts (checkpoints, history,
-plots, report) go to the run folder; the repository's version folder holds only ``model.onnx``.
+One run: choose the data, split it, size the network's head to the data's classes, train with the network's
+recipe (checkpointing the best validation loss), reload the best checkpoint, export it to ONNX with its
+metadata, check ONNX Runtime against PyTorch, add it to the repository as a new version, and write the
+evaluation report. Run artefacts (checkpoints, history, plots, report) go to the run folder; the repository's
+version folder holds only the model file (`cnnserve.repository_layout`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 from torch import nn
 
 from cnnserve.metadata import ModelMetadata
+from cnnserve.preprocessing import to_model_input
+from cnnserve.repository_layout import MODEL_FILE, check_model_name
 
 from .augment import Augmentation
 from .catalog import ModelSpec, get_spec
@@ -29,11 +32,10 @@ from .checkpoint import load_checkpoint
 from .datasets import load_splits
 from .objective import Objective
 from .onnx_export import OPSET, check_parity, export_to_onnx, onnx_session
-from .preprocessing import to_model_input
 from .quantize import INT8_SUFFIX, compare_int8, quantize_int8
 from .recipe import LossName, OptimizerName, TrainingRecipe
 from .report import CURVES_FILE, EvaluationReport, confusion_matrix, plot_curves, write_report
-from .repository import MODEL_FILE, add_version
+from .repository import add_version
 from .splits import DataSplits, LabelledImages
 from .training import EpochRecord, TensorSet, fit, predict_outputs
 
@@ -45,11 +47,15 @@ class TrainSettings:
     """One training run. ``None`` means the model's recipe decides."""
 
     model: str
+    """The network: a catalog name (`MODEL_NAMES`)."""
     out_dir: Path
-    """Model repository root; the model lands in ``<out_dir>/<model>/<next version>/model.onnx``."""
+    """Model repository root; the model lands in ``<out_dir>/<name>/<next version>/``."""
     run_dir: Path | None = None
-    """Checkpoints, history, plots and report; default ``runs/<model>``."""
+    """Checkpoints, history, plots and report; default ``runs/<name>``."""
     data_dir: Path | None = None
+    """IDX files or a folder of class subfolders; default the network's built-in data."""
+    name: str | None = None
+    """The repository name, also the name in the model's metadata; default ``model``."""
     seed: int = 1
     epochs: int | None = None
     batch_size: int | None = None
@@ -58,7 +64,7 @@ class TrainSettings:
     early_stopping_patience: int | None = None
     augment: bool | None = None
     labels: tuple[str, ...] | None = None
-    """Class names for IDX data whose classes are not digits (Fashion-MNIST); default: the model's."""
+    """Class names in class order (Fashion-MNIST's for its IDX files); default the data's own."""
     resume: Path | None = None
     """A ``last.pt`` to continue from."""
     int8: bool = False
@@ -67,14 +73,18 @@ class TrainSettings:
     """Torch intra-op threads; default all cores (at most 4: these networks gain nothing beyond)."""
 
     @property
+    def resolved_name(self) -> str:
+        return self.name if self.name is not None else self.model
+
+    @property
     def resolved_run_dir(self) -> Path:
-        return self.run_dir if self.run_dir is not None else Path("runs") / self.model
+        return self.run_dir if self.run_dir is not None else Path("runs") / self.resolved_name
 
 
 @dataclass(frozen=True)
 class RunOutcome:
     model_path: Path
-    """``<out_dir>/<name>/<version>/model.onnx``."""
+    """The new version's model file, in ``<out_dir>/<name>/<version>/``."""
     report: EvaluationReport
 
     @property
@@ -102,15 +112,6 @@ def resolve_recipe(spec: ModelSpec, settings: TrainSettings, offline_stand_in: b
     return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _relabel(splits: DataSplits, labels: tuple[str, ...] | None) -> DataSplits:
-    if labels is None or labels == splits.train.classes:
-        return splits
-    if len(labels) != len(splits.train.classes):
-        raise ValueError(f"{len(labels)} labels given for {len(splits.train.classes)} classes")
-    parts = (replace(part, classes=labels) for part in (splits.train, splits.validation, splits.test))
-    return DataSplits(*parts, source=splits.source)
-
-
 def _tensors(data: LabelledImages, spec: ModelSpec) -> TensorSet:
     inputs = torch.from_numpy(to_model_input(data.images, spec.preprocessing))
     return TensorSet(inputs, torch.from_numpy(np.asarray(data.labels, dtype=np.int64)))
@@ -119,13 +120,19 @@ def _tensors(data: LabelledImages, spec: ModelSpec) -> TensorSet:
 def train_and_export(settings: TrainSettings) -> RunOutcome:
     """Run the whole pipeline; raises ValueError for bad settings or data, ParityError if ONNX disagrees."""
     set_threads(settings.threads)
-    spec = get_spec(settings.model)
-    splits = _relabel(load_splits(spec, settings.data_dir, settings.seed), settings.labels)
+    name = settings.resolved_name
+    check_model_name(name)
+    network = get_spec(settings.model)
+    splits = load_splits(network, settings.data_dir, settings.seed, settings.labels)
+    spec = network.with_labels(splits.train.classes)
     recipe = resolve_recipe(spec, settings, offline_stand_in=settings.data_dir is None)
     run_dir = settings.resolved_run_dir
     logger.info(
-        "training %s on %s: %d train / %d validation / %d test images; %s",
+        "training %s (%s network, %d classes, %s output) on %s: %d train / %d validation / %d test images; %s",
+        name,
         spec.name,
+        len(spec.labels),
+        spec.output_kind,
         splits.source,
         len(splits.train),
         len(splits.validation),
@@ -136,6 +143,7 @@ def train_and_export(settings: TrainSettings) -> RunOutcome:
     model = spec.create()
     args = {
         "model": spec.name,
+        "name": name,
         "seed": settings.seed,
         "data_dir": str(settings.data_dir) if settings.data_dir else None,
         "labels": list(splits.train.classes),
@@ -152,7 +160,7 @@ def train_and_export(settings: TrainSettings) -> RunOutcome:
         resume=settings.resume,
         augment=Augmentation() if recipe.augment else None,
     )
-    plot_curves(result.history, run_dir / CURVES_FILE, f"{spec.name} on {splits.source}")
+    plot_curves(result.history, run_dir / CURVES_FILE, f"{name} ({spec.name}) on {splits.source}")
     best = load_checkpoint(result.best_checkpoint)
     model.load_state_dict(best["model"])
     return export_and_evaluate(
@@ -162,8 +170,10 @@ def train_and_export(settings: TrainSettings) -> RunOutcome:
         settings.out_dir,
         run_dir,
         training_seconds=sum(r.seconds for r in result.history),
+        epochs=len(result.history),
         best_epoch=best["epoch"],
         seed=settings.seed,
+        name=name,
         int8=settings.int8,
     )
 
@@ -175,22 +185,26 @@ def export_checkpoint(
     run_dir: Path | None = None,
     data_dir: Path | None = None,
     expected_model: str | None = None,
+    name: str | None = None,
     int8: bool = False,
 ) -> RunOutcome:
     """Export an existing checkpoint as a new repository version, evaluated on the run's own test split.
 
-    The model, seed and data folder come from the checkpoint's ``args``; ``data_dir`` overrides the folder
-    (for a checkpoint trained elsewhere). Raises ValueError if the checkpoint is of another model than
-    ``expected_model``.
+    The network, repository name, classes, seed and data folder come from the checkpoint's ``args``;
+    ``data_dir`` overrides the folder (for a checkpoint trained elsewhere) and ``name`` the repository name.
+    Raises ValueError if the checkpoint holds another network than ``expected_model``.
     """
     set_threads(None)
     state = load_checkpoint(checkpoint)
     args: dict[str, Any] = state["args"]
-    spec = get_spec(args["model"])
+    labels = tuple(args["labels"])
+    spec = get_spec(args["model"]).with_labels(labels)
     if expected_model is not None and expected_model != spec.name:
-        raise ValueError(f"{checkpoint} holds a {spec.name} model, not {expected_model}")
+        raise ValueError(f"{checkpoint} holds a {spec.name} network, not {expected_model}")
+    name = name or args.get("name") or spec.name
+    check_model_name(name)
     folder = data_dir or (Path(args["data_dir"]) if args.get("data_dir") else None)
-    splits = _relabel(load_splits(spec, folder, int(args["seed"])), tuple(args["labels"]))
+    splits = load_splits(spec, folder, int(args["seed"]), labels)
     model = spec.create()
     model.load_state_dict(state["model"])
     history = [EpochRecord(**record) for record in state.get("history", [])]
@@ -201,19 +215,29 @@ def export_checkpoint(
         out_dir,
         run_dir or checkpoint.parent,
         training_seconds=sum(r.seconds for r in history),
+        epochs=len(history),
         best_epoch=int(state["epoch"]),
         seed=int(args["seed"]),
+        name=name,
         int8=int8,
     )
 
 
-def model_metadata(spec: ModelSpec, labels: tuple[str, ...], extra: dict[str, str]) -> ModelMetadata:
+def model_metadata(
+    spec: ModelSpec,
+    labels: tuple[str, ...],
+    extra: dict[str, str],
+    *,
+    name: str | None = None,
+    description: str | None = None,
+) -> ModelMetadata:
+    """``spec``'s metadata for a model served as ``name`` (default the network's name)."""
     return ModelMetadata(
-        name=spec.name,
+        name=name or spec.name,
         labels=labels,
         preprocessing=spec.preprocessing,
         output_kind=spec.output_kind,
-        description=spec.description,
+        description=spec.description if description is None else description,
         extra=extra,
     )
 
@@ -228,16 +252,26 @@ def export_and_evaluate(
     training_seconds: float,
     best_epoch: int,
     seed: int,
+    epochs: int = 0,
+    name: str | None = None,
     int8: bool = False,
 ) -> RunOutcome:
-    """Export ``model`` as the next version, check parity, and compare ONNX and PyTorch on the test split."""
+    """Export ``model`` as the next version of ``name`` (default the network's name), check parity, and compare
+    ONNX and PyTorch on the test split.
+
+    ``spec`` must be the network as trained, its labels the data's classes (`ModelSpec.with_labels`).
+    """
+    name = name or spec.name
     model.eval()
     test = _tensors(splits.test, spec)
     objective = Objective(spec.recipe.loss)
     torch_predictions = objective.predict(predict_outputs(model, test.inputs)).numpy()
     torch_accuracy = float(np.mean(torch_predictions == test.labels.numpy()))
     labels = splits.test.classes
+    if labels != spec.labels:
+        raise ValueError(f"the data's classes {labels} are not the network's {spec.labels}")
     extra = {
+        "architecture": spec.name,
         "test_accuracy": f"{torch_accuracy:.4f}",
         "test_images": str(len(splits.test)),
         "data_source": splits.source,
@@ -247,13 +281,15 @@ def export_and_evaluate(
         "torch_version": torch.__version__,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    metadata = model_metadata(spec, labels, extra)
+    seed_model = name == spec.name and labels == get_spec(spec.name).labels
+    description = spec.description if seed_model else f"the {spec.name} network trained on {splits.source}"
+    metadata = model_metadata(spec, labels, extra, name=name, description=description)
     proto = export_to_onnx(model, metadata)
     model_bytes = proto.SerializeToString()
     parity = check_parity(model, model_bytes, test.inputs)
     onnx_predictions = _onnx_predictions(model_bytes, test.inputs.numpy(), objective.loss_name)
     onnx_accuracy = float(np.mean(onnx_predictions == test.labels.numpy()))
-    version_dir = add_version(out_dir, spec.name, model_bytes)
+    version_dir = add_version(out_dir, name, model_bytes)
     int8_comparison = None
     if int8:
         int8_bytes = quantize_int8(model_bytes, metadata)
@@ -264,12 +300,15 @@ def export_and_evaluate(
             test.labels.numpy(),
             lambda outputs: objective.predict(torch.from_numpy(outputs)).numpy(),
         )
-        int8_dir = add_version(out_dir, spec.name + INT8_SUFFIX, int8_bytes)
+        int8_dir = add_version(out_dir, name + INT8_SUFFIX, int8_bytes)
         logger.info("wrote %s: %s", int8_dir / MODEL_FILE, int8_comparison)
     report = EvaluationReport(
-        model=spec.name,
+        model=name,
+        architecture=spec.name,
         version_dir=str(version_dir),
         data_source=splits.source,
+        train_images=len(splits.train),
+        validation_images=len(splits.validation),
         test_images=len(splits.test),
         pytorch_accuracy=torch_accuracy,
         onnx_accuracy=onnx_accuracy,
@@ -278,6 +317,7 @@ def export_and_evaluate(
         labels=list(labels),
         training_seconds=round(training_seconds, 2),
         best_epoch=best_epoch,
+        epochs=epochs,
         parity_max_abs_difference=parity.max_abs_difference,
         int8=asdict(int8_comparison) if int8_comparison else None,
     )
@@ -304,7 +344,7 @@ def build_model(
     data_dir: Path | str | None = None,
     run_dir: Path | str | None = None,
 ) -> Path:
-    """Train ``name`` on its offline data, export it, and return the new ``.../<version>/model.onnx``.
+    """Train ``name`` on its offline data, export it, and return the new version's model file.
 
     Meant for tests and scripts that need a real model repository: with the default epochs ``xo`` takes about
     2 s and ``mnist_net`` about 10 s on two cores; pass ``epochs`` to go faster at lower accuracy. Without

@@ -2,7 +2,7 @@
 
 Dynamic quantization stores weights as int8 and quantizes activations on the fly, so it needs no calibration
 data; it pays off in the large fully connected layers (``mnist_wide``, ``catsdogs``). The variant is stored as
-its own repository entry, ``<name>_int8``, so it can be served and compared side by side and ``model.onnx``
+its own repository entry, ``<name>_int8``, so it can be served and compared side by side and the model file
 stays the only file of each version folder.
 """
 

@@ -44,6 +44,14 @@ class TrainingRecipe:
     augment: bool = False
     """Random rotation, shift, shear, zoom and horizontal flip of training images (image folders)."""
 
+    def __str__(self) -> str:
+        patience = self.early_stopping_patience
+        stopping = f"early stop after {patience} stale epochs" if patience else "no early stop"
+        return (
+            f"{self.optimizer} lr {self.learning_rate:g}, {self.loss} loss, batch {self.batch_size}, "
+            f"up to {self.epochs} epochs ({stopping}){', augmented' if self.augment else ''}"
+        )
+
     def __post_init__(self) -> None:
         if self.learning_rate <= 0 or self.batch_size <= 0 or self.epochs <= 0:
             raise ValueError("learning rate, batch size and epochs must be positive")

@@ -23,8 +23,13 @@ REPORT_TEXT = "evaluation.txt"
 @dataclass(frozen=True)
 class EvaluationReport:
     model: str
+    """The repository name."""
+    architecture: str
+    """The network (a catalog name)."""
     version_dir: str
     data_source: str
+    train_images: int
+    validation_images: int
     test_images: int
     pytorch_accuracy: float
     onnx_accuracy: float
@@ -34,6 +39,9 @@ class EvaluationReport:
     labels: list[str]
     training_seconds: float
     best_epoch: int
+    """The exported checkpoint's epoch: the lowest validation loss."""
+    epochs: int
+    """Epochs trained (early stopping may end a run before its recipe's count)."""
     parity_max_abs_difference: float
     int8: dict[str, float] | None = None
     """Accuracy, latency and size of the dynamic-int8 variant against fp32, when one was made."""
@@ -97,6 +105,8 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: Sequence[str], path: Path,
         ylabel="true",
         title=title,
     )
+    if any(len(label) > 3 for label in labels):
+        plt.setp(axis.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
     threshold = matrix.max() / 2 if matrix.size else 0
     for (row, column), value in np.ndenumerate(matrix):
         axis.text(
@@ -128,11 +138,12 @@ def write_report(report: EvaluationReport, run_dir: Path) -> None:
     (run_dir / REPORT_FILE).write_text(json.dumps(asdict(report), indent=1))
     matrix = np.asarray(report.confusion_matrix)
     text = (
-        f"model {report.model} -> {report.version_dir}\n"
-        f"data: {report.data_source}; {report.test_images} test images\n"
+        f"model {report.model} ({report.architecture} network, {len(report.labels)} classes) -> {report.version_dir}\n"
+        f"data: {report.data_source}; {report.train_images} train, {report.validation_images} validation, "
+        f"{report.test_images} test images\n"
         f"test accuracy: PyTorch {report.pytorch_accuracy:.4f}, ONNX Runtime {report.onnx_accuracy:.4f}"
         f" (same predictions: {report.onnx_agrees_with_pytorch})\n"
-        f"best epoch {report.best_epoch}, training {report.training_seconds:.1f}s\n"
+        f"best epoch {report.best_epoch} of {report.epochs}, training {report.training_seconds:.1f}s\n"
         f"{_int8_line(report.int8)}\n"
         f"confusion matrix (rows true, columns predicted):\n"
         f"{format_confusion_matrix(matrix, report.labels)}\n"

@@ -27,6 +27,8 @@ from .recipe import OptimizerName, TrainingRecipe
 logger = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.json"
+PROGRESS_SECONDS = 20.0
+"""A long epoch (real data on a CPU) says how far it is at most this often, between the per-epoch lines."""
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
@@ -93,10 +95,13 @@ def train_one_epoch(
     batch_size: int,
     generator: torch.Generator,
     augment: Augment | None = None,
+    progress_seconds: float | None = PROGRESS_SECONDS,
 ) -> EpochStats:
+    """One pass over ``data`` in seeded random order; logs progress every ``progress_seconds`` (None: never)."""
     model.train()
     order = torch.randperm(len(data), generator=generator)
     total_loss, correct = 0.0, 0
+    started = last_report = time.monotonic()
     for start in range(0, len(data), batch_size):
         batch = order[start : start + batch_size]
         inputs, labels = data.inputs[batch], data.labels[batch]
@@ -109,6 +114,18 @@ def train_one_epoch(
         optimizer.step()
         total_loss += loss.item() * len(batch)
         correct += int((objective.predict(outputs) == labels).sum())
+        now = time.monotonic()
+        if progress_seconds is not None and now - last_report >= progress_seconds:
+            done = start + len(batch)
+            logger.info(
+                "  %d/%d images  train loss %.4f acc %.4f  %.0f images/s",
+                done,
+                len(data),
+                total_loss / done,
+                correct / done,
+                done / (now - started),
+            )
+            last_report = now
     return EpochStats(total_loss / len(data), correct / len(data))
 
 

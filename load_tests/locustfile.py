@@ -36,8 +36,8 @@ import grpc  # noqa: E402
 from locust import LoadTestShape, User, constant, events, task  # noqa: E402
 from locust.exception import StopUser  # noqa: E402
 
-from cnnserve.bench.payloads import ModelInput, PayloadKind, classify_request, synthetic_photo  # noqa: E402
 from cnnserve.v1 import classifier_pb2 as pb  # noqa: E402
+from load_tests.bench.payloads import ModelInput, PayloadKind, classify_request, synthetic_photo  # noqa: E402
 
 _log = logging.getLogger("cnnserve.load_tests")
 CLASSIFY = "/cnnserve.v1.ImageClassifier/Classify"

@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cnnserve.bench.models import prepare_model, single_model_repository
-from cnnserve.bench.server import running_server
+from cnnserve.server.launcher import running_server
+from load_tests.bench.models import prepare_model, single_model_repository
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     model = prepare_model(args.model, args.cache_dir, args.model_repository)
     with tempfile.TemporaryDirectory(prefix="cnnserve-locust-") as scratch:
         repository = single_model_repository(model, Path(scratch))
-        with running_server(repository, args.server_flags, args.output / "server.log") as server:
+        with running_server(repository, *args.server_flags, log_path=args.output / "server.log") as server:
             print(f"serving {args.model} ({model.weights} weights) on {server.target}", flush=True)
             completed = subprocess.run(locust_command(args, server.target), check=False)
     print(f"reports: {args.output / 'locust_stats.csv'}, {args.output / 'locust.html'}")

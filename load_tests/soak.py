@@ -40,6 +40,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from cnnserve.server.launcher import running_server
 from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 
@@ -89,14 +90,15 @@ def png(pixels: np.ndarray) -> bytes:
 
 def build_payloads(stub: pb_grpc.ImageClassifierStub, seed: int) -> tuple[list[Payload], list[Payload]]:
     """Good payloads with their reference answers, and bad ones; the references come from the server itself."""
-    from cnnserve.export import load_digit_images, render_o, render_x
+    from cnnserve.export import get_spec, load_digit_images, render_o, render_x
+    from cnnserve.preprocessing import to_model_input
 
     rng = np.random.default_rng(seed)
     digits, _ = load_digit_images()
     picks = rng.choice(len(digits), 64, replace=False)
     xo = [pb.Image(encoded=png(render_x())), pb.Image(encoded=png(render_o()))]
     digit_pngs = [pb.Image(encoded=png(digits[i])) for i in picks]
-    scaled = (digits[picks].astype(np.float32) / 255.0 - 0.1307) / 0.3081
+    scaled = to_model_input(digits[picks], get_spec("mnist_net").preprocessing)
     digit_tensors = [
         pb.Image(tensor=pb.Tensor(dtype=pb.FLOAT32, shape=[1, 28, 28], data=row.astype("<f4").tobytes()))
         for row in scaled
@@ -341,14 +343,12 @@ def server_under_soak(args: argparse.Namespace) -> Iterator[tuple[str, Callable[
     if args.server:
         yield args.server, metrics_rss(args.metrics_url) if args.metrics_url else (lambda: None)
         return
-    from cnnserve.bench.server import running_server
-
     repository = args.model_repository
     missing = [name for name in ("xo", "mnist_net") if not (repository / name).is_dir()]
     if missing:
         raise SystemExit(f"{repository} lacks {missing}; `make run` or `cnnserve train NAME --out {repository}`")
     log_path = args.out / "soak-server.log"
-    with running_server(repository, args.serve_flag or [], log_path) as server:
+    with running_server(repository, *(args.serve_flag or []), log_path=log_path) as server:
         print(f"server pid {server.pid} on {server.target}, log {log_path}", file=sys.stderr)
         yield server.target, proc_rss(server.pid)
 

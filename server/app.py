@@ -2,8 +2,9 @@
 
 Start-up: metrics and gRPC listen first (health NOT_SERVING, so probes and clients can see the server is there
 but not ready), every model loads and warms up, then health turns SERVING. Shutdown on SIGTERM or SIGINT: health
-turns NOT_SERVING at once, new calls are refused, accepted calls get up to `drain_timeout_seconds` to finish,
-then the batchers stop and the process exits 0.
+turns NOT_SERVING at once, new calls are refused with UNAVAILABLE, accepted calls get up to `drain_timeout_seconds`
+to finish (what is still queued then is refused with UNAVAILABLE too), and only then does the gRPC server stop, so
+that no call it had received is CANCELLED. Then the process exits 0.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cnnserve.server.api.inference import SERVICE_NAME as INFERENCE_SERVICE
 from cnnserve.server.api.inference import InferenceServicer
 from cnnserve.server.auth import BearerTokenInterceptor, read_tokens
 from cnnserve.server.dataplane import DataPlane
+from cnnserve.server.http_port import serve_health_and_metrics
 from cnnserve.server.logs import RequestIdInterceptor
 from cnnserve.server.metrics import ServerMetrics
 from cnnserve.server.repository import ModelRepository
@@ -32,6 +34,9 @@ from cnnserve.server.shared_memory import SystemSharedMemory
 from cnnserve.v1 import classifier_pb2, classifier_pb2_grpc
 
 _log = logging.getLogger(__name__)
+_STOP_GRACE_SECONDS = 1.0
+_GOAWAY_SECONDS = 0.05
+"""Time for gRPC to send GOAWAY before parked calls are refused, and for their answers to leave after."""
 CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["ImageClassifier"].full_name
 
 
@@ -44,6 +49,7 @@ class Server:
         self.repository = ModelRepository(settings, self.metrics)
         self.metrics.watch_models(self.repository.versions)
         self.dataplane = DataPlane(self.repository, settings, self.metrics)
+        self.readiness = self.dataplane.readiness
         self.shared_memory = SystemSharedMemory() if settings.allow_shared_memory else None
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0
@@ -83,7 +89,9 @@ class Server:
         reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), self._grpc)
         for service in ("", *self.service_names):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.metrics_port = self.metrics.serve(settings.host, settings.metrics_port)
+        self.metrics_port = serve_health_and_metrics(
+            settings.host, settings.metrics_port, self.metrics.registry, self.readiness
+        )
         address = f"{settings.host}:{settings.grpc_port}"
         credentials = server_credentials(settings)
         if credentials is None:
@@ -100,7 +108,9 @@ class Server:
         await self._grpc.start()
         if self.settings.auth_token_file or self.settings.auth_tokens:
             _log.info("bearer-token authentication is on for every RPC but health and reflection")
-        _log.info("metrics on http://%s:%d/metrics", settings.host, self.metrics_port)
+        _log.info(
+            "metrics and REST health on http://%s:%d (/metrics, /v2/health/ready)", settings.host, self.metrics_port
+        )
         await self.repository.load_all()
         for version in self.repository.versions():
             _log.info(
@@ -112,10 +122,18 @@ class Server:
                 f" ({version.reason})" if version.reason else "",
             )
         await self._update_health()
-        if self.repository.all_ready:
-            _log.info("ready: %d model(s) serving", len(self.repository.names()))
+        unknown = sorted(set(settings.required_models) - set(self.repository.names()))
+        if unknown:
+            _log.error("required models %s are not in the repository %s", unknown, settings.model_repository)
+        if self.readiness.ready:
+            _log.info(
+                "ready: %d model(s) serving", sum(bool(self.readiness.model_ready(n)) for n in self.repository.names())
+            )
         else:
-            _log.error("not every model loaded; health stays NOT_SERVING (GetModel tells why)")
+            _log.error(
+                "not ready: %s did not load; health stays NOT_SERVING (GetModel tells why)",
+                ", ".join(self.readiness.missing()),
+            )
         if settings.repository_poll_seconds > 0:
             self._poller = asyncio.create_task(self.repository.poll(settings.repository_poll_seconds))
         if settings.port_file is not None:
@@ -128,24 +146,37 @@ class Server:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self.readiness.shutting_down()
         drain = self.settings.drain_timeout_seconds
         _log.info("shutting down: NOT_SERVING now, draining for up to %.1fs", drain)
         await self.health.enter_graceful_shutdown()
         if self._poller is not None:
             self._poller.cancel()
-        await self._grpc.stop(grace=drain)
+        gate = self.dataplane.gate
+        if not await gate.drain(timeout=drain):
+            _log.warning("drain timeout: requests still queued are answered UNAVAILABLE")
         await self.repository.close(drain_seconds=0)
+        # Every call received so far is answered or parked. Stop listening (GOAWAY: clients go elsewhere), then
+        # refuse the parked calls within gRPC's grace; streams (Health.Watch) must not hold the shutdown after.
+        grace = max(_STOP_GRACE_SECONDS, drain)
+        stopping = asyncio.create_task(self._grpc.stop(grace=grace))
+        await asyncio.sleep(_GOAWAY_SECONDS)
+        gate.release()
+        await gate.refused(timeout=grace)
+        await asyncio.sleep(_GOAWAY_SECONDS)
+        await self._grpc.stop(grace=None)
+        await stopping
         if self.shared_memory is not None:
             self.shared_memory.close()
         _log.info("stopped")
 
     async def _update_health(self) -> None:
-        """SERVING exactly when every model has a ready version; never again once shutdown began."""
+        """SERVING exactly when the readiness policy says ready; never again once shutdown began."""
         if self._stopped.is_set():
             return
         status = (
             health_pb2.HealthCheckResponse.SERVING
-            if self.repository.all_ready
+            if self.readiness.ready
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for service in ("", *self.service_names):

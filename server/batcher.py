@@ -44,6 +44,7 @@ from cnnserve.server.errors import (
     UnavailableError,
 )
 from cnnserve.server.settings import BatchingSettings
+from cnnserve.server.statistics import current_request
 
 _log = logging.getLogger(__name__)
 
@@ -56,10 +57,22 @@ class _QueuedRequest:
     timer: asyncio.TimerHandle | None = None
     queued: bool = True
     """True until the batcher takes it, or its caller gives up (cancelled, expired); its rows count till then."""
+    batch_times: tuple[float, float, float] | None = None
+    """When its batch started being assembled, started its session call and finished; set with its rows."""
 
     @property
     def rows(self) -> int:
         return len(self.inputs)
+
+    def add_to_request_statistics(self) -> None:
+        """Add this request's wait and its batch's compute times to the statistics of the call it serves."""
+        assert self.batch_times is not None
+        started, assembled, finished = self.batch_times
+        statistics = current_request()
+        statistics.queue += started - self.enqueued_at
+        statistics.compute_input += assembled - started
+        statistics.compute_infer += finished - assembled
+        statistics.inferences += self.rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +84,12 @@ class BatchRecord:
     queue_wait_seconds: tuple[float, ...]
     """Per request: from enqueue to the start of its batch."""
     compute_seconds: float
+    """The session call."""
     failed: bool
+    input_seconds: float = 0.0
+    """Assembling the batch from its requests' inputs."""
+    output_seconds: float = 0.0
+    """Handing each request its rows."""
 
 
 RunBatch = Callable[[np.ndarray], np.ndarray]
@@ -79,12 +97,14 @@ RunBatch = Callable[[np.ndarray], np.ndarray]
 
 @dataclass(frozen=True, slots=True)
 class _BatchRun:
-    """What an instance did with a batch: the requests it ran, their outputs or the error, and when."""
+    """What an instance did with a batch: the requests it ran, their outputs or the error, and when (it started
+    assembling the input, started the session call, finished)."""
 
     requests: list[_QueuedRequest]
     outputs: np.ndarray | None
     error: Exception | None
     started: float
+    assembled: float
     finished: float
 
 
@@ -173,12 +193,14 @@ class DynamicBatcher:
             if rows >= limit:
                 self._instance_freed.set()
         try:
-            return await request.future
+            outputs = await request.future
         finally:
             request.timer.cancel()
             if request.queued:
                 request.queued = False
                 self._queued_rows -= request.rows
+        request.add_to_request_statistics()
+        return outputs
 
     async def close(self, drain_seconds: float) -> None:
         """Refuse new requests, let queued and running batches finish for up to `drain_seconds`, then stop.
@@ -303,11 +325,11 @@ class DynamicBatcher:
 
     async def _execute(self, batch: list[_QueuedRequest]) -> None:
         try:
-            inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([r.inputs for r in batch])
             loop = asyncio.get_running_loop()
-            run = await loop.run_in_executor(self._executor, self._run_live, batch, inputs)
+            run = await loop.run_in_executor(self._executor, self._run_live, batch)
         except Exception as exc:
-            run = _BatchRun(batch, None, exc, time.monotonic(), time.monotonic())
+            now = time.monotonic()
+            run = _BatchRun(batch, None, exc, now, now, now)
         finally:
             self._in_flight -= 1
             self._instance_freed.set()
@@ -318,11 +340,13 @@ class DynamicBatcher:
         if failure is None and (run.outputs is None or len(run.outputs) != rows):
             count = "no" if run.outputs is None else len(run.outputs)
             failure = InferenceError(f"model {self._name} returned {count} rows for a batch of {rows}")
+        handing_out = time.monotonic()
         if failure is None:
             assert run.outputs is not None
             offset = 0
             for request in run.requests:
                 if not request.future.done():
+                    request.batch_times = (run.started, run.assembled, run.finished)
                     request.future.set_result(run.outputs[offset : offset + request.rows])
                 offset += request.rows
         else:
@@ -341,30 +365,31 @@ class DynamicBatcher:
                     size=rows,
                     requests=len(run.requests),
                     queue_wait_seconds=tuple(run.started - request.enqueued_at for request in run.requests),
-                    compute_seconds=run.finished - run.started,
+                    compute_seconds=run.finished - run.assembled,
                     failed=failure is not None,
+                    input_seconds=run.assembled - run.started,
+                    output_seconds=time.monotonic() - handing_out,
                 )
             )
 
-    def _run_live(self, batch: list[_QueuedRequest], inputs: np.ndarray) -> _BatchRun:
-        """In an instance's thread: run the batch's requests that are still waiting for an answer.
+    def _run_live(self, batch: list[_QueuedRequest]) -> _BatchRun:
+        """In an instance's thread: assemble and run the batch's requests that are still waiting for an answer.
 
         A staged batch may wait a whole batch's time for its instance; requests answered meanwhile (deadline
         passed, caller cancelled) are left out, so that they are never computed. Reading `future.done()` from
         this thread is only a read; a request that expires just after it still gets its computed rows dropped.
         """
         live = [request for request in batch if not request.future.done()]
-        started = time.monotonic()
+        started = assembled = time.monotonic()
         if not live:
-            return _BatchRun(live, None, None, started, started)
-        if len(live) < len(batch):
-            batch = live
-            inputs = np.concatenate([r.inputs for r in live])
+            return _BatchRun(live, None, None, started, started, started)
         try:
+            inputs = live[0].inputs if len(live) == 1 else np.concatenate([r.inputs for r in live])
+            assembled = time.monotonic()
             outputs = self._run_batch(inputs)
         except Exception as exc:
-            return _BatchRun(batch, None, exc, started, time.monotonic())
-        return _BatchRun(batch, outputs, None, started, time.monotonic())
+            return _BatchRun(live, None, exc, started, assembled, time.monotonic())
+        return _BatchRun(live, outputs, None, started, assembled, time.monotonic())
 
     def _fail_queued(self, error: CnnserveError) -> None:
         for queue in self._queues:

@@ -15,15 +15,17 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
+from cnnserve.server.drain import CallGate
 from cnnserve.server.errors import InvalidInputError, RepositoryChangesDisabledError, status_of
 from cnnserve.server.logs import call_deadline_passed, log_request
 from cnnserve.server.metrics import UNKNOWN, RequestSeries, ServerMetrics
 from cnnserve.server.model import ModelVersion
 from cnnserve.server.preprocess import ImageInput
+from cnnserve.server.readiness import Readiness
 from cnnserve.server.repository import ModelRepository
 from cnnserve.server.settings import ServerSettings
+from cnnserve.server.statistics import RequestStatistics, current_request, start_request_statistics
 
-DEFAULT_TIMEOUT_SECONDS = 30.0
 _DECODE_INLINE_PIXELS = 512 * 512
 """Requests whose images hold up to this many pixels (by their headers) are decoded on the event loop; larger
 ones in a worker thread, so that a small file claiming a large picture cannot stall every other request."""
@@ -35,11 +37,13 @@ class DataPlane:
         self.repository = repository
         self.settings = settings
         self.metrics = metrics
+        self.gate = CallGate()
+        self.readiness = Readiness(repository, settings.required_models)
 
-    @staticmethod
-    def deadline(model: ModelVersion, time_remaining: float | None) -> float:
+    def deadline(self, model: ModelVersion, time_remaining: float | None) -> float:
         """The monotonic deadline of a call to `model`: its own, capped by the model's default timeout."""
-        timeout = model.batching.default_timeout_seconds if model.batching else DEFAULT_TIMEOUT_SECONDS
+        batching = model.batching if model.batching is not None else self.settings
+        timeout = batching.default_timeout_seconds
         if time_remaining is not None:
             timeout = min(timeout, max(time_remaining, 0.0))
         return time.monotonic() + timeout
@@ -57,7 +61,11 @@ class DataPlane:
         series: RequestSeries | None = None
         code = grpc.StatusCode.OK
         error: Exception | None = None
+        request_statistics = start_request_statistics()
+        admitted = self.gate.arrive()
         try:
+            if not admitted:
+                await self.gate.refuse()
             model = self.repository.get(name, version)
             series = self.metrics.request_series(api, model.name, str(model.version))
             series.in_flight.inc()
@@ -69,7 +77,9 @@ class DataPlane:
             code, error = status_of(exc), exc
             raise
         finally:
-            self._count(api, name, model, series, code, time.perf_counter() - started, error)
+            if admitted:
+                self.gate.leave()
+            self._count(api, name, model, series, code, time.perf_counter() - started, error, request_statistics)
         return model, result
 
     def _count(
@@ -81,6 +91,7 @@ class DataPlane:
         code: grpc.StatusCode,
         seconds: float,
         error: Exception | None,
+        request_statistics: RequestStatistics,
     ) -> None:
         """Count a finished request in statistics and metrics, and log it when the request log is on."""
         if model is None or series is None:
@@ -92,10 +103,10 @@ class DataPlane:
             series.in_flight.dec()
             if code is grpc.StatusCode.OK:
                 series.succeeded(seconds)
-                model.statistics.success.add(seconds)
+                model.statistics.record_success(seconds, request_statistics)
             else:
                 series.failed(code)
-                model.statistics.fail.add(seconds)
+                model.statistics.record_failure(seconds)
         if self.settings.request_log:
             log_request(api=api, model=label, version=version, code=code, seconds=seconds, error=error)
 
@@ -140,5 +151,5 @@ class DataPlane:
 
     def record_input(self, model: ModelVersion, seconds: float) -> None:
         """Count the time one request spent turning its payload into the model's input, whatever the API."""
-        model.statistics.compute_input.add(seconds)
+        current_request().compute_input += seconds
         self.metrics.preprocessed(model, seconds)

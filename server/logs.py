@@ -1,4 +1,4 @@
-"""Structured logs: JSON lines for log pipelines, request ids, and the optional one-line-per-request log.
+"""Request ids, and the optional one-line-per-request log.
 
 Request ids: a client may send metadata `x-request-id`; the server uses it (or makes one up) and sends it back
 as trailing metadata `x-request-id` on every unary call, so a client can quote it and an operator can find the
@@ -12,22 +12,18 @@ The request log (`log_request`, logger `cnnserve.server.requests`) is off unless
 `request_log` on (`cnnserve serve --request-log` or CNNSERVE_REQUEST_LOG=true), because the request path is
 hot; it logs at INFO, with the request id, API, model, version, status code and duration.
 
-The library never configures logging itself: the command line calls `configure_logging`, with the format from
-`--log-format` or CNNSERVE_LOG_FORMAT. In JSON format every record is one JSON object per line; log calls that
-pass a mapping as their argument (`log.info("... %(model)s", {"model": name})`) get its keys as fields too.
+The request line's fields go to the log as a mapping argument, so that JSON logs (`cnnserve._logging`, which
+the command line sets up; nothing here configures logging) carry each as a field of its own.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
-import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -35,8 +31,6 @@ import grpc
 REQUEST_ID_KEY = "x-request-id"
 MAX_REQUEST_ID_LENGTH = 128
 """Longer ids from clients are cut to this many characters, so a client cannot bloat every log line."""
-LOG_FORMATS = ("text", "json")
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 current_request_id: ContextVar[str] = ContextVar("cnnserve_request_id", default="")
 """The id of the request the running task serves; empty outside a gRPC call."""
@@ -50,38 +44,6 @@ _REQUEST_LINE = (
     "request id=%(request_id)s api=%(api)s model=%(model)s version=%(version)s code=%(code)s "
     "duration_ms=%(duration_ms)s"
 )
-_RESERVED_FIELDS = frozenset({"time", "level", "logger", "message", "exception", "stack"})
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time (UTC, ISO 8601), level, logger, message, mapping arguments, exception."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if isinstance(record.args, Mapping):
-            entry.update((key, value) for key, value in record.args.items() if key not in _RESERVED_FIELDS)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        if record.stack_info:
-            entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
-
-
-def configure_logging(level: str, log_format: str) -> None:
-    """Send log records at `level` and above to stderr, as text lines or JSON lines ("text" or "json").
-
-    Raises ValueError for another format, naming the accepted ones.
-    """
-    if log_format not in LOG_FORMATS:
-        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def request_id_from(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:

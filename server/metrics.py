@@ -1,9 +1,10 @@
-"""Prometheus metrics, in the server's own registry, served on their own port.
+"""Prometheus metrics, in the server's own registry, served on their own port (see `http_port`).
 
 What operators decide from them, and which metric answers:
 
 - scale out: `cnnserve_queue_wait_seconds` (the HPA's p95), `cnnserve_queue_depth`, `cnnserve_requests_in_flight`;
-- page: `cnnserve_requests_total` by `code`, `cnnserve_rejections_total` by `reason`, `cnnserve_model_ready`;
+- page: `cnnserve_requests_total` by `code`, `cnnserve_rejections_total` by `reason`, `cnnserve_model_ready`,
+  `cnnserve_model_load_failures_total`;
 - does batching work: `cnnserve_batch_size` (a histogram of executed batches), and
   `cnnserve_inferences_total / cnnserve_executions_total`, the average batch size;
 - where the time goes: `cnnserve_request_duration_seconds` (end to end, successful requests) split into
@@ -34,7 +35,6 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -199,17 +199,26 @@ class ServerMetrics:
             ["model", "reason"],
             registry=r,
         )
+        self.load_failures = Counter(
+            f"{PREFIX}_model_load_failures",
+            "Model versions (or whole models, when their config.toml is unusable) that failed to load",
+            ["model"],
+            registry=r,
+        )
         self._series: dict[tuple[str, str, str], RequestSeries] = {}
         self._preprocess_series: dict[tuple[str, int], Any] = {}
+
+    def model_load_started(self, name: str) -> None:
+        """Export model `name`'s load-failure count from its first load on (at 0), so that increases show."""
+        self.load_failures.labels(name)
+
+    def model_load_failed(self, name: str) -> None:
+        """Count a failed load of model `name` (a repository name: a bounded label)."""
+        self.load_failures.labels(name).inc()
 
     def watch_models(self, versions: Callable[[], Iterable[ModelVersion]]) -> None:
         """Export queue depth, readiness and load time of whatever `versions()` lists at each scrape."""
         self.registry.register(_ModelCollector(versions))
-
-    def serve(self, host: str, port: int) -> int:
-        """Serve /metrics over HTTP in a daemon thread; returns the bound port (useful with port 0)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_port)
 
     def request_series(self, api: str, model: str, version: str) -> RequestSeries:
         """The series of requests to `model` `version` over `api`; model and version must be bounded labels."""

@@ -1,4 +1,8 @@
-"""One loaded model version: its session, its metadata, its preprocessor and its batcher."""
+"""One loaded model version: its session, its specification, its preprocessor and its batcher.
+
+The specification (server/model_spec.py) comes from the graph, the metadata our exporter embeds, the model's
+config.toml and labels.txt, so a model written by any tool serves like one of ours once it is specified.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,20 @@ from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
-from cnnserve.metadata import ModelMetadata
+from cnnserve.metadata import InputType, ModelMetadata
+from cnnserve.repository_layout import MODEL_FILE
 from cnnserve.server.batcher import BatchRecord, DynamicBatcher
 from cnnserve.server.errors import ExecutionProviderError, ModelLoadError, UnavailableError
 from cnnserve.server.metrics import ServerMetrics
 from cnnserve.server.model_config import ModelConfig
+from cnnserve.server.model_spec import ModelSpec, load_spec
 from cnnserve.server.postprocess import to_probabilities
 from cnnserve.server.preprocess import ImagePreprocessor
 from cnnserve.server.runtime import LoadedSession, create_session
 from cnnserve.server.settings import BatchingSettings, RuntimeSettings, ServerSettings
-from cnnserve.server.statistics import ModelStatistics
+from cnnserve.server.statistics import ModelStatistics, current_request
 
 _log = logging.getLogger(__name__)
 
@@ -42,6 +49,7 @@ class ModelVersion:
     state: ModelState = ModelState.LOADING
     reason: str = ""
     metadata: ModelMetadata | None = None
+    spec: ModelSpec | None = None
     loaded: LoadedSession | None = None
     preprocessor: ImagePreprocessor | None = None
     batcher: DynamicBatcher | None = None
@@ -49,7 +57,6 @@ class ModelVersion:
     runtime: RuntimeSettings | None = None
     statistics: ModelStatistics = field(default_factory=ModelStatistics)
     load_seconds: float = 0.0
-    _input_name: str = field(default="input", repr=False)
 
     @property
     def ready(self) -> bool:
@@ -60,7 +67,8 @@ class ModelVersion:
         return self.loaded.provider if self.loaded else ""
 
     async def load(self, config: ModelConfig, server: ServerSettings, metrics: ServerMetrics) -> None:
-        """Create the session off the event loop, read the metadata, resolve the settings, warm up, start batching.
+        """Create the session off the event loop, resolve the specification and the settings, warm up, start
+        batching.
 
         Never raises for a bad model: the version is left FAILED with the reason, so one broken file cannot take
         the other models down. Raises ExecutionProviderError when CUDA was required and is not usable, because
@@ -69,11 +77,11 @@ class ModelVersion:
         started = time.monotonic()
         try:
             self.runtime = config.runtime(server)
-            self.loaded = await asyncio.to_thread(create_session, self.path / "model.onnx", self.runtime)
-            session = self.loaded.session
-            self.metadata = ModelMetadata.from_metadata_props(session.get_modelmeta().custom_metadata_map)
-            graph_batch_dim = self._check_signature()
-            self.batching = batching = config.batching(server, graph_batch_dim)
+            model_file = self.path / MODEL_FILE
+            self.loaded = await asyncio.to_thread(create_session, model_file, self.runtime)
+            self.spec = await asyncio.to_thread(load_spec, self.loaded.session, model_file, config, self.name)
+            self.metadata = self.spec.metadata
+            self.batching = batching = config.batching(server, self.spec.batch_dim)
             self.preprocessor = ImagePreprocessor(self.metadata.preprocessing, server.max_image_pixels)
             await asyncio.to_thread(self._warm_up, {1, *batching.preferred_batch_sizes, batching.max_batch_size})
         except ExecutionProviderError:
@@ -82,6 +90,7 @@ class ModelVersion:
             self.state = ModelState.FAILED
             self.reason = f"{exc.__class__.__name__}: {exc}"
             _log.error("model %s version %d failed to load: %s", self.name, self.version, self.reason)
+            metrics.model_load_failed(self.name)
             return
         self.batcher = DynamicBatcher(
             self._run, batching, name=self.name, on_batch=lambda record: self._on_batch(record, metrics)
@@ -97,7 +106,7 @@ class ModelVersion:
             self.provider,
             self.load_seconds,
             batching.max_batch_size,
-            batching.max_queue_delay_seconds * 1000,
+            batching.max_queue_delay_ms,
         )
 
     async def infer(self, inputs: np.ndarray, deadline: float, priority: int = 0) -> np.ndarray:
@@ -108,7 +117,7 @@ class ModelVersion:
         assert self.metadata is not None
         started = time.perf_counter()
         probabilities = to_probabilities(outputs, self.metadata.output_kind)
-        self.statistics.compute_output.add(time.perf_counter() - started)
+        current_request().compute_output += time.perf_counter() - started
         return probabilities
 
     async def unload(self, drain_seconds: float) -> None:
@@ -117,38 +126,40 @@ class ModelVersion:
             await self.batcher.close(drain_seconds)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        assert self.loaded is not None
-        return self.loaded.session.run(None, {self._input_name: batch})[0]
-
-    def _check_signature(self) -> int | None:
-        """Check the graph against the metadata; returns its batch dimension when fixed, None when dynamic."""
-        assert self.loaded is not None and self.metadata is not None
-        inputs = self.loaded.session.get_inputs()
-        outputs = self.loaded.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelLoadError(f"expected one input and one output, found {len(inputs)} and {len(outputs)}")
-        self._input_name = inputs[0].name
-        pre = self.metadata.preprocessing
-        expected = [pre.channels, pre.height, pre.width]
-        declared = inputs[0].shape[1:]
-        if [d if isinstance(d, int) else None for d in declared] != expected:
-            raise ModelLoadError(f"the graph's input shape {inputs[0].shape} does not match the metadata {expected}")
-        batch_dim = inputs[0].shape[0]
-        return batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+        assert self.loaded is not None and self.spec is not None
+        return run_graph(self.loaded.session, self.spec, batch)
 
     def _warm_up(self, sizes: set[int]) -> None:
-        """One run at each size the batcher will form most, so the first requests do not pay for allocation."""
-        assert self.preprocessor is not None
+        """One run at each size the batcher will form most, so the first requests do not pay for allocation; checks
+        that the output has a row per input and a column per label (a graph with open dimensions says so only
+        now)."""
+        assert self.preprocessor is not None and self.metadata is not None
+        width = self.metadata.output_width
         for size in sorted(sizes):
-            outputs = self._run(np.zeros((size, *self.preprocessor.input_shape), np.float32))
-            if len(outputs) != size:
-                raise ModelLoadError(f"a warm-up batch of {size} returned {len(outputs)} rows")
+            outputs = self._run(np.zeros((size, *self.preprocessor.input_shape), self.preprocessor.dtype))
+            if outputs.shape != (size, width):
+                raise ModelLoadError(
+                    f"a warm-up batch of {size} returned shape {list(outputs.shape)}, expected [{size}, {width}] "
+                    f"({len(self.metadata.labels)} labels, {self.metadata.output_kind.value} out)"
+                )
 
     def _on_batch(self, record: BatchRecord, metrics: ServerMetrics) -> None:
-        stats = self.statistics
-        stats.record_batch(record.size, record.compute_seconds)
         if not record.failed:
-            stats.compute_infer.add(record.compute_seconds * record.requests, record.requests)
-            for wait in record.queue_wait_seconds:
-                stats.queue.add(wait)
+            self.statistics.record_execution(
+                record.size, record.input_seconds, record.compute_seconds, record.output_seconds
+            )
         metrics.batch_executed(self.name, self.version, record)
+
+
+def run_graph(session: ort.InferenceSession, spec: ModelSpec, batch: np.ndarray) -> np.ndarray:
+    """The graph's raw output for `batch`: cast to its input's element type (the Open Inference Protocol sends
+    float32 to uint8 models too, rounded and clipped to 0..255 here), and padded to its batch size when that is
+    fixed above the rows at hand (the padding's rows are dropped from the output)."""
+    rows = len(batch)
+    dtype = np.dtype(np.uint8 if spec.preprocessing.dtype is InputType.UINT8 else np.float32)
+    if batch.dtype != dtype:
+        batch = np.clip(np.rint(batch), 0, 255).astype(dtype) if dtype == np.uint8 else batch.astype(dtype)
+    fixed = spec.batch_dim
+    if fixed is not None and rows < fixed:
+        batch = np.concatenate([batch, np.zeros((fixed - rows, *batch.shape[1:]), dtype)])
+    return session.run(None, {spec.input_name: batch})[0][:rows]

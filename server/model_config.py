@@ -12,27 +12,38 @@ Example::
     [version_policy]
     latest = 2            # or: specific = [1, 3]   or: all = true
 
-Whatever the file omits comes from the server-wide settings, and what neither says is derived from the model
-itself: a graph whose batch dimension is fixed at 1 is served with batching off.
+    [input]               # what the model takes, where its graph does not say (server/model_spec.py)
+    size = 224
+    [preprocessing]       # how pixels become its input: a preset, then the fields named
+    preset = "imagenet"
+    [output]              # what its output holds
+    kind = "logits"
+
+The top-level keys are the server's batching and ONNX Runtime settings, with the same names, units and bounds
+(they are declared once, in server/settings.py). What the file sets overrides the server's value; what it omits
+comes from the server, and the merged result is checked as a whole, so a config that lowers max_batch_size below
+the server's preferred batch sizes fails that model's load with a message. What neither says is derived from the
+model itself: a graph whose batch dimension is fixed at N is served with batches of at most N (1: batching off),
+and preferred sizes above N are left out for it.
+
+The ``[input]``, ``[preprocessing]`` and ``[output]`` tables specify a model that cnnserve's exporter did not
+write (`cnnserve import` writes them, with ``labels.txt`` beside this file), or override what an exported model
+embeds; server/model_spec.py declares them and resolves them with what the graph says.
 """
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from cnnserve.server.errors import ModelLoadError
-from cnnserve.server.settings import (
-    BatchingSettings,
-    ExecutionProvider,
-    GraphOptimization,
-    RuntimeSettings,
-    ServerSettings,
-)
+from cnnserve.server.settings import BatchingFields, BatchingSettings, RuntimeSettings, ServerSettings
+from cnnserve.server.spec_files import CONFIG_FILE_NAME, SpecTables
 
-CONFIG_FILE_NAME = "config.toml"
+_View = TypeVar("_View", BatchingSettings, RuntimeSettings)
 
 
 class VersionPolicy(BaseModel):
@@ -61,27 +72,14 @@ class VersionPolicy(BaseModel):
         return ordered[-(self.latest or 1) :]
 
 
-class ModelConfig(BaseModel):
-    """The contents of a model's config.toml; `None` means "not said here"."""
+class ModelConfig(BatchingFields, RuntimeSettings, SpecTables):
+    """The contents of a model's config.toml: the per-model settings it sets, its version policy and the model's
+    specification tables.
 
-    model_config = {"frozen": True, "extra": "forbid"}
+    Only the fields the file sets (`model_fields_set`) count; the others hold the built-in defaults, not the
+    server's, so read the settings in force through `batching` and `runtime`, never from the fields.
+    """
 
-    max_batch_size: int | None = Field(None, ge=1, le=4096)
-    max_queue_delay_ms: float | None = Field(None, ge=0.0, le=10_000.0)
-    preferred_batch_sizes: tuple[int, ...] | None = None
-    adaptive_queue_delay: bool | None = None
-    max_queue_size: int | None = Field(None, ge=1)
-    default_timeout_seconds: float | None = Field(None, gt=0.0)
-    instances: int | None = Field(None, ge=1, le=64)
-    priority_levels: int | None = Field(None, ge=1, le=16)
-    default_priority_level: int | None = Field(None, ge=0, le=16)
-    execution_provider: ExecutionProvider | None = None
-    cuda_device_id: int | None = Field(None, ge=0)
-    cuda_memory_limit_bytes: int | None = Field(None, ge=0)
-    intra_op_threads: int | None = Field(None, ge=0)
-    inter_op_threads: int | None = Field(None, ge=0)
-    graph_optimization: GraphOptimization | None = None
-    thread_spinning: bool | None = None
     version_policy: VersionPolicy = VersionPolicy()
 
     @classmethod
@@ -96,45 +94,28 @@ class ModelConfig(BaseModel):
             raise ModelLoadError(f"{path} is not a valid model config: {exc}") from exc
 
     def batching(self, server: ServerSettings, graph_batch_dim: int | None) -> BatchingSettings:
-        """This model's batching settings: the file's, else the server's; batching off for a fixed batch of 1.
+        """This model's batching settings: the file's over the server's, then capped by the graph.
 
         `graph_batch_dim` is the graph's declared batch dimension: an int when fixed, None when dynamic. A fixed
-        dimension caps max_batch_size at that value.
+        dimension caps max_batch_size at that value and leaves out the preferred sizes above it (a property of
+        the model, not a setting to correct). Raises ModelLoadError when the merged settings are inconsistent.
         """
-        defaults = server.batching
-        max_batch_size = self.max_batch_size or defaults.max_batch_size
-        if graph_batch_dim is not None:
-            max_batch_size = min(max_batch_size, graph_batch_dim)
-        delay_ms = self.max_queue_delay_ms
-        preferred = (
-            self.preferred_batch_sizes if self.preferred_batch_sizes is not None else defaults.preferred_batch_sizes
-        )
-        try:
-            return BatchingSettings(
-                max_batch_size=max_batch_size,
-                max_queue_delay_seconds=defaults.max_queue_delay_seconds if delay_ms is None else delay_ms / 1000,
-                preferred_batch_sizes=tuple(size for size in preferred if size <= max_batch_size),
-                adaptive_queue_delay=(
-                    defaults.adaptive_queue_delay if self.adaptive_queue_delay is None else self.adaptive_queue_delay
-                ),
-                max_queue_size=self.max_queue_size or defaults.max_queue_size,
-                default_timeout_seconds=self.default_timeout_seconds or defaults.default_timeout_seconds,
-                instances=self.instances or defaults.instances,
-                priority_levels=self.priority_levels or defaults.priority_levels,
-                default_priority_level=(
-                    defaults.default_priority_level
-                    if self.default_priority_level is None
-                    else self.default_priority_level
-                ),
-            )
-        except ValidationError as exc:
-            raise ModelLoadError(f"inconsistent batching settings: {exc}") from exc
+        settings = self._over(server, BatchingSettings)
+        if graph_batch_dim is None or graph_batch_dim >= settings.max_batch_size:
+            return settings
+        fitting = tuple(size for size in settings.preferred_batch_sizes if size <= graph_batch_dim)
+        return settings.model_copy(update={"max_batch_size": graph_batch_dim, "preferred_batch_sizes": fitting})
 
     def runtime(self, server: ServerSettings) -> RuntimeSettings:
-        defaults = server.runtime
-        overrides = {
-            key: value
-            for key, value in self.model_dump(include=set(RuntimeSettings.model_fields)).items()
-            if value is not None
-        }
-        return defaults.model_copy(update=overrides)
+        """This model's ONNX Runtime settings: the file's over the server's."""
+        return self._over(server, RuntimeSettings)
+
+    def _over(self, server: ServerSettings, view: type[_View]) -> _View:
+        """`view` built from the fields this file sets over the server's, and validated as a whole."""
+        names = set(view.model_fields)
+        values = server.model_dump(include=names) | self.model_dump(include=names & self.model_fields_set)
+        try:
+            return view.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(error["msg"] for error in exc.errors())
+            raise ModelLoadError(f"the model's {CONFIG_FILE_NAME} over the server's settings: {problems}") from exc

@@ -1,9 +1,12 @@
-"""Turning images and raw tensors into a model's input batch.
+"""Turning images and raw tensors into a model's input batch: the server's fast path of `cnnserve.preprocessing`.
 
-Decoding is per image (Pillow), everything after it is one vectorised operation per request: the affine map
-``(pixel * scale - mean) / std`` (with the optional inversion folded in) is precomputed as ``pixel * a + b``.
-Raw float32 tensors are the fast path: `numpy.frombuffer` views the request's bytes without copying. Raw uint8
-pixels that already have the model's size and colour skip Pillow: they are scaled straight into the batch.
+Decoding is per image (Pillow), everything after it is one vectorised operation per request: the reference's
+affine map ``(pixel * scale - mean) / std`` (with the optional inversion folded in) is precomputed as
+``pixel * a + b``. Raw float32 tensors are the fast path: `numpy.frombuffer` views the request's bytes without
+copying. Raw uint8 pixels that already have the model's size and colour skip Pillow: they are scaled straight
+into the batch. The batch has the model's layout (NCHW or NHWC) and element type (float32, or uint8 pixels taken
+as they are), with the channels reversed for a BGR model. tests/test_preprocessing_reference.py holds every path
+equal to the reference.
 """
 
 from __future__ import annotations
@@ -14,13 +17,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, JpegImagePlugin, TiffImagePlugin
 
-from cnnserve.metadata import Preprocessing
+from cnnserve.metadata import ColorMode, InputType, Layout, Preprocessing
+from cnnserve.preprocessing import fit_to_model, normalize_picture, smallest_useful_size
 from cnnserve.server.errors import InvalidInputError
 
-ACCEPTED_FORMATS = ("PNG", "JPEG")
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+"""What Pillow may open; only the first frame of a multi-frame GIF, TIFF or WebP is ever decoded."""
+_FORMAT_NAMES = "PNG, JPEG, WebP, BMP, GIF or TIFF"
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+"""EXIF orientations that turn the picture by 90 degrees: width and height swap."""
 
 
 @dataclass(frozen=True)
@@ -33,29 +41,38 @@ class PixelTensor:
 
 @dataclass(frozen=True)
 class FloatTensor:
-    """An already preprocessed input: float32, shape [C, H, W] (or [1, C, H, W])."""
+    """An already preprocessed input: float32, the model's input shape for one image ([C, H, W] or [H, W, C], as
+    its layout says), or that with a leading 1. For a uint8 model, whole numbers 0..255."""
 
     shape: tuple[int, ...]
     data: bytes
 
 
 ImageInput = bytes | PixelTensor | FloatTensor
-"""One image of a request: encoded PNG/JPEG bytes, pixels, or a ready input tensor."""
+"""One image of a request: encoded bytes (PNG, JPEG, WebP, BMP, GIF, TIFF), pixels, or a ready input tensor."""
 
 _Part = np.ndarray | tuple[int, Image.Image]
-"""One checked image on its way into the batch: a float32 [C, H, W] ready input, uint8 [H, W, C] pixels of the
-model's size, or (position, picture) still to be decoded, converted or resized."""
+"""One checked image on its way into the batch: a float32 ready input of the model's input shape, uint8 [H, W, C]
+pixels (RGB or grey) of the model's size, or (position, picture) still to be decoded, converted or resized."""
 
 
 class ImagePreprocessor:
-    """Builds `(N, C, H, W)` float32 batches for one model from the images of one request."""
+    """Builds the input batches of one model, (N, *input_shape) of `dtype`, from the images of one request."""
 
     def __init__(self, preprocessing: Preprocessing, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         self.preprocessing = preprocessing
         self.max_image_pixels = max_image_pixels
-        self.input_shape = (preprocessing.channels, preprocessing.height, preprocessing.width)
+        self.input_shape = preprocessing.input_shape
+        """One image's input tensor: [C, H, W] or [H, W, C], as the model's layout says."""
+        self.dtype = np.dtype(np.uint8 if preprocessing.dtype is InputType.UINT8 else np.float32)
+        self.background = preprocessing.background
+        """RGB colour behind transparent pixels (and in `ResizeMode.PAD`'s padding)."""
         self._pixel_shape = (preprocessing.height, preprocessing.width, preprocessing.channels)
         self._float_bytes = 4 * math.prod(self.input_shape)
+        self._channels_first = preprocessing.layout is Layout.NCHW
+        self._reversed_channels = preprocessing.color is ColorMode.BGR
+        self._pixels_at_model_size_are_final = preprocessing.keeps_model_sized_pictures
+        self._draft_size = smallest_useful_size(preprocessing)
         channels = preprocessing.channels
         mean = np.broadcast_to(np.asarray(preprocessing.mean, np.float32), (channels,))
         std = np.broadcast_to(np.asarray(preprocessing.std, np.float32), (channels,))
@@ -64,9 +81,9 @@ class ImagePreprocessor:
             gain, offset = -scale / std, (255.0 * scale - mean) / std
         else:
             gain, offset = scale / std, -mean / std
-        # Pixels are laid out (N, H, W, C) until the final transpose, so the per-channel terms broadcast on C.
-        self._gain = gain.astype(np.float32)
-        self._offset = offset.astype(np.float32)
+        per_channel = (-1, 1, 1) if self._channels_first else (-1,)
+        self._gain = gain.astype(np.float32).reshape(per_channel)
+        self._offset = offset.astype(np.float32).reshape(per_channel)
 
     def batch(self, images: Sequence[ImageInput]) -> np.ndarray:
         """The model input for `images`, in order. Raises InvalidInputError naming the offending image."""
@@ -100,8 +117,8 @@ class ImagePreprocessor:
 
     def _finish(self, parts: list[_Part]) -> np.ndarray:
         if len(parts) == 1 and isinstance(parts[0], np.ndarray) and parts[0].dtype == np.float32:
-            return parts[0][np.newaxis]
-        out = np.empty((len(parts), *self.input_shape), dtype=np.float32)
+            return parts[0][np.newaxis].astype(self.dtype, copy=False)
+        out = np.empty((len(parts), *self.input_shape), dtype=self.dtype)
         pixel_rows: list[int] = []
         pixels: list[np.ndarray] = []
         for row, part in enumerate(parts):
@@ -118,43 +135,63 @@ class ImagePreprocessor:
         return out
 
     def _scale_into(self, out: np.ndarray, rows: list[int], pixels: np.ndarray) -> None:
-        """Write `(pixels * gain + offset)`, transposed from (N, H, W, C) to (N, C, H, W), into `out[rows]`:
-        two passes over the output, straight into the batch when every row is pixels (the usual case). The
-        transpose is done on the uint8 pixels first: a contiguous cast is vectorised, a strided one is not
-        (about 1.7 against 2.7 ms for 32 images of 150x150 RGB here)."""
-        chw = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
-        target = out if len(rows) == len(out) else np.empty((len(rows), *self.input_shape), np.float32)
-        np.multiply(chw, self._gain.reshape(-1, 1, 1), out=target)
-        target += self._offset.reshape(-1, 1, 1)
+        """Write the model input of `pixels` (N, H, W, C, RGB or grey) into `out[rows]`: channels reversed for BGR,
+        moved first for NCHW, then ``pixels * gain + offset`` for a float32 model (or ``255 - pixels`` when a
+        uint8 model inverts): one copy of the uint8 pixels in the model's layout, then one pass over the output,
+        straight into the batch when every row is pixels (the usual case). The copy is done on the uint8 pixels
+        because a contiguous cast is vectorised and a strided one is not (about 1.7 against 2.7 ms for 32 images
+        of 150x150 RGB here)."""
+        if self._reversed_channels:
+            pixels = pixels[..., ::-1]
+        if self._channels_first:
+            pixels = pixels.transpose(0, 3, 1, 2)
+        pixels = np.ascontiguousarray(pixels)
+        target = out if len(rows) == len(out) else np.empty((len(rows), *self.input_shape), self.dtype)
+        if self.dtype == np.uint8:
+            if self.preprocessing.invert:
+                np.subtract(np.uint8(255), pixels, out=target)
+            else:
+                target[...] = pixels
+        else:
+            np.multiply(pixels, self._gain, out=target)
+            target += self._offset
         if target is not out:
             out[rows] = target
 
     def _model_sized(self, position: int, picture: Image.Image) -> np.ndarray:
-        """Decode (when still encoded), convert and resize one picture to the model's input size."""
+        """Decode (when still encoded) and normalise one picture (`cnnserve.preprocessing.normalize_picture`:
+        EXIF orientation, alpha onto the model's background, 16-bit and CMYK to 8-bit), then convert and resize it
+        to the model's input size. Only the first frame of a multi-frame file is decoded."""
         pre = self.preprocessing
         try:
-            if picture.format == "JPEG":
-                picture.draft(pre.color.value, (pre.width, pre.height))
+            if isinstance(picture, JpegImagePlugin.JpegImageFile):  # JPEG, and MPO (phone cameras)
+                turned = picture.getexif().get(ExifTags.Base.Orientation, 1) in _QUARTER_TURNS
+                width, height = self._draft_size
+                picture.draft(pre.color.pillow_mode, (height, width) if turned else (width, height))
             picture.load()
+            picture = normalize_picture(picture, pre.background)
         except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for malformed bytes
             raise InvalidInputError(
-                f"image {position} could not be decoded as PNG or JPEG ({exc.__class__.__name__}: {exc})"
+                f"image {position} could not be decoded as {_FORMAT_NAMES} ({exc.__class__.__name__}: {exc})"
             ) from exc
-        if picture.mode != pre.color.value:
-            picture = picture.convert(pre.color.value)
-        if picture.size != (pre.width, pre.height):
-            picture = picture.resize((pre.width, pre.height), Image.Resampling.BILINEAR)
-        return np.asarray(picture, dtype=np.uint8)
+        return fit_to_model(picture, pre)
 
     def _open(self, data: bytes, position: int) -> Image.Image:
-        """Read and check the header only; refuses decompression bombs before a pixel is decoded."""
+        """Read and check the header only; refuses decompression bombs before a pixel is decoded: pictures (the
+        first frame's size) over the pixel limit, and TIFF tiles over it (each is decoded whole, however small
+        the picture)."""
         if not data:
-            raise InvalidInputError(f"image {position} is empty; send the bytes of a PNG or JPEG file")
+            raise InvalidInputError(f"image {position} is empty; send the bytes of an image file ({_FORMAT_NAMES})")
         try:
             picture = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        except Image.DecompressionBombError as exc:  # Pillow's own limit, far over ours: claims of 179M+ pixels
+            raise InvalidInputError(
+                f"image {position} is over the limit of {self.max_image_pixels} pixels ({exc}); downscale it "
+                "before sending"
+            ) from exc
         except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for malformed bytes
             raise InvalidInputError(
-                f"image {position} could not be decoded as PNG or JPEG ({exc.__class__.__name__}: {exc})"
+                f"image {position} could not be decoded as {_FORMAT_NAMES} ({exc.__class__.__name__}: {exc})"
             ) from exc
         width, height = picture.size
         if width * height > self.max_image_pixels:
@@ -163,7 +200,13 @@ class ImagePreprocessor:
                 "downscale it before sending"
             )
         if width <= 0 or height <= 0:
-            raise InvalidInputError(f"image {position} could not be decoded as PNG or JPEG: it has no pixels")
+            raise InvalidInputError(f"image {position} could not be decoded as {_FORMAT_NAMES}: it has no pixels")
+        tile_width, tile_length = _tiff_tile_size(picture)
+        if tile_width * tile_length > self.max_image_pixels:
+            raise InvalidInputError(
+                f"image {position} is a TIFF of {tile_width}x{tile_length}-pixel tiles, over the limit of "
+                f"{self.max_image_pixels} pixels; save it in strips or smaller tiles"
+            )
         return picture
 
     def _pixel_array(self, tensor: PixelTensor, position: int) -> tuple[np.ndarray, bool]:
@@ -185,7 +228,8 @@ class ImagePreprocessor:
         array = np.frombuffer(tensor.data, dtype=np.uint8).reshape(shape)
         channels = 1 if array.ndim == 2 else shape[2]
         pre = self.preprocessing
-        if shape[:2] == (pre.height, pre.width) and channels == pre.channels:
+        final = self._pixels_at_model_size_are_final
+        if final and shape[:2] == (pre.height, pre.width) and channels == pre.channels:
             return array.reshape(self._pixel_shape), True
         return (array[:, :, 0] if channels == 1 and array.ndim == 3 else array), False
 
@@ -204,7 +248,20 @@ class ImagePreprocessor:
         array = np.frombuffer(tensor.data, dtype="<f4").reshape(self.input_shape)
         if not np.isfinite(array).all():
             raise InvalidInputError(f"image {position}: the tensor contains NaN or infinity")
+        if self.dtype == np.uint8 and not (np.all(array == np.round(array)) and 0 <= array.min() <= array.max() <= 255):
+            raise InvalidInputError(
+                f"image {position}: this model takes uint8 pixels; a FLOAT32 tensor for it must hold whole numbers "
+                "0..255 (or send the pixels as a UINT8 tensor)"
+            )
         return array
+
+
+def _tiff_tile_size(picture: Image.Image) -> tuple[int, int]:
+    """The tile size a tiled TIFF claims; (0, 0) for anything else, and for tags too broken for libtiff to use."""
+    if not isinstance(picture, TiffImagePlugin.TiffImageFile):
+        return 0, 0
+    width, length = picture.tag_v2.get(TiffImagePlugin.TILEWIDTH), picture.tag_v2.get(TiffImagePlugin.TILELENGTH)
+    return (width, length) if isinstance(width, int) and isinstance(length, int) else (0, 0)
 
 
 class PreparedImages:
@@ -217,5 +274,5 @@ class PreparedImages:
         """Pixels that `finish` will decode or resample (0 for ready float tensors)."""
 
     def finish(self) -> np.ndarray:
-        """The (N, C, H, W) float32 input. Raises InvalidInputError for an image whose data turns out broken."""
+        """The model's input batch. Raises InvalidInputError for an image whose data turns out broken."""
         return self._preprocessor._finish(self._parts)

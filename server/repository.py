@@ -1,7 +1,8 @@
 """The model repository: which models exist on disk, which versions serve, loading, reloading and unloading.
 
-Layout: ``<root>/<name>/<version>/model.onnx`` with integer versions, and an optional ``<root>/<name>/config.toml``
-(server/model_config.py) whose version policy picks the versions to serve (the newest by default).
+Layout: `cnnserve.repository_layout` (one folder per model, one integer-named folder per version), and an
+optional ``<root>/<name>/config.toml`` (server/model_config.py) whose version policy picks the versions to serve
+(the newest by default).
 
 Changes are safe while serving: new versions load and warm up beside the old ones, and the old ones are drained
 and unloaded only once a new one is READY, so a failed reload keeps the old version serving and no request in
@@ -13,22 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnserve.repository_layout import MODEL_FILE, is_model_name, model_versions
 from cnnserve.server.errors import ModelLoadError, ModelLoadFailedError, ModelNotFoundError, UnavailableError
 from cnnserve.server.metrics import ServerMetrics
 from cnnserve.server.model import ModelState, ModelVersion
 from cnnserve.server.model_config import CONFIG_FILE_NAME, ModelConfig
 from cnnserve.server.settings import ServerSettings
+from cnnserve.server.spec_files import LABELS_FILE
 
 _log = logging.getLogger(__name__)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-Signature = tuple[tuple[int, int, int], ...]
-"""What a model looks like on disk: (version, mtime_ns, size) per model file, and the config file's as version -1."""
+Signature = tuple[tuple[int, str, int, int], ...]
+"""What a model looks like on disk: (version, path, mtime_ns, size) per file; model-level files as version -1."""
 
 
 @dataclass(frozen=True)
@@ -41,25 +42,27 @@ class RepositoryEntry:
     reason: str
 
 
-def discover_versions(model_dir: Path) -> dict[int, Path]:
-    """Version -> folder, for every integer-named subfolder that holds a model.onnx."""
-    if not model_dir.is_dir():
-        return {}
-    return {
-        int(v.name): v for v in model_dir.iterdir() if v.is_dir() and v.name.isdigit() and (v / "model.onnx").is_file()
-    }
-
-
 def disk_signature(model_dir: Path) -> Signature:
+    """Every file a model's answers depend on, so that a repository poll notices an edit to any of them: each
+    version folder's files (the model file and external weights such as ``model.onnx.data``, in subfolders too)
+    and the model folder's ``config.toml`` and ``labels.txt``. A file that vanishes while it is read is left
+    out; the next poll sees the folder as it then is."""
     entries = []
-    for version, folder in sorted(discover_versions(model_dir).items()):
-        stat = (folder / "model.onnx").stat()
-        entries.append((version, stat.st_mtime_ns, stat.st_size))
-    config = model_dir / CONFIG_FILE_NAME
-    if config.is_file():
-        stat = config.stat()
-        entries.append((-1, stat.st_mtime_ns, stat.st_size))
+    for version, folder in sorted(model_versions(model_dir).items()):
+        entries += _file_entries(version, folder, sorted(p for p in folder.rglob("*") if p.is_file()))
+    entries += _file_entries(-1, model_dir, [model_dir / CONFIG_FILE_NAME, model_dir / LABELS_FILE])
     return tuple(entries)
+
+
+def _file_entries(version: int, folder: Path, files: list[Path]) -> list[tuple[int, str, int, int]]:
+    entries = []
+    for path in files:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        entries.append((version, path.relative_to(folder).as_posix(), stat.st_mtime_ns, stat.st_size))
+    return entries
 
 
 class ModelRepository:
@@ -79,11 +82,11 @@ class ModelRepository:
         self._listeners.append(listener)
 
     def model_names_on_disk(self) -> list[str]:
-        return sorted(p.name for p in self._root.iterdir() if p.is_dir() and _NAME.match(p.name))
+        return sorted(p.name for p in self._root.iterdir() if p.is_dir() and is_model_name(p.name))
 
     async def load_all(self) -> None:
         """Load every model on disk concurrently; returns when each is READY or FAILED (failures are logged)."""
-        names = [name for name in self.model_names_on_disk() if discover_versions(self._root / name)]
+        names = [name for name in self.model_names_on_disk() if model_versions(self._root / name)]
         if not names:
             _log.warning("no models found under %s", self._root)
         await asyncio.gather(*(self._load_quietly(name) for name in names))
@@ -94,9 +97,9 @@ class ModelRepository:
         Raises ModelNotFoundError when the repository has no such model, ModelLoadFailedError when a version
         that should serve failed to load (versions that served before keep serving).
         """
-        if not _NAME.match(name) or not discover_versions(self._root / name):
+        if not is_model_name(name) or not model_versions(self._root / name):
             raise ModelNotFoundError(
-                f"no model {name!r} in the repository {self._root} (expected {name}/<version>/model.onnx)"
+                f"no model {name!r} in the repository {self._root} (expected {name}/<version>/{MODEL_FILE})"
             )
         async with self._lock(name):
             try:
@@ -126,7 +129,7 @@ class ModelRepository:
         """Watch the repository forever: load new or changed models, unload models removed from disk."""
         while True:
             await asyncio.sleep(interval)
-            on_disk = {name for name in self.model_names_on_disk() if discover_versions(self._root / name)}
+            on_disk = {name for name in self.model_names_on_disk() if model_versions(self._root / name)}
             for name in sorted(on_disk):
                 if disk_signature(self._root / name) != self._signatures.get(name):
                     await self._load_quietly(name)
@@ -153,7 +156,7 @@ class ModelRepository:
         """Every version on disk or in memory, with its state ("UNAVAILABLE", "not loaded" for ones on disk only)."""
         entries: dict[tuple[str, int], RepositoryEntry] = {}
         for name in self.model_names_on_disk():
-            for number in discover_versions(self._root / name):
+            for number in model_versions(self._root / name):
                 entries[(name, number)] = RepositoryEntry(name, number, ModelState.UNAVAILABLE.value, "not loaded")
         for version in self.versions():
             entries[(version.name, version.version)] = RepositoryEntry(
@@ -196,12 +199,14 @@ class ModelRepository:
     async def _reconcile(self, name: str) -> None:
         model_dir = self._root / name
         signature = disk_signature(model_dir)
+        self._metrics.model_load_started(name)
         try:
             config = ModelConfig.read(model_dir)
         except ModelLoadError as exc:
             self._signatures[name] = signature
+            self._metrics.model_load_failed(name)
             raise ModelLoadFailedError(f"model {name!r} was not (re)loaded: {exc}") from exc
-        on_disk = discover_versions(model_dir)
+        on_disk = model_versions(model_dir)
         wanted = config.version_policy.select(list(on_disk))
         if not wanted:
             self._signatures[name] = signature

@@ -1,88 +1,39 @@
-"""Real cnnserve server processes on loopback, for tests: `cnnserve serve` in a subprocess on free ports."""
+"""Real cnnserve server processes on loopback, for tests: `cnnserve serve` in a subprocess on free ports.
+
+The launching is `cnnserve.server.launcher`'s, the same that the benchmark and the load tests use; this adds the
+tests' habits: a work directory per server holding its log, environment variables added to this process's own,
+a channel that is connected before the test gets it, and a way to wait for what the server's metrics say.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
+import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import grpc
 
-from cnnserve.bench.server import serve_command as bench_serve_command
+from cnnserve.server import launcher
+from cnnserve.server.launcher import ServerProcess, serve_command
+
+__all__ = ["ServerProcess", "channel_to", "queue_depth", "running_server", "serve_command", "wait_until"]
 
 
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen[str]
-    grpc_port: int
-    metrics_port: int
-    log_path: Path
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def terminate(self, timeout: float = 30) -> int:
-        """SIGTERM, then wait for the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
-
-
-def serve_command(repository: Path, *flags: str, port_file: Path) -> list[str]:
-    """`cnnserve serve` on free loopback ports, writing its ports to `port_file` once ready."""
-    return bench_serve_command(repository, flags, port_file)
-
-
-@contextmanager
 def running_server(
     repository: Path, *flags: str, workdir: Path, env: dict[str, str] | None = None, ready_timeout: float = 60
-) -> Iterator[ServerProcess]:
-    """Start a server, wait until it wrote its ports (every model loaded), yield it, and stop it with SIGTERM."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port_file = workdir / "ports.json"
-    port_file.unlink(missing_ok=True)
-    log_path = workdir / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            serve_command(repository, *flags, port_file=port_file),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-    deadline = time.monotonic() + ready_timeout
-    while not port_file.exists():
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"server not ready after {ready_timeout}s:\n{log_path.read_text()}")
-        time.sleep(0.05)
-    ports = json.loads(port_file.read_text())
-    server = ServerProcess(process, ports["grpc_port"], ports["metrics_port"], log_path)
-    try:
-        yield server
-    finally:
-        if process.poll() is None:
-            server.terminate()
+) -> AbstractContextManager[ServerProcess]:
+    """Start a server logging to `workdir`/server.log, wait until every model is loaded, yield it, stop it."""
+    return launcher.running_server(
+        repository,
+        *flags,
+        log_path=workdir / "server.log",
+        environment={**os.environ, **(env or {})},
+        ready_timeout=ready_timeout,
+    )
 
 
 @contextmanager
@@ -93,3 +44,21 @@ def channel_to(server: ServerProcess) -> Iterator[grpc.Channel]:
         yield channel
     finally:
         channel.close()
+
+
+def queue_depth(server: ServerProcess, model: str) -> float:
+    """Images queued for `model` version 1, as the server's queue-depth gauge says."""
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as answer:
+        text = answer.read().decode()
+    found = re.search(rf'^cnnserve_queue_depth{{model="{model}",version="1"}} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def wait_until(
+    condition: Callable[[], object], message: str = "timed out waiting for the server", timeout: float = 20
+) -> None:
+    """Poll `condition` until it holds; fail with `message` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.01)

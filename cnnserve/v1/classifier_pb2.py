@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63nnserve/v1/classifier.proto\x12\x0b\x63nnserve.v1\"K\n\x06Tensor\x12$\n\x05\x64type\x18\x01 \x01(\x0e\x32\x15.cnnserve.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"L\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12%\n\x06tensor\x18\x02 \x01(\x0b\x32\x13.cnnserve.v1.TensorH\x00\x42\t\n\x07\x63ontent\"\x82\x01\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\"\n\x06images\x18\x03 \x03(\x0b\x32\x12.cnnserve.v1.Image\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x1c\n\x14return_probabilities\x18\x05 \x01(\x08\"E\n\x10LabelProbability\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"S\n\x0e\x43lassification\x12*\n\x03top\x18\x01 \x03(\x0b\x32\x1d.cnnserve.v1.LabelProbability\x12\x15\n\rprobabilities\x18\x02 \x03(\x02\"`\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12,\n\x07results\x18\x03 \x03(\x0b\x32\x1b.cnnserve.v1.Classification\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.cnnserve.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"[\n\tInputSpec\x12\x10\n\x08\x63hannels\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\r\n\x05\x63olor\x18\x04 \x01(\t\x12\x0e\n\x06layout\x18\x05 \x01(\t\"I\n\rPreprocessing\x12\r\n\x05scale\x18\x01 \x01(\x02\x12\x0c\n\x04mean\x18\x02 \x03(\x02\x12\x0b\n\x03std\x18\x03 \x03(\x02\x12\x0e\n\x06invert\x18\x04 \x01(\x08\"\x97\x02\n\x10\x42\x61tchingSettings\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x03\x12\x16\n\x0emax_queue_size\x18\x03 \x01(\x05\x12\x1d\n\x15preferred_batch_sizes\x18\x04 \x03(\x05\x12$\n\x1c\x64\x65\x66\x61ult_timeout_microseconds\x18\x05 \x01(\x03\x12\x11\n\tinstances\x18\x06 \x01(\x05\x12\x17\n\x0fpriority_levels\x18\x07 \x01(\x05\x12\x1e\n\x16\x64\x65\x66\x61ult_priority_level\x18\x08 \x01(\x05\x12\x1c\n\x14\x61\x64\x61ptive_queue_delay\x18\t \x01(\x08\"\xb6\x01\n\x0fRuntimeSettings\x12\x1a\n\x12\x65xecution_provider\x18\x01 \x01(\t\x12\x16\n\x0e\x63uda_device_id\x18\x02 \x01(\x05\x12\x1f\n\x17\x63uda_memory_limit_bytes\x18\x03 \x01(\x03\x12\x18\n\x10intra_op_threads\x18\x04 \x01(\x05\x12\x18\n\x10inter_op_threads\x18\x05 \x01(\x05\x12\x1a\n\x12graph_optimization\x18\x06 \x01(\t\"\xe0\x01\n\x0fModelStatistics\x12\x15\n\rrequest_count\x18\x01 \x01(\x03\x12\x17\n\x0finference_count\x18\x02 \x01(\x03\x12\x17\n\x0f\x65xecution_count\x18\x03 \x01(\x03\x12L\n\x11\x62\x61tch_size_counts\x18\x04 \x03(\x0b\x32\x31.cnnserve.v1.ModelStatistics.BatchSizeCountsEntry\x1a\x36\n\x14\x42\x61tchSizeCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xbc\x01\n\x0bVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12\x30\n\nstatistics\x18\x06 \x01(\x0b\x32\x1c.cnnserve.v1.ModelStatistics\x12 \n\x18provider_fallback_reason\x18\x07 \x01(\t\"\xc8\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12%\n\x05input\x18\x03 \x01(\x0b\x32\x16.cnnserve.v1.InputSpec\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x31\n\rpreprocessing\x18\x05 \x01(\x0b\x32\x1a.cnnserve.v1.Preprocessing\x12\x13\n\x0boutput_kind\x18\x06 \x01(\t\x12/\n\x08\x62\x61tching\x18\x07 \x01(\x0b\x32\x1d.cnnserve.v1.BatchingSettings\x12*\n\x08versions\x18\x08 \x03(\x0b\x32\x18.cnnserve.v1.VersionInfo\x12\r\n\x05ready\x18\t \x01(\x08\x12-\n\x07runtime\x18\n \x01(\x0b\x32\x1c.cnnserve.v1.RuntimeSettings*=\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05UINT8\x10\x01\x12\x0b\n\x07\x46LOAT32\x10\x02\x32\xeb\x01\n\x0fImageClassifier\x12G\n\x08\x43lassify\x12\x1c.cnnserve.v1.ClassifyRequest\x1a\x1d.cnnserve.v1.ClassifyResponse\x12M\n\nListModels\x12\x1e.cnnserve.v1.ListModelsRequest\x1a\x1f.cnnserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.cnnserve.v1.GetModelRequest\x1a\x16.cnnserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63nnserve/v1/classifier.proto\x12\x0b\x63nnserve.v1\"K\n\x06Tensor\x12$\n\x05\x64type\x18\x01 \x01(\x0e\x32\x15.cnnserve.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"L\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12%\n\x06tensor\x18\x02 \x01(\x0b\x32\x13.cnnserve.v1.TensorH\x00\x42\t\n\x07\x63ontent\"\x82\x01\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\"\n\x06images\x18\x03 \x03(\x0b\x32\x12.cnnserve.v1.Image\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x1c\n\x14return_probabilities\x18\x05 \x01(\x08\"E\n\x10LabelProbability\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"S\n\x0e\x43lassification\x12*\n\x03top\x18\x01 \x03(\x0b\x32\x1d.cnnserve.v1.LabelProbability\x12\x15\n\rprobabilities\x18\x02 \x03(\x02\"`\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12,\n\x07results\x18\x03 \x03(\x0b\x32\x1b.cnnserve.v1.Classification\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.cnnserve.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"j\n\tInputSpec\x12\x10\n\x08\x63hannels\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\r\n\x05\x63olor\x18\x04 \x01(\t\x12\x0e\n\x06layout\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\"\x81\x01\n\rPreprocessing\x12\r\n\x05scale\x18\x01 \x01(\x02\x12\x0c\n\x04mean\x18\x02 \x03(\x02\x12\x0b\n\x03std\x18\x03 \x03(\x02\x12\x0e\n\x06invert\x18\x04 \x01(\x08\x12\x0e\n\x06resize\x18\x05 \x01(\t\x12\x12\n\ncrop_ratio\x18\x06 \x01(\x02\x12\x12\n\nbackground\x18\x07 \x03(\x05\"\x97\x02\n\x10\x42\x61tchingSettings\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\x05\x12$\n\x1cmax_queue_delay_microseconds\x18\x02 \x01(\x03\x12\x16\n\x0emax_queue_size\x18\x03 \x01(\x05\x12\x1d\n\x15preferred_batch_sizes\x18\x04 \x03(\x05\x12$\n\x1c\x64\x65\x66\x61ult_timeout_microseconds\x18\x05 \x01(\x03\x12\x11\n\tinstances\x18\x06 \x01(\x05\x12\x17\n\x0fpriority_levels\x18\x07 \x01(\x05\x12\x1e\n\x16\x64\x65\x66\x61ult_priority_level\x18\x08 \x01(\x05\x12\x1c\n\x14\x61\x64\x61ptive_queue_delay\x18\t \x01(\x08\"\xb6\x01\n\x0fRuntimeSettings\x12\x1a\n\x12\x65xecution_provider\x18\x01 \x01(\t\x12\x16\n\x0e\x63uda_device_id\x18\x02 \x01(\x05\x12\x1f\n\x17\x63uda_memory_limit_bytes\x18\x03 \x01(\x03\x12\x18\n\x10intra_op_threads\x18\x04 \x01(\x05\x12\x18\n\x10inter_op_threads\x18\x05 \x01(\x05\x12\x1a\n\x12graph_optimization\x18\x06 \x01(\t\"\xe0\x01\n\x0fModelStatistics\x12\x15\n\rrequest_count\x18\x01 \x01(\x03\x12\x17\n\x0finference_count\x18\x02 \x01(\x03\x12\x17\n\x0f\x65xecution_count\x18\x03 \x01(\x03\x12L\n\x11\x62\x61tch_size_counts\x18\x04 \x03(\x0b\x32\x31.cnnserve.v1.ModelStatistics.BatchSizeCountsEntry\x1a\x36\n\x14\x42\x61tchSizeCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xbc\x01\n\x0bVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12\x30\n\nstatistics\x18\x06 \x01(\x0b\x32\x1c.cnnserve.v1.ModelStatistics\x12 \n\x18provider_fallback_reason\x18\x07 \x01(\t\"\xc8\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12%\n\x05input\x18\x03 \x01(\x0b\x32\x16.cnnserve.v1.InputSpec\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x31\n\rpreprocessing\x18\x05 \x01(\x0b\x32\x1a.cnnserve.v1.Preprocessing\x12\x13\n\x0boutput_kind\x18\x06 \x01(\t\x12/\n\x08\x62\x61tching\x18\x07 \x01(\x0b\x32\x1d.cnnserve.v1.BatchingSettings\x12*\n\x08versions\x18\x08 \x03(\x0b\x32\x18.cnnserve.v1.VersionInfo\x12\r\n\x05ready\x18\t \x01(\x08\x12-\n\x07runtime\x18\n \x01(\x0b\x32\x1c.cnnserve.v1.RuntimeSettings*=\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05UINT8\x10\x01\x12\x0b\n\x07\x46LOAT32\x10\x02\x32\xeb\x01\n\x0fImageClassifier\x12G\n\x08\x43lassify\x12\x1c.cnnserve.v1.ClassifyRequest\x1a\x1d.cnnserve.v1.ClassifyResponse\x12M\n\nListModels\x12\x1e.cnnserve.v1.ListModelsRequest\x1a\x1f.cnnserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.cnnserve.v1.GetModelRequest\x1a\x16.cnnserve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELSTATISTICS_BATCHSIZECOUNTSENTRY']._loaded_options = None
   _globals['_MODELSTATISTICS_BATCHSIZECOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_DATATYPE']._serialized_start=2087
-  _globals['_DATATYPE']._serialized_end=2148
+  _globals['_DATATYPE']._serialized_start=2159
+  _globals['_DATATYPE']._serialized_end=2220
   _globals['_TENSOR']._serialized_start=45
   _globals['_TENSOR']._serialized_end=120
   _globals['_IMAGE']._serialized_start=122
@@ -54,21 +54,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELREQUEST']._serialized_start=670
   _globals['_GETMODELREQUEST']._serialized_end=701
   _globals['_INPUTSPEC']._serialized_start=703
-  _globals['_INPUTSPEC']._serialized_end=794
-  _globals['_PREPROCESSING']._serialized_start=796
-  _globals['_PREPROCESSING']._serialized_end=869
-  _globals['_BATCHINGSETTINGS']._serialized_start=872
-  _globals['_BATCHINGSETTINGS']._serialized_end=1151
-  _globals['_RUNTIMESETTINGS']._serialized_start=1154
-  _globals['_RUNTIMESETTINGS']._serialized_end=1336
-  _globals['_MODELSTATISTICS']._serialized_start=1339
-  _globals['_MODELSTATISTICS']._serialized_end=1563
-  _globals['_MODELSTATISTICS_BATCHSIZECOUNTSENTRY']._serialized_start=1509
-  _globals['_MODELSTATISTICS_BATCHSIZECOUNTSENTRY']._serialized_end=1563
-  _globals['_VERSIONINFO']._serialized_start=1566
-  _globals['_VERSIONINFO']._serialized_end=1754
-  _globals['_MODELINFO']._serialized_start=1757
-  _globals['_MODELINFO']._serialized_end=2085
-  _globals['_IMAGECLASSIFIER']._serialized_start=2151
-  _globals['_IMAGECLASSIFIER']._serialized_end=2386
+  _globals['_INPUTSPEC']._serialized_end=809
+  _globals['_PREPROCESSING']._serialized_start=812
+  _globals['_PREPROCESSING']._serialized_end=941
+  _globals['_BATCHINGSETTINGS']._serialized_start=944
+  _globals['_BATCHINGSETTINGS']._serialized_end=1223
+  _globals['_RUNTIMESETTINGS']._serialized_start=1226
+  _globals['_RUNTIMESETTINGS']._serialized_end=1408
+  _globals['_MODELSTATISTICS']._serialized_start=1411
+  _globals['_MODELSTATISTICS']._serialized_end=1635
+  _globals['_MODELSTATISTICS_BATCHSIZECOUNTSENTRY']._serialized_start=1581
+  _globals['_MODELSTATISTICS_BATCHSIZECOUNTSENTRY']._serialized_end=1635
+  _globals['_VERSIONINFO']._serialized_start=1638
+  _globals['_VERSIONINFO']._serialized_end=1826
+  _globals['_MODELINFO']._serialized_start=1829
+  _globals['_MODELINFO']._serialized_end=2157
+  _globals['_IMAGECLASSIFIER']._serialized_start=2223
+  _globals['_IMAGECLASSIFIER']._serialized_end=2458
 # @@protoc_insertion_point(module_scope)

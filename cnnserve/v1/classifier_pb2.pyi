@@ -93,30 +93,38 @@ class GetModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class InputSpec(_message.Message):
-    __slots__ = ("channels", "height", "width", "color", "layout")
+    __slots__ = ("channels", "height", "width", "color", "layout", "dtype")
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     COLOR_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     channels: int
     height: int
     width: int
     color: str
     layout: str
-    def __init__(self, channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., color: _Optional[str] = ..., layout: _Optional[str] = ...) -> None: ...
+    dtype: str
+    def __init__(self, channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., color: _Optional[str] = ..., layout: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class Preprocessing(_message.Message):
-    __slots__ = ("scale", "mean", "std", "invert")
+    __slots__ = ("scale", "mean", "std", "invert", "resize", "crop_ratio", "background")
     SCALE_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
     INVERT_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
+    CROP_RATIO_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
     scale: float
     mean: _containers.RepeatedScalarFieldContainer[float]
     std: _containers.RepeatedScalarFieldContainer[float]
     invert: bool
-    def __init__(self, scale: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., invert: _Optional[bool] = ...) -> None: ...
+    resize: str
+    crop_ratio: float
+    background: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, scale: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., invert: _Optional[bool] = ..., resize: _Optional[str] = ..., crop_ratio: _Optional[float] = ..., background: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BatchingSettings(_message.Message):
     __slots__ = ("max_batch_size", "max_queue_delay_microseconds", "max_queue_size", "preferred_batch_sizes", "default_timeout_microseconds", "instances", "priority_levels", "default_priority_level", "adaptive_queue_delay")

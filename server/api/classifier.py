@@ -63,11 +63,22 @@ def model_info(versions: list[ModelVersion]) -> pb.ModelInfo:
                 height=pre.height,
                 width=pre.width,
                 color=pre.color.value,
-                layout=pre.layout,
+                layout=pre.layout.value,
+                dtype=pre.dtype.value,
             )
         )
         info.labels.extend(meta.labels)
-        info.preprocessing.CopyFrom(pb.Preprocessing(scale=pre.scale, mean=pre.mean, std=pre.std, invert=pre.invert))
+        info.preprocessing.CopyFrom(
+            pb.Preprocessing(
+                scale=pre.scale,
+                mean=pre.mean,
+                std=pre.std,
+                invert=pre.invert,
+                resize=pre.resize.value,
+                crop_ratio=pre.crop_ratio,
+                background=pre.background,
+            )
+        )
         info.output_kind = meta.output_kind.value
     configured = next((v for v in versions if v.batching is not None), None)
     if configured is not None and configured.batching is not None:

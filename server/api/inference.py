@@ -24,6 +24,8 @@ from cnnserve.server.api.errors import grpc_errors
 from cnnserve.server.api.inference_models import (
     find_model,
     index_entry,
+    input_datatype_of,
+    input_name_of,
     input_shape_of,
     label_count_of,
     model_config,
@@ -33,6 +35,7 @@ from cnnserve.server.api.inference_models import (
     version_number,
 )
 from cnnserve.server.api.inference_tensors import (
+    ModelInput,
     check_shared_memory_outputs,
     infer_response,
     input_batch,
@@ -83,7 +86,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self._repository.all_ready)
+        return pb.ServerReadyResponse(ready=self._dataplane.readiness.ready)
 
     @grpc_errors
     async def ModelReady(
@@ -267,7 +270,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             priority = integer_parameter(request.parameters, "priority", minimum=0) or 0
             label_count = label_count_of(model)
             outputs = requested_outputs(request, model.name, label_count)
-            inputs = input_batch(request, input_shape_of(model), model.name, max_rows, self._shared_memory)
+            model_input = ModelInput(input_name_of(model), input_datatype_of(model), input_shape_of(model))
+            inputs = input_batch(request, model_input, model.name, max_rows, self._shared_memory)
             check_shared_memory_outputs(outputs, len(inputs), label_count, self._shared_memory)
             dataplane.record_input(model, time.perf_counter() - started)
             probabilities = await model.infer(inputs, deadline, priority)

@@ -1,9 +1,10 @@
 """Open Inference Protocol descriptions of models: metadata, configuration, statistics and the repository index.
 
-Every cnnserve model looks the same through this protocol: one input "input" (FP32, [-1, C, H, W], already
-preprocessed) and one output "output" (FP32, [-1, labels]) holding probabilities, since the server turns logits,
-log-probabilities and sigmoids into probabilities. The messages are shaped as Triton fills them, so Triton's
-clients and tools read them without special cases.
+A model's input is described as its graph really takes it: the graph's input name ("input" for the models
+cnnserve exports), FP32 or UINT8, [-1, C, H, W] or [-1, H, W, C], already preprocessed. Every model has one
+output "output" (FP32, [-1, labels]) holding probabilities, since the server turns logits, log-probabilities
+and sigmoids into probabilities. The messages are shaped as Triton fills them, so Triton's clients and tools
+read them without special cases.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import json
 
 from cnnserve.inference import grpc_service_pb2 as pb
 from cnnserve.inference import model_config_pb2 as mc
-from cnnserve.server.api.inference_tensors import INPUT_NAME, OUTPUT_NAME
+from cnnserve.metadata import InputType, Layout
+from cnnserve.repository_layout import MODEL_FILE
+from cnnserve.server.api.inference_tensors import OUTPUT_NAME
 from cnnserve.server.errors import InvalidInputError, ModelNotFoundError
 from cnnserve.server.model import ModelState, ModelVersion
 from cnnserve.server.repository import ModelRepository, RepositoryEntry
@@ -22,6 +25,9 @@ from cnnserve.server.statistics import DurationStatistic
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 _CUDA_PROVIDER = "CUDAExecutionProvider"
+_DATATYPES = {InputType.FLOAT32: "FP32", InputType.UINT8: "UINT8"}
+_CONFIG_TYPES = {InputType.FLOAT32: mc.TYPE_FP32, InputType.UINT8: mc.TYPE_UINT8}
+_FORMATS = {Layout.NCHW: mc.ModelInput.FORMAT_NCHW, Layout.NHWC: mc.ModelInput.FORMAT_NHWC}
 _TRITON_STATES = {ModelState.FAILED.value: "UNAVAILABLE"}
 """Triton knows no FAILED: a version that failed to load is UNAVAILABLE with the failure as its reason."""
 
@@ -62,6 +68,18 @@ def input_shape_of(model: ModelVersion) -> tuple[int, ...]:
     return model.preprocessor.input_shape
 
 
+def input_name_of(model: ModelVersion) -> str:
+    """The graph's input name."""
+    assert model.spec is not None
+    return model.spec.input_name
+
+
+def input_datatype_of(model: ModelVersion) -> str:
+    """The protocol's data type of the graph's input: "FP32" or "UINT8"."""
+    assert model.metadata is not None
+    return _DATATYPES[model.metadata.preprocessing.dtype]
+
+
 def label_count_of(model: ModelVersion) -> int:
     assert model.metadata is not None
     return len(model.metadata.labels)
@@ -74,7 +92,9 @@ def model_metadata(repository: ModelRepository, model: ModelVersion) -> pb.Model
         name=model.name,
         versions=ready,
         platform=PLATFORM,
-        inputs=[tensor(name=INPUT_NAME, datatype="FP32", shape=[-1, *input_shape_of(model)])],
+        inputs=[
+            tensor(name=input_name_of(model), datatype=input_datatype_of(model), shape=[-1, *input_shape_of(model)])
+        ],
         outputs=[tensor(name=OUTPUT_NAME, datatype="FP32", shape=[-1, label_count_of(model)])],
     )
 
@@ -82,6 +102,7 @@ def model_metadata(repository: ModelRepository, model: ModelVersion) -> pb.Model
 def model_config(model: ModelVersion) -> mc.ModelConfig:
     """The model as a Triton model configuration; `dims` leave out the batch dimension, as Triton's do."""
     assert model.metadata is not None
+    pre = model.metadata.preprocessing
     batching = batching_of(model)
     on_gpu = model.provider == _CUDA_PROVIDER
     gpus = [model.runtime.cuda_device_id] if on_gpu and model.runtime is not None else []
@@ -93,9 +114,9 @@ def model_config(model: ModelVersion) -> mc.ModelConfig:
         max_batch_size=batching.max_batch_size,
         input=[
             mc.ModelInput(
-                name=INPUT_NAME,
-                data_type=mc.TYPE_FP32,
-                format=mc.ModelInput.FORMAT_NCHW,
+                name=input_name_of(model),
+                data_type=_CONFIG_TYPES[pre.dtype],
+                format=_FORMATS[pre.layout],
                 dims=list(input_shape_of(model)),
             )
         ],
@@ -120,7 +141,7 @@ def model_config(model: ModelVersion) -> mc.ModelConfig:
                 gpus=gpus,
             )
         ],
-        default_model_filename="model.onnx",
+        default_model_filename=MODEL_FILE,
         parameters={
             "labels": mc.ModelParameter(string_value=json.dumps(list(model.metadata.labels))),
             "output_kind": mc.ModelParameter(string_value=model.metadata.output_kind.value),

@@ -1,10 +1,15 @@
 """Open Inference Protocol tensors: a ModelInferRequest's input as a numpy batch, probabilities as the response.
 
-The fast path is `raw_input_contents`: the input's bytes are viewed by `numpy.frombuffer` without a copy and
-only their shape, data type and length are checked. Typed `contents.fp32_contents` are accepted too, and so are
-inputs and outputs in registered system shared memory regions (`shared_memory_region`, `_byte_size`, `_offset`
-parameters, as Triton's clients set them): then no tensor bytes travel in the messages at all. Messages follow
-Triton's wording, so people who know Triton recognise them.
+The input is the model's graph input as ModelMetadata describes it: its name ("input" for the models cnnserve
+exports, the graph's own for imported ones), FP32 or UINT8, and a layout-aware shape. The fast path is
+`raw_input_contents`: the input's bytes are viewed by `numpy.frombuffer` without a copy and only their shape,
+data type and length are checked. Typed contents are accepted too (`fp32_contents`, or `uint_contents` for UINT8
+as KServe's protocol puts them), and so are inputs and outputs in registered system shared memory regions
+(`shared_memory_region`, `_byte_size`, `_offset` parameters, as Triton's clients set them): then no tensor bytes
+travel in the messages at all. Messages follow Triton's wording, so people who know Triton recognise them, and
+say what the model takes. Values are passed to the model as they come, NaN and infinity included, as Triton
+passes them (its perf_analyzer sends random bytes by default); the image API, which builds its own tensors, is
+where inputs are checked to be finite.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from cnnserve.server.errors import InvalidInputError
 from cnnserve.server.postprocess import top_k
 from cnnserve.server.shared_memory import SystemSharedMemory, shared_memory_disabled
 
-INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 CLASSIFICATION = "classification"
 _SHARED_MEMORY = "shared_memory_region"
@@ -88,54 +92,107 @@ def _shape_text(shape: Sequence[int]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
+@dataclass(frozen=True, slots=True)
+class _ElementType:
+    """How one protocol data type travels: its numpy type (little-endian in raw bytes) and its typed-contents
+    field (KServe's: UINT8 values in `uint_contents`, FP32 in `fp32_contents`; `bytes_contents` is for BYTES)."""
+
+    dtype: np.dtype
+    contents: str
+    maximum: int | None = None
+    """The largest value a typed-contents field may carry for it, when the field is wider than the type."""
+
+    @property
+    def item_size(self) -> int:
+        return self.dtype.itemsize
+
+
+_ELEMENT_TYPES = {
+    "FP32": _ElementType(np.dtype("<f4"), "fp32_contents"),
+    "UINT8": _ElementType(np.dtype("u1"), "uint_contents", maximum=255),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInput:
+    """What a model's input takes on the protocol: its graph's input name, data type ("FP32" or "UINT8") and the
+    shape of one row (layout-aware: [C, H, W] or [H, W, C]), as ModelMetadata advertises them."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.datatype not in _ELEMENT_TYPES:
+            raise ValueError(f"datatype must be one of {sorted(_ELEMENT_TYPES)}, got {self.datatype!r}")
+
+    @property
+    def element(self) -> _ElementType:
+        return _ELEMENT_TYPES[self.datatype]
+
+    def describe(self) -> str:
+        """As a person would check it against ModelMetadata: "'images' (UINT8 [-1,16,16,3])"."""
+        return f"'{self.name}' ({self.datatype} {_shape_text((-1, *self.shape))})"
+
+
 def input_batch(
     request: pb.ModelInferRequest,
-    input_shape: tuple[int, ...],
+    model_input: ModelInput,
     model_name: str,
     max_rows: int,
     shared_memory: SystemSharedMemory | None = None,
 ) -> np.ndarray:
-    """The request's single input as a float32 (N, C, H, W) array; a view of the raw bytes or of the shared memory
-    region when sent so (no copy).
+    """The request's single input as an (N, *model_input.shape) array of its data type (float32 or uint8); a view
+    of the raw bytes or of the shared memory region when sent so (no copy).
 
-    Raises InvalidInputError for a wrong input count, name, data type, shape or byte length, or NaN/infinity.
+    Raises InvalidInputError for a wrong input count, name, data type, shape, byte length or value count, saying
+    what was sent and what the model takes. Any FP32 value is accepted, NaN and infinity included, as Triton
+    accepts them; typed UINT8 values must be 0..255.
     """
     if len(request.inputs) != 1:
-        raise InvalidInputError(f"expected 1 inputs but got {len(request.inputs)} inputs for model '{model_name}'")
-    tensor = request.inputs[0]
-    if tensor.name != INPUT_NAME:
         raise InvalidInputError(
-            f"unexpected inference input '{tensor.name}' for model '{model_name}'; its input is '{INPUT_NAME}'"
+            f"expected 1 inputs but got {len(request.inputs)} inputs for model '{model_name}'; "
+            f"it takes {model_input.describe()}"
         )
-    if tensor.datatype != "FP32":
+    tensor = request.inputs[0]
+    name = model_input.name
+    if tensor.name != name:
         raise InvalidInputError(
-            f"inference input '{INPUT_NAME}' data-type is '{tensor.datatype}', but model '{model_name}' expects 'FP32'"
+            f"unexpected inference input '{tensor.name}' for model '{model_name}'; its input is "
+            f"{model_input.describe()} (see its ModelMetadata)"
+        )
+    if tensor.datatype != model_input.datatype:
+        raise InvalidInputError(
+            f"inference input '{name}' data-type is '{tensor.datatype}', but model '{model_name}' expects "
+            f"'{model_input.datatype}'"
         )
     shape = tuple(tensor.shape)
-    if len(shape) != len(input_shape) + 1 or shape[1:] != input_shape or shape[0] < 1:
+    if len(shape) != len(model_input.shape) + 1 or shape[1:] != model_input.shape or shape[0] < 1:
         raise InvalidInputError(
-            f"unexpected shape for input '{INPUT_NAME}' for model '{model_name}'. "
-            f"Expected {_shape_text((-1, *input_shape))}, got {_shape_text(shape)}"
+            f"unexpected shape for input '{name}' for model '{model_name}'. "
+            f"Expected {_shape_text((-1, *model_input.shape))}, got {_shape_text(shape)}"
         )
     if shape[0] > max_rows:
         raise InvalidInputError(
             f"inference request batch-size must be <= {max_rows} for '{model_name}', got {shape[0]}; split it"
         )
-    elements = math.prod(shape)
-    place = SharedMemoryPlace.of(tensor.parameters, INPUT_NAME)
+    element = model_input.element
+    expected_bytes = element.item_size * math.prod(shape)
+    described = f"{model_input.datatype} {_shape_text(shape)}"
+    place = SharedMemoryPlace.of(tensor.parameters, name)
     if place is not None:
         if request.raw_input_contents or tensor.HasField("contents"):
             raise InvalidInputError(
-                f"input '{INPUT_NAME}' is in shared memory region '{place.region}'; do not also send it in the "
+                f"input '{name}' is in shared memory region '{place.region}'; do not also send it in the "
                 "message (raw_input_contents or contents)"
             )
-        if place.byte_size != 4 * elements:
+        if place.byte_size != expected_bytes:
             raise InvalidInputError(
-                f"unexpected shared memory byte size {place.byte_size} for input '{INPUT_NAME}', expecting "
-                f"{4 * elements} (FP32 {_shape_text(shape)})"
+                f"unexpected shared memory byte size {place.byte_size} for input '{name}', expecting "
+                f"{expected_bytes} ({described})"
             )
-        data = place.view(shared_memory, f"input '{INPUT_NAME}'")
-        return _finite(np.frombuffer(data, dtype="<f4").reshape(shape))
+        data = place.view(shared_memory, f"input '{name}'")
+        return np.frombuffer(data, dtype=element.dtype).reshape(shape)
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
             raise InvalidInputError(
@@ -143,30 +200,45 @@ def input_batch(
             )
         if tensor.HasField("contents"):
             raise InvalidInputError(
-                f"contents field must not be specified when using raw_input_contents for '{INPUT_NAME}' "
+                f"contents field must not be specified when using raw_input_contents for '{name}' "
                 f"for model '{model_name}'"
             )
         data = request.raw_input_contents[0]
-        if len(data) != 4 * elements:
+        if len(data) != expected_bytes:
             raise InvalidInputError(
-                f"unexpected total byte size {len(data)} for input '{INPUT_NAME}', expecting {4 * elements} "
-                f"(FP32 {_shape_text(shape)})"
+                f"unexpected total byte size {len(data)} for input '{name}', expecting {expected_bytes} ({described})"
             )
-        return _finite(np.frombuffer(data, dtype="<f4").reshape(shape))
-    values = tensor.contents.fp32_contents
+        return np.frombuffer(data, dtype=element.dtype).reshape(shape)
+    return _typed_contents(tensor, model_input, shape)
+
+
+def _typed_contents(
+    tensor: pb.ModelInferRequest.InferInputTensor, model_input: ModelInput, shape: tuple[int, ...]
+) -> np.ndarray:
+    """The values of `tensor.contents` in the field its data type travels in, checked for count and range."""
+    element = model_input.element
+    name, datatype = model_input.name, model_input.datatype
+    elsewhere = [field.name for field, _ in tensor.contents.ListFields() if field.name != element.contents]
+    if elsewhere:
+        raise InvalidInputError(
+            f"input '{name}' is {datatype}: send its values in contents.{element.contents} (or "
+            f"raw_input_contents), not contents.{elsewhere[0]}"
+        )
+    values = getattr(tensor.contents, element.contents)
+    elements = math.prod(shape)
     if len(values) != elements:
         raise InvalidInputError(
-            f"unexpected number of FP32 values {len(values)} for input '{INPUT_NAME}', expecting {elements} "
-            f"(shape {_shape_text(shape)}); send them in contents.fp32_contents or raw_input_contents"
+            f"unexpected number of {datatype} values {len(values)} for input '{name}', expecting {elements} "
+            f"(shape {_shape_text(shape)}); send them in contents.{element.contents} or raw_input_contents"
         )
-    return _finite(np.asarray(values, dtype=np.float32).reshape(shape))
-
-
-def _finite(batch: np.ndarray) -> np.ndarray:
-    """`batch`, checked to hold no NaN or infinity (min and max propagate both, without a temporary array)."""
-    if not (np.isfinite(batch.min()) and np.isfinite(batch.max())):
-        raise InvalidInputError(f"input '{INPUT_NAME}' contains NaN or infinity; send finite FP32 values")
-    return batch
+    if element.maximum is None:
+        return np.asarray(values, dtype=element.dtype).reshape(shape)
+    wide = np.asarray(values, dtype=np.uint64)
+    if wide.size and int(wide.max()) > element.maximum:
+        raise InvalidInputError(
+            f"{datatype} values of input '{name}' must be 0..{element.maximum}, got {int(wide.max())}"
+        )
+    return wide.astype(element.dtype).reshape(shape)
 
 
 def requested_outputs(request: pb.ModelInferRequest, model_name: str, label_count: int) -> list[RequestedOutput]:

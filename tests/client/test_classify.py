@@ -104,9 +104,15 @@ def test_models_and_model_describe_the_repository(client: Client) -> None:
     assert xo.ready and xo.labels == ("O", "X") and xo.name == "xo"
     assert (xo.input.channels, xo.input.height, xo.input.width, xo.input.color) == (1, 9, 9, "L")
     assert xo.preprocessing.mean == pytest.approx((0.5,))
+    assert (xo.input.layout, xo.input.dtype) == ("NCHW", "float32")
+    assert (xo.preprocessing.resize, xo.preprocessing.background) == ("stretch", (255, 255, 255))
     (version,) = xo.versions
     assert version.ready and version.execution_provider == "CPUExecutionProvider"
-    assert version.statistics.request_count >= 0
+    client.classify([X], model="xo")
+    client.classify([O, X], model="xo")
+    (after,) = client.model("xo").versions
+    assert after.statistics.request_count == version.statistics.request_count + 2, "one count per request"
+    assert after.statistics.inference_count == version.statistics.inference_count + 3, "one count per image"
 
 
 def test_health_is_serving(client: Client) -> None:

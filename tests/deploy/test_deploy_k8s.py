@@ -22,7 +22,7 @@ jsonschema = pytest.importorskip("jsonschema")
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "k8s"
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu", "tls")
 # The oldest Kubernetes the manifests support (native preStop sleep, beta and on by default since 1.30)
 # and the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
@@ -80,16 +80,28 @@ def container_port(objects: Objects, name: str) -> int:
 
 
 def probe_problems(objects: Objects) -> list[str]:
+    """gRPC probes on the gRPC port; with TLS on (native gRPC probes cannot speak it), KServe's REST health
+    paths over HTTP on the metrics port."""
     problems = []
+    settings = server_settings(objects)
     grpc_port = container_port(objects, "grpc")
-    if str(grpc_port) != server_settings(objects).get("CNNSERVE_GRPC_PORT"):
+    if str(grpc_port) != settings.get("CNNSERVE_GRPC_PORT"):
         problems.append(f"container port grpc {grpc_port} is not CNNSERVE_GRPC_PORT")
+    metrics_port = container_port(objects, "metrics")
+    if str(metrics_port) != settings.get("CNNSERVE_METRICS_PORT"):
+        problems.append(f"container port metrics {metrics_port} is not CNNSERVE_METRICS_PORT")
+    tls = "CNNSERVE_TLS_CERT" in settings
     container = server(objects)
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = container.get(kind)
+        path = "/v2/health/live" if kind == "livenessProbe" else "/v2/health/ready"
         if probe is None:
             problems.append(f"{kind} missing")
-        elif probe.get("grpc", {}).get("port") != grpc_port:
+        elif tls and (probe.get("httpGet", {}).get("port") not in ("metrics", metrics_port) or "grpc" in probe):
+            problems.append(f"{kind} must be an HTTP probe on the metrics port when TLS is on: {probe}")
+        elif tls and probe["httpGet"].get("path") != path:
+            problems.append(f"{kind} must ask {path}: {probe}")
+        elif not tls and probe.get("grpc", {}).get("port") != grpc_port:
             problems.append(f"{kind} is not a gRPC probe on port {grpc_port}: {probe}")
     startup = container.get("startupProbe", {})
     budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
@@ -147,7 +159,7 @@ def resource_problems(objects: Objects, gpu: bool) -> list[str]:
 def shutdown_problems(objects: Objects) -> list[str]:
     """Grace period > preStop delay + drain; liveness must not restart a pod while it drains."""
     problems = []
-    drain = int(server_settings(objects).get("CNNSERVE_DRAIN_TIMEOUT_SECONDS", "20"))
+    drain = int(server_settings(objects).get("CNNSERVE_DRAIN_TIMEOUT", "20"))
     container = server(objects)
     pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
     if pre_stop < 1:
@@ -394,6 +406,7 @@ def test_overlay_renders_every_object(rendered, overlay: str) -> None:
 def test_overlays_use_their_own_image(rendered) -> None:
     assert server(rendered["cpu"])["image"].endswith("-cpu")
     assert server(rendered["gpu"])["image"].endswith("-cuda")
+    assert server(rendered["tls"])["image"].endswith("-cpu")
 
 
 def test_selectors_stay_as_written(rendered) -> None:
@@ -467,7 +480,7 @@ BREAKAGES: dict[str, tuple[Callable[[Objects], list[str]], Callable[[Objects], N
     "short grace": (shutdown_problems, lambda o: pod_spec(o).update(terminationGracePeriodSeconds=20)),
     "long drain": (
         shutdown_problems,
-        lambda o: only(o, "ConfigMap")["data"].update(CNNSERVE_DRAIN_TIMEOUT_SECONDS="60"),
+        lambda o: only(o, "ConfigMap")["data"].update(CNNSERVE_DRAIN_TIMEOUT="60"),
     ),
     "selector": (
         selector_problems,
@@ -506,6 +519,14 @@ def test_invariant_catches(rendered, breakage: str) -> None:
     check, edit = BREAKAGES[breakage]
     assert check(rendered["cpu"]) == []
     assert check(_broken(rendered["cpu"], edit)) != []
+
+
+def test_a_grpc_probe_under_tls_is_caught(rendered) -> None:
+    def grpc_readiness(objects: Objects) -> None:
+        server(objects)["readinessProbe"] = {"grpc": {"port": 8001}, "periodSeconds": 5}
+
+    assert probe_problems(rendered["tls"]) == []
+    assert probe_problems(_broken(rendered["tls"], grpc_readiness)) != []
 
 
 def test_missing_gpu_limit_is_caught(rendered) -> None:

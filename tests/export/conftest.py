@@ -37,7 +37,7 @@ def _run_cnnserve(argv: list[str]) -> int:
     return int(args.run(args) or 0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cnnserve():
     """`cnnserve(["train", "xo", "--out", ...])` runs the command and returns its exit code."""
     return _run_cnnserve

@@ -37,11 +37,21 @@ def test_classes_are_the_sorted_subfolders_and_images_are_resized_to_the_model(t
     assert labels.tolist() == [0, 0, 0, 1, 1, 1]
 
 
-def test_a_folder_with_the_wrong_number_of_classes_is_refused(tmp_path):
+def test_the_folder_decides_the_classes_and_hidden_folders_are_not_classes(tmp_path):
+    folder = make_pet_folder(tmp_path / "pets", per_class=4)
+    (folder / "birds").mkdir()
+    for i in range(4):
+        Image.new("RGB", (10, 10), (0, 0, 255)).save(folder / "birds" / f"{i}.png")
+    (folder / ".ipynb_checkpoints").mkdir()
+    splits = load_splits(get_spec("catsdogs"), folder, seed=1)
+    assert splits.train.classes == ("birds", "cats", "dogs")
+    assert len(splits.train) + len(splits.validation) + len(splits.test) == 12
+
+
+def test_class_folders_without_images_are_refused(tmp_path):
     folder = make_pet_folder(tmp_path / "pets", per_class=2)
     (folder / "birds").mkdir()
-    Image.new("RGB", (10, 10)).save(folder / "birds" / "b.png")
-    with pytest.raises(ValueError, match="classifies 2 classes"):
+    with pytest.raises(ValueError, match="holds no images"):
         load_splits(get_spec("catsdogs"), folder, seed=1)
 
 

@@ -11,9 +11,11 @@ from PIL import Image
 
 from cnnserve.export import build_model, export_checkpoint, get_spec, load_digit_images, render_o, render_x
 from cnnserve.export.pipeline import TrainSettings, read_metadata, train_and_export
-from cnnserve.export.repository import add_version, versions
+from cnnserve.export.repository import add_version
 from cnnserve.export.training import TensorSet, fit
 from cnnserve.metadata import ModelMetadata
+from cnnserve.preprocessing import fit_to_model, to_model_input
+from cnnserve.repository_layout import model_versions
 
 
 def _classify_png(model_path, png: bytes) -> str:
@@ -21,10 +23,8 @@ def _classify_png(model_path, png: bytes) -> str:
     session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     metadata = ModelMetadata.from_metadata_props(session.get_modelmeta().custom_metadata_map)
     pre = metadata.preprocessing
-    image = Image.open(io.BytesIO(png)).convert(pre.color.value)
-    pixels = np.asarray(image.resize((pre.width, pre.height), Image.Resampling.BILINEAR), np.float32)
-    pixels = (pixels * pre.scale - pre.mean[0]) / pre.std[0]
-    (scores,) = session.run(None, {"input": pixels[None, None]})
+    pixels = fit_to_model(Image.open(io.BytesIO(png)), pre)
+    (scores,) = session.run(None, {"input": to_model_input(pixels[np.newaxis], pre)})
     return metadata.labels[int(scores[0].argmax())]
 
 
@@ -64,7 +64,7 @@ def test_exporting_a_checkpoint_adds_version_2_without_touching_version_1(xo_run
         ]
     )
     assert code == 0
-    assert versions(models, "xo")[:2] == [1, 2]
+    assert sorted(model_versions(models / "xo"))[:2] == [1, 2]
     assert xo_run.model_path.read_bytes() == before
     assert read_metadata(models / "xo" / "2" / "model.onnx").labels == ("O", "X")
     assert "test accuracy" in capsys.readouterr().out
@@ -98,7 +98,7 @@ def test_build_model_returns_the_model_file_and_keeps_run_artefacts_out_of_the_r
     assert [p.name for p in path.parent.iterdir()] == ["model.onnx"]
     metadata = read_metadata(path)
     assert metadata.output_kind.value == "log_probabilities"
-    assert metadata.preprocessing.mean == (0.1307,)
+    assert metadata.preprocessing == get_spec("mnist_net").preprocessing
     images, _ = load_digit_images()
     assert _classify_png(path, _png(images[0])) in metadata.labels
 
@@ -109,7 +109,7 @@ def test_train_command_line_resumes_from_its_last_checkpoint(tmp_path, cnnserve)
     assert cnnserve([*args, "--epochs", "3", "--resume", str(tmp_path / "run" / "last.pt")]) == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [record["epoch"] for record in history] == [1, 2, 3]
-    assert versions(tmp_path / "models", "xo") == [1, 2]
+    assert sorted(model_versions(tmp_path / "models" / "xo")) == [1, 2]
 
 
 def test_the_same_seed_repeats_a_run_exactly(tmp_path):

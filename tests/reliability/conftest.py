@@ -6,10 +6,7 @@ enough to reach cheaply: at most 4 images per request, 1,000,000 pixels per imag
 
 from __future__ import annotations
 
-import re
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,20 +73,6 @@ class RssSampler:
     @property
     def peak(self) -> int:
         return max(self.samples)
-
-
-def queue_depth(server: ServerProcess, model: str) -> float:
-    """Images queued for `model` version 1, as the server's queue-depth gauge says."""
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    found = re.search(rf'^cnnserve_queue_depth{{model="{model}",version="1"}} (\S+)$', text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
-
-
-def wait_until(condition, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the server"
-        time.sleep(0.01)
 
 
 def classify_x(stub: pb_grpc.ImageClassifierStub, **call: object) -> str:

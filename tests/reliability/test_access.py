@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import os
 import secrets
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,10 +26,11 @@ from tritonclient.grpc import service_pb2_grpc as ipb_grpc
 
 from cnnserve.server import auth
 from cnnserve.server.auth import BearerTokenInterceptor
+from cnnserve.server.launcher import running_server
 from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 from tests.reliability.conftest import X_PNG
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, channel_to
 
 FILE_TOKENS = (f"file-{secrets.token_urlsafe(24)}", f"file-{secrets.token_urlsafe(24)}")
 ENV_TOKENS = (f"env-{secrets.token_urlsafe(24)}", f"env-{secrets.token_urlsafe(24)}")
@@ -56,32 +53,26 @@ def locked_server(model_repository: Path, tmp_path_factory: pytest.TempPathFacto
     workdir = tmp_path_factory.mktemp("locked")
     token_file = workdir / "tokens"
     token_file.write_text(f"{FILE_TOKENS[0]}\n\n  {FILE_TOKENS[1]}  \n")
-    port_file, log_path = workdir / "ports.json", workdir / "server.log"
-    command = [sys.executable, "-m", "cnnserve", "--log-level", "DEBUG", "serve"]
-    command += ["--model-repository", str(model_repository), "--grpc-port", "0", "--metrics-port", "0"]
-    command += ["--port-file", str(port_file), "--auth-token-file", str(token_file)]
-    command += ["--no-allow-repository-changes", "--request-log"]
-    env = {**os.environ, "CNNSERVE_AUTH_TOKENS": ",".join(ENV_TOKENS)}
-    env.pop("CNNSERVE_HOST", None)
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not port_file.exists():
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.05)
-        ports = json.loads(port_file.read_text())
-        yield ServerProcess(process, ports["grpc_port"], ports["metrics_port"], log_path)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    environment = {name: value for name, value in os.environ.items() if name != "CNNSERVE_HOST"}
+    environment["CNNSERVE_AUTH_TOKENS"] = ",".join(ENV_TOKENS)
+    with running_server(
+        model_repository,
+        "--auth-token-file",
+        str(token_file),
+        "--no-allow-repository-changes",
+        "--request-log",
+        log_path=workdir / "server.log",
+        host=None,
+        global_flags=("--log-level", "DEBUG"),
+        environment=environment,
+        ready_timeout=60,
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def channel(locked_server: ServerProcess) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(locked_server.target) as channel:
-        grpc.channel_ready_future(channel).result(timeout=10)
+    with channel_to(locked_server) as channel:
         yield channel
 
 

@@ -119,6 +119,14 @@ def request_of(batch: np.ndarray) -> pb.ClassifyRequest:
     return pb.ClassifyRequest(model="poisoned", images=images, return_probabilities=True, top_k=2)
 
 
+def infer_request_of(batch: np.ndarray) -> ipb.ModelInferRequest:
+    """The same images as one Open Inference Protocol ModelInfer request (raw FP32, shape [n, 1, 9, 9])."""
+    request = ipb.ModelInferRequest(model_name="poisoned")
+    request.inputs.add(name="input", datatype="FP32", shape=list(batch.shape))
+    request.raw_input_contents.append(batch.tobytes())
+    return request
+
+
 def probabilities(answer: pb.ClassifyResponse) -> np.ndarray:
     return np.array([result.probabilities for result in answer.results], np.float32)
 
@@ -167,10 +175,7 @@ def test_a_failed_batch_fails_only_itself_while_other_batches_and_models_keep_an
 
 
 def test_a_poisoned_batch_through_the_open_inference_protocol_fails_the_same_way(faulty_server) -> None:
-    request = ipb.ModelInferRequest(model_name="poisoned")
-    batch = inputs(False, False, True, False, seed=4)
-    request.inputs.add(name="input", datatype="FP32", shape=list(batch.shape))
-    request.raw_input_contents.append(batch.tobytes())
+    request = infer_request_of(inputs(False, False, True, False, seed=4))
     with channel_to(faulty_server) as channel, pytest.raises(grpc.RpcError) as raised:
         ipb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
     assert raised.value.code() == grpc.StatusCode.INTERNAL
@@ -188,10 +193,26 @@ def test_a_corrupt_model_fails_alone_and_says_why(faulty_server, stub, name: str
     assert classify_x(stub) == "X"
 
 
-def test_the_server_survived_every_fault(faulty_server, stub) -> None:
+def test_the_server_survives_every_kind_of_fault_and_still_answers_correctly(faulty_server, stub) -> None:
+    """Self-contained: inflicts one of each fault here (a poisoned batch over either API, calls to every corrupt
+    model), whatever ran before, then checks that every healthy model still answers, and answers right."""
+    poisoned = inputs(False, True, False, False, seed=5)
+    with pytest.raises(grpc.RpcError) as classify_failed:
+        stub.Classify(request_of(poisoned), timeout=30)
+    assert classify_failed.value.code() == grpc.StatusCode.INTERNAL
+    with channel_to(faulty_server) as channel, pytest.raises(grpc.RpcError) as infer_failed:
+        ipb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request_of(poisoned), timeout=30)
+    assert infer_failed.value.code() == grpc.StatusCode.INTERNAL
+    for name in CORRUPT_MODELS:
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Classify(pb.ClassifyRequest(model=name, images=[pb.Image(encoded=X_PNG)]), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, name
+
     assert_still_serving(faulty_server, stub)
-    batch = inputs(False, False, False, False, seed=5)
+    batch = inputs(False, False, False, False, seed=6)
     np.testing.assert_allclose(
         probabilities(stub.Classify(request_of(batch), timeout=30)), expected_probabilities(batch), atol=1e-5
     )
+    states = {name: stub.GetModel(pb.GetModelRequest(name=name)).versions[0].state for name in CORRUPT_MODELS}
+    assert set(states.values()) == {"FAILED"}, states
     assert "Traceback" not in faulty_server.log()

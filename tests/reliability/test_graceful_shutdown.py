@@ -22,8 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 from tests.conftest import png_bytes
-from tests.reliability.conftest import O_PNG, X_PNG, queue_depth, wait_until
-from tests.servers import ServerProcess, running_server
+from tests.reliability.conftest import O_PNG, X_PNG
+from tests.servers import ServerProcess, queue_depth, running_server, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -144,7 +144,7 @@ def test_sigterm_mid_stream_loses_no_request(draining_server: ServerProcess, dig
 
 def test_sigterm_on_an_idle_server_exits_zero_at_once(model_repository: Path, tmp_path: Path) -> None:
     with running_server(model_repository, "--drain-timeout", "30", workdir=tmp_path) as server:
-        assert server.terminate(timeout=15) == 0, "an idle server does not wait out its drain timeout"
+        assert server.stop(timeout=15) == 0, "an idle server does not wait out its drain timeout"
 
 
 def test_requests_still_queued_when_the_drain_timeout_ends_are_answered_unavailable(
@@ -158,7 +158,7 @@ def test_requests_still_queued_when_the_drain_timeout_ends_are_answered_unavaila
         request = pb.ClassifyRequest(model="xo", images=[pb.Image(encoded=X_PNG)])
         queued = [stub.Classify.future(request, timeout=20) for _ in range(4)]
         wait_until(lambda: queue_depth(server, "xo") == len(queued))
-        assert server.terminate(timeout=15) == 0
+        assert server.stop(timeout=15) == 0
         codes = [future.exception().code() if future.exception() else grpc.StatusCode.OK for future in queued]
         channel.close()
     assert codes == [UNAVAILABLE] * len(queued), "cut off by the drain timeout: retryable, never silently dropped"

@@ -11,22 +11,35 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as ipb
 
+from cnnserve.export import render_x
 from cnnserve.v1 import classifier_pb2 as pb
 from tests.reliability.conftest import MAX_IMAGES, MAX_MESSAGE_BYTES, X_PNG, assert_still_serving, rss_bytes
 from tests.reliability.hostile_payloads import (
+    TIFF_DEFLATE,
+    TIFF_UNCOMPRESSED,
     blank_png,
+    blank_tiff,
+    bmp_claiming,
+    deflated_zeros,
     float_tensor_bytes,
+    gif_claiming,
     jpeg_claiming,
     other_format,
     png_claiming,
     png_with_broken_second_chunk,
     random_bytes,
+    tiff_claiming,
+    tiff_pages,
+    tiff_with_huge_tiles,
     truncated,
+    webp_claiming,
 )
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 XO_INPUT = (1, 9, 9)
+NOT_DECODED = "could not be decoded as PNG, JPEG, WebP, BMP, GIF or TIFF"
+OVER_LIMIT = "over the limit of 1000000"
 
 
 def encoded(data: bytes) -> pb.Image:
@@ -44,19 +57,33 @@ def refusal(call, *args, **kwargs) -> grpc.RpcError:
 
 
 BAD_IMAGES = [
-    pytest.param(encoded(random_bytes(4000)), "could not be decoded as PNG or JPEG", id="random-bytes"),
+    pytest.param(encoded(random_bytes(4000)), NOT_DECODED, id="random-bytes"),
     pytest.param(encoded(truncated(X_PNG)), "could not be decoded", id="truncated-png"),
     pytest.param(encoded(truncated(jpeg_claiming(9, 9), 0.6)), "could not be decoded", id="truncated-jpeg"),
     pytest.param(encoded(X_PNG[:8]), "could not be decoded", id="png-signature-only"),
     pytest.param(encoded(png_with_broken_second_chunk(X_PNG)), "SyntaxError: broken PNG", id="png-broken-chunk"),
     pytest.param(encoded(b""), "image 0 is empty", id="zero-length"),
     pytest.param(pb.Image(), "set `encoded` or `tensor`", id="neither-encoded-nor-tensor"),
-    pytest.param(encoded(png_claiming(2000, 2000)), "over the limit of 1000000", id="png-header-claims-4M-pixels"),
-    pytest.param(encoded(png_claiming(65535, 65535)), "pixels", id="png-header-claims-4G-pixels"),
-    pytest.param(encoded(jpeg_claiming(1500, 1500)), "over the limit of 1000000", id="jpeg-header-claims-2M-pixels"),
+    pytest.param(encoded(png_claiming(2000, 2000)), OVER_LIMIT, id="png-header-claims-4M-pixels"),
+    pytest.param(encoded(png_claiming(65535, 65535)), OVER_LIMIT, id="png-header-claims-4G-pixels"),
+    pytest.param(encoded(jpeg_claiming(1500, 1500)), OVER_LIMIT, id="jpeg-header-claims-2M-pixels"),
+    pytest.param(encoded(gif_claiming(2000, 2000)), OVER_LIMIT, id="gif-header-claims-4M-pixels"),
+    pytest.param(encoded(gif_claiming(65535, 65535)), OVER_LIMIT, id="gif-header-claims-4G-pixels"),
+    pytest.param(encoded(bmp_claiming(2000, -2000)), OVER_LIMIT, id="bmp-header-claims-4M-pixels-top-down"),
+    pytest.param(encoded(bmp_claiming(100_000, 100_000)), OVER_LIMIT, id="bmp-header-claims-10G-pixels"),
+    pytest.param(encoded(webp_claiming(2000, 2000)), OVER_LIMIT, id="webp-header-claims-4M-pixels"),
+    pytest.param(encoded(webp_claiming(16384, 16384)), OVER_LIMIT, id="webp-header-claims-268M-pixels"),
+    pytest.param(encoded(tiff_claiming(2000, 2000)), OVER_LIMIT, id="tiff-header-claims-4M-pixels"),
+    pytest.param(encoded(tiff_claiming(100_000, 100_000)), OVER_LIMIT, id="tiff-header-claims-10G-pixels"),
+    pytest.param(
+        encoded(tiff_with_huge_tiles(2048)), f"2048x2048-pixel tiles, {OVER_LIMIT}", id="tiff-of-4M-pixel-tiles"
+    ),
     pytest.param(encoded(png_claiming(0, 0)), "could not be decoded", id="png-of-zero-pixels"),
-    pytest.param(encoded(other_format("GIF")), "could not be decoded as PNG or JPEG", id="gif"),
-    pytest.param(encoded(other_format("BMP")), "could not be decoded as PNG or JPEG", id="bmp"),
+    pytest.param(encoded(tiff_claiming(0, 9)), NOT_DECODED, id="tiff-of-zero-pixels"),
+    pytest.param(encoded(truncated(blank_tiff(300, 300), 0.7)), NOT_DECODED, id="truncated-tiff"),
+    pytest.param(encoded(other_format("PPM")), NOT_DECODED, id="ppm"),
+    pytest.param(encoded(other_format("TGA")), NOT_DECODED, id="tga"),
+    pytest.param(encoded(other_format("JPEG2000")), NOT_DECODED, id="jpeg-2000"),
     pytest.param(tensor(pb.UINT8, [9, 9, 4], bytes(324)), "C 1 or 3", id="uint8-four-channels"),
     pytest.param(tensor(pb.UINT8, [9, 9, 0], b""), "C 1 or 3", id="uint8-zero-channels"),
     pytest.param(tensor(pb.UINT8, [9, 9], bytes(80)), "needs 81 bytes, got 80", id="uint8-short-data"),
@@ -90,8 +117,17 @@ def test_one_bad_image_names_its_position_and_spoils_only_its_own_request(harden
     assert_still_serving(hardened_server, classifier)
 
 
-def test_a_decompression_bomb_is_refused_before_it_is_decoded(hardened_server, classifier) -> None:
-    bomb = blank_png(9000, 9000)
+@pytest.mark.parametrize(
+    "bomb",
+    [
+        pytest.param(blank_png(9000, 9000), id="png"),
+        pytest.param(blank_tiff(9000, 9000), id="tiff"),
+        pytest.param(gif_claiming(9000, 9000), id="gif"),
+        pytest.param(bmp_claiming(9000, 9000), id="bmp"),
+        pytest.param(webp_claiming(9000, 9000), id="webp"),
+    ],
+)
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(hardened_server, classifier, bomb) -> None:
     assert len(bomb) < 200_000, "a small file that would decode to 81 MB"
     before = rss_bytes(hardened_server.process.pid)
     for _ in range(5):
@@ -100,6 +136,22 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(hardened_server, c
         assert "9000x9000 pixels, over the limit of 1000000; downscale it" in failure.details()
     growth = rss_bytes(hardened_server.process.pid) - before
     assert growth < 40 * 2**20, f"RSS grew by {growth / 2**20:.0f} MiB: the bomb was decoded"
+    assert_still_serving(hardened_server, classifier)
+
+
+def test_only_the_first_page_of_a_multi_page_tiff_is_decoded(hardened_server, classifier) -> None:
+    """The first page is an X; the second a bomb that Pillow would decode to 81 MB if it were asked to."""
+    x = render_x()
+    tiff = tiff_pages(
+        (x.shape[1], x.shape[0], x.tobytes(), TIFF_UNCOMPRESSED),
+        (9000, 9000, deflated_zeros(9000, 9000), TIFF_DEFLATE),
+    )
+    before = rss_bytes(hardened_server.process.pid)
+    for _ in range(3):
+        answer = classifier.Classify(pb.ClassifyRequest(model="xo", images=[encoded(tiff)]), timeout=10)
+        assert answer.results[0].top[0].label == "X"
+    growth = rss_bytes(hardened_server.process.pid) - before
+    assert growth < 40 * 2**20, f"RSS grew by {growth / 2**20:.0f} MiB: the second page was decoded"
     assert_still_serving(hardened_server, classifier)
 
 
@@ -186,8 +238,6 @@ BAD_INFER_REQUESTS = [
     pytest.param(xo_infer(shape=(1, 3, 9, 9)), INVALID, "unexpected shape", id="three-channels"),
     pytest.param(xo_infer(shape=(0, 1, 9, 9)), INVALID, "unexpected shape", id="zero-rows"),
     pytest.param(xo_infer(bytes(323)), INVALID, "unexpected total byte size 323", id="short-data"),
-    pytest.param(xo_infer(float_tensor_bytes(np.full((1, *XO_INPUT), np.nan))), INVALID, "NaN or infinity", id="nan"),
-    pytest.param(xo_infer(float_tensor_bytes(np.full((1, *XO_INPUT), np.inf))), INVALID, "NaN or infinity", id="inf"),
     pytest.param(
         xo_infer(shape=(MAX_IMAGES + 1, *XO_INPUT)), INVALID, f"batch-size must be <= {MAX_IMAGES}", id="too-many"
     ),
@@ -220,6 +270,15 @@ def test_open_inference_protocol_bad_requests_get_a_clear_status(
     failure = refusal(inference.ModelInfer, request_)
     assert failure.code() == code, failure.details()
     assert message in failure.details()
+    assert_still_serving(hardened_server, classifier)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, 3e38], ids=["nan", "inf", "minus-inf", "huge"])
+def test_open_inference_protocol_passes_any_fp32_value_to_the_model_as_triton_does(
+    hardened_server, classifier, inference, value
+) -> None:
+    answer = inference.ModelInfer(xo_infer(float_tensor_bytes(np.full((1, *XO_INPUT), value))), timeout=10)
+    assert [(o.name, o.datatype, list(o.shape)) for o in answer.outputs] == [("output", "FP32", [1, 2])]
     assert_still_serving(hardened_server, classifier)
 
 

@@ -21,8 +21,8 @@ import pytest
 from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 from tests.conftest import png_bytes
-from tests.reliability.conftest import O_PNG, X_PNG, RssSampler, queue_depth, rss_bytes, wait_until
-from tests.servers import ServerProcess, running_server
+from tests.reliability.conftest import O_PNG, X_PNG, RssSampler, rss_bytes
+from tests.servers import ServerProcess, queue_depth, running_server, wait_until
 
 CAPACITY = 16
 QUEUE_DELAY_SECONDS = 1.5

@@ -6,7 +6,8 @@ import grpc
 import numpy as np
 import pytest
 
-from cnnserve.export import render_o, render_x
+from cnnserve.export import get_spec, render_o, render_x
+from cnnserve.preprocessing import to_model_input
 from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 from tests.conftest import jpeg_bytes, png_bytes
@@ -42,7 +43,7 @@ def test_digit_pngs_and_jpegs_are_classified_correctly(stub, digits) -> None:
 def test_raw_tensors_give_the_same_answer_as_the_encoded_image(stub, digits) -> None:
     images, _ = digits
     pixels = images[7]
-    model_input = ((pixels.astype(np.float32) / 255.0 - 0.1307) / 0.3081)[np.newaxis]
+    model_input = to_model_input(pixels[np.newaxis], get_spec("mnist_net").preprocessing)[0]
     response = classify(
         stub,
         "mnist_net",

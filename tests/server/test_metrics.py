@@ -121,6 +121,7 @@ def test_metric_names_follow_prometheus_conventions_and_labels_are_bounded(batch
         "cnnserve_queue_depth": "gauge",
         "cnnserve_model_ready": "gauge",
         "cnnserve_model_load_seconds": "gauge",
+        "cnnserve_model_load_failures": "counter",
     }
     for family in families.values():
         for sample in family.samples:

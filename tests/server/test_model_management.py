@@ -14,9 +14,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cnnserve.export import render_o, render_x
+from cnnserve.server.model_import import import_model
+from cnnserve.server.repository import disk_signature
+from cnnserve.server.spec_files import SpecTables
 from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 from tests.conftest import png_bytes
+from tests.plain_models import classifier_graph, save, write_labels
 from tests.servers import channel_to, running_server, serve_command
 
 X_REQUEST = pb.ClassifyRequest(model="xo", images=[pb.Image(encoded=png_bytes(render_x()))])
@@ -126,6 +130,37 @@ def test_hot_reload_swaps_versions_without_failing_a_request(xo_only: Path, tmp_
     assert not failures, f"requests failed during reloads: {failures[:3]}"
     assert answered_by[-1] == 2, "a failed reload keeps the last good version serving"
     assert 1 in answered_by and 2 in answered_by
+
+
+def test_a_poll_notices_an_edit_of_labels_txt_alone(tmp_path: Path) -> None:
+    graph = save(classifier_graph(seed=3), tmp_path / "plain.onnx")
+    root = tmp_path / "repo"
+    root.mkdir()
+    import_model(graph, root, "plain", write_labels(tmp_path / "labels.txt", 4), SpecTables())
+    with (
+        running_server(root, "--repository-poll-seconds", "0.2", workdir=tmp_path) as server,
+        channel_to(server) as channel,
+    ):
+        stub = pb_grpc.ImageClassifierStub(channel)
+        assert list(stub.GetModel(pb.GetModelRequest(name="plain")).labels) == [f"class {i}" for i in range(4)]
+        (root / "plain" / "labels.txt").write_text("cat\ndog\nbird\nfish\n")
+        wait_until(
+            lambda: list(stub.GetModel(pb.GetModelRequest(name="plain")).labels) == ["cat", "dog", "bird", "fish"],
+            "the new labels were never served",
+        )
+        answer = stub.Classify(pb.ClassifyRequest(model="plain", images=X_REQUEST.images), timeout=10)
+        assert answer.results[0].top[0].label in {"cat", "dog", "bird", "fish"}
+
+
+@pytest.mark.parametrize("edited", ["labels.txt", "config.toml", "1/model.onnx.data", "1/model.onnx"])
+def test_the_disk_signature_covers_every_file_a_model_is_read_from(tmp_path: Path, edited: str) -> None:
+    model_dir = tmp_path / "plain"
+    for name in ("labels.txt", "config.toml", "1/model.onnx", "1/model.onnx.data"):
+        (model_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (model_dir / name).write_text("before")
+    before = disk_signature(model_dir)
+    (model_dir / edited).write_text("after, longer")
+    assert disk_signature(model_dir) != before
 
 
 def test_requiring_cuda_on_a_machine_without_it_refuses_to_start(xo_only: Path, tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from cnnserve.export import render_o, render_x
+from cnnserve.export import get_spec, render_o, render_x
+from cnnserve.preprocessing import to_model_input
 from cnnserve.v1 import classifier_pb2, classifier_pb2_grpc
 from tests.conftest import png_bytes
 from tests.servers import ServerProcess, channel_to
@@ -36,11 +37,11 @@ def channel(server: ServerProcess):
 
 def mnist_input(pixels: np.ndarray) -> np.ndarray:
     """Digits (N, 28, 28) uint8 as mnist_net's input (N, 1, 28, 28), preprocessed as its metadata says."""
-    return ((pixels.astype(np.float32) / 255.0 - 0.1307) / 0.3081)[:, np.newaxis]
+    return to_model_input(pixels, get_spec("mnist_net").preprocessing)
 
 
 def xo_input(*pictures: np.ndarray) -> np.ndarray:
-    return ((np.stack(pictures).astype(np.float32) / 255.0 - 0.5) / 0.5)[:, np.newaxis]
+    return to_model_input(np.stack(pictures), get_spec("xo").preprocessing)
 
 
 def tensor(array: np.ndarray, name: str = "input") -> triton.InferInput:

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from cnnserve.metadata import ColorMode, Preprocessing
+from cnnserve.preprocessing import to_model_input
 from cnnserve.server.errors import InvalidInputError
 from cnnserve.server.preprocess import FloatTensor, ImagePreprocessor, PixelTensor
 from tests.conftest import jpeg_bytes, png_bytes
@@ -27,7 +28,7 @@ def test_prepare_reads_headers_only_and_counts_the_pixels_to_decode() -> None:
 
 def test_every_kind_of_image_becomes_the_same_model_input() -> None:
     pixels = (np.arange(28 * 28) % 256).astype(np.uint8).reshape(28, 28)
-    ready = ((pixels.astype(np.float32) / 255 - 0.5) / 0.5)[np.newaxis]
+    ready = to_model_input(pixels[np.newaxis], MNIST_LIKE)[0]
     preprocessor = ImagePreprocessor(MNIST_LIKE)
     batch = preprocessor.batch(
         [png_bytes(pixels), PixelTensor((28, 28), pixels.tobytes()), FloatTensor((1, 28, 28), ready.tobytes())]
@@ -51,9 +52,9 @@ def test_model_sized_rgb_pixels_skip_pillow_but_match_it() -> None:
     rgb = Preprocessing(color=ColorMode.RGB, height=6, width=5, mean=(0.1, 0.2, 0.3), std=(0.5, 0.25, 0.2))
     preprocessor = ImagePreprocessor(rgb)
     pixels = np.random.default_rng(0).integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
-    expected = ((pixels.astype(np.float32) / 255 - rgb.mean) / rgb.std).transpose(2, 0, 1)
+    expected = to_model_input(pixels[np.newaxis], rgb)[0]
     twice_as_big = np.repeat(np.repeat(pixels, 2, axis=0), 2, axis=1)
-    ready = FloatTensor((3, 6, 5), expected.astype(np.float32).tobytes())
+    ready = FloatTensor((3, 6, 5), expected.tobytes())
     batch = preprocessor.batch(
         [
             PixelTensor((6, 5, 3), pixels.tobytes()),
@@ -65,7 +66,7 @@ def test_model_sized_rgb_pixels_skip_pillow_but_match_it() -> None:
     assert batch.shape == (4, 3, 6, 5) and batch.dtype == np.float32
     for row in range(3):
         np.testing.assert_allclose(batch[row], expected, atol=1e-5)
-    resized = np.asarray(Image.fromarray(twice_as_big).resize((5, 6), Image.Resampling.BILINEAR), np.float32)
-    np.testing.assert_allclose(batch[3], ((resized / 255 - rgb.mean) / rgb.std).transpose(2, 0, 1), atol=1e-5)
+    resized = np.asarray(Image.fromarray(twice_as_big).resize((5, 6), Image.Resampling.BILINEAR))
+    np.testing.assert_allclose(batch[3], to_model_input(resized[np.newaxis], rgb)[0], atol=1e-5)
     only_pixels = preprocessor.batch([PixelTensor((6, 5, 3), pixels.tobytes())] * 2)
     np.testing.assert_allclose(only_pixels, np.stack([expected, expected]), atol=1e-5)

@@ -4,10 +4,7 @@ and the shared one, which runs with the defaults (text logs, no request log)."""
 from __future__ import annotations
 
 import json
-import logging
-import os
-import subprocess
-import sys
+import re
 import time
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import grpc
 import pytest
 
 from cnnserve.export import render_x
-from cnnserve.server.logs import MAX_REQUEST_ID_LENGTH, JsonFormatter, configure_logging
+from cnnserve.server.logs import MAX_REQUEST_ID_LENGTH
 from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 from tests.conftest import png_bytes
@@ -79,7 +76,7 @@ def test_the_server_makes_up_a_request_id_when_the_caller_sends_none(logging_ser
     first = classify_with_id(logging_server, "xo", None)[1]
     second = classify_with_id(logging_server, "xo", None)[1]
     assert first and second and first != second
-    assert len(first) == 32 and int(first, 16) >= 0
+    assert re.fullmatch("[0-9a-f]{32}", first) and re.fullmatch("[0-9a-f]{32}", second), (first, second)
 
 
 def test_an_overlong_request_id_is_cut(logging_server) -> None:
@@ -115,29 +112,3 @@ def test_request_logs_are_off_by_default_but_ids_are_still_echoed(server) -> Non
     assert classify_with_id(server, "xo", "quiet-1") == (grpc.StatusCode.OK, "quiet-1")
     assert "quiet-1" not in server.log()
     assert not server.log().lstrip().startswith("{"), "text logs by default"
-
-
-def test_the_json_formatter_keeps_mapping_arguments_and_exceptions_as_fields() -> None:
-    try:
-        raise ValueError("boom")
-    except ValueError:
-        record = logging.LogRecord(
-            "x", logging.ERROR, __file__, 1, "%(what)s failed", ({"what": "it"},), sys.exc_info()
-        )
-    entry = json.loads(JsonFormatter().format(record))
-    assert entry["message"] == "it failed" and entry["what"] == "it"
-    assert "ValueError: boom" in entry["exception"]
-
-
-def test_an_unknown_log_format_is_refused_with_the_accepted_ones(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="text, json"):
-        configure_logging("INFO", "xml")
-    result = subprocess.run(
-        [sys.executable, "-m", "cnnserve", "serve", "--model-repository", str(tmp_path)],
-        env={**os.environ, "CNNSERVE_LOG_FORMAT": "xml"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 2 and "CNNSERVE_LOG_FORMAT" in result.stderr

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnserve.bench._cpu import machine_busy_seconds
-from cnnserve.bench.results import BaselinePoint, LatencySummary
+from load_tests.bench._cpu import machine_busy_seconds
+from load_tests.bench.results import BaselinePoint, LatencySummary
 
 MIN_RUNS = 3
 WARMUP_RUNS = 2

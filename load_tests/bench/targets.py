@@ -14,8 +14,8 @@ A target whose inputs were not measured (another model set, no 64-caller point) 
 
 from __future__ import annotations
 
-from cnnserve.bench.results import ModelResult, ServerPoint, TargetCheck
-from cnnserve.bench.settings import BATCHING_OFF, BATCHING_ON
+from load_tests.bench.results import ModelResult, ServerPoint, TargetCheck
+from load_tests.bench.settings import BATCHING_OFF, BATCHING_ON
 
 SATURATION_MODEL = "catsdogs"
 SATURATION_FRACTION = 0.90

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from cnnserve.bench._cpu import machine_busy_seconds, process_cpu_seconds
-from cnnserve.bench.loadgen import LoadGenerator, LoadPlan
-from cnnserve.bench.results import LatencySummary, ServerPoint
-from cnnserve.bench.server import ModelCounters, ServerUnderTest
+from load_tests.bench._cpu import machine_busy_seconds, process_cpu_seconds
+from load_tests.bench.loadgen import LoadGenerator, LoadPlan
+from load_tests.bench.results import LatencySummary, ServerPoint
+from load_tests.bench.server import ModelCounters, ServerUnderTest
 
 CLASSIFY_METHOD = "/cnnserve.v1.ImageClassifier/Classify"
 HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"

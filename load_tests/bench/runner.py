@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from cnnserve.bench._cpu import cpu_count
-from cnnserve.bench.baseline import BaselineSettings, measure_onnxruntime, measure_parallel_sessions
-from cnnserve.bench.loadgen import LoadGenerator
-from cnnserve.bench.measure import (
+from load_tests.bench._cpu import cpu_count
+from load_tests.bench.baseline import BaselineSettings, measure_onnxruntime, measure_parallel_sessions
+from load_tests.bench.loadgen import LoadGenerator
+from load_tests.bench.measure import (
     CLASSIFY_METHOD,
     HEALTH_CHECK_METHOD,
     INFER_METHOD,
@@ -31,10 +31,10 @@ from cnnserve.bench.measure import (
     health_check_request,
     measure_point,
 )
-from cnnserve.bench.models import prepare_model, single_model_repository
-from cnnserve.bench.payloads import ModelInput, PayloadKind, classify_request, synthetic_photo
-from cnnserve.bench.progress import Progress
-from cnnserve.bench.results import (
+from load_tests.bench.models import prepare_model, single_model_repository
+from load_tests.bench.payloads import ModelInput, PayloadKind, classify_request, synthetic_photo
+from load_tests.bench.progress import Progress
+from load_tests.bench.results import (
     BaselinePoint,
     BenchResult,
     ModelResult,
@@ -42,10 +42,10 @@ from cnnserve.bench.results import (
     ServerPoint,
     ServerSweep,
 )
-from cnnserve.bench.server import ServerUnderTest, running_server
-from cnnserve.bench.settings import BATCHING_OFF, BATCHING_ON, BenchSettings
-from cnnserve.bench.shared_memory import infer_request, registered_region, shared_memory_available
-from cnnserve.bench.targets import check_targets
+from load_tests.bench.server import ServerUnderTest, running_server
+from load_tests.bench.settings import BATCHING_OFF, BATCHING_ON, BenchSettings
+from load_tests.bench.shared_memory import infer_request, registered_region, shared_memory_available
+from load_tests.bench.targets import check_targets
 
 _log = logging.getLogger(__name__)
 MODES = (BATCHING_OFF, BATCHING_ON)

@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from cnnserve.bench._cpu import cpu_count
-from cnnserve.bench.payloads import PayloadKind
+from load_tests.bench._cpu import cpu_count
+from load_tests.bench.payloads import PayloadKind
 
 BATCHING_OFF = "batching_off"
 BATCHING_ON = "batching_on"

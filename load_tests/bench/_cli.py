@@ -81,10 +81,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from cnnserve.bench.progress import Progress
-    from cnnserve.bench.report import write_reports
-    from cnnserve.bench.runner import run_benchmark
-    from cnnserve.bench.settings import BenchSettings, bench_settings
+    from load_tests.bench.progress import Progress
+    from load_tests.bench.report import write_reports
+    from load_tests.bench.runner import run_benchmark
+    from load_tests.bench.settings import BenchSettings, bench_settings
 
     try:
         given = {name: getattr(args, name, None) for name in BenchSettings.model_fields}
@@ -106,6 +106,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _command(args: argparse.Namespace) -> str:
-    """The command as typed, for the report (load_tests/bench.py passes its arguments straight through)."""
+    """The command as typed, for the report (python -m load_tests.bench passes its arguments straight through)."""
     given = sys.argv[sys.argv.index("bench") + 1 :] if "bench" in sys.argv else sys.argv[1:]
     return shlex.join(["cnnserve", "bench", *given])

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from cnnserve.bench.results import ModelResult
-from cnnserve.bench.settings import BATCHING_OFF, BATCHING_ON
+from load_tests.bench.results import ModelResult
+from load_tests.bench.settings import BATCHING_OFF, BATCHING_ON
 
 _STYLE = {BATCHING_OFF: ("batching off", "tab:orange", "s"), BATCHING_ON: ("batching on", "tab:blue", "o")}
 
@@ -120,7 +120,7 @@ def plot_latency(models: Sequence[ModelResult], path: Path) -> Path:
 
 
 def plot_saturation(models: Sequence[ModelResult], path: Path) -> Path:
-    from cnnserve.bench.targets import SATURATION_FRACTION
+    from load_tests.bench.targets import SATURATION_FRACTION
 
     with_points = [model for model in models if model.saturation]
     plt = _pyplot()

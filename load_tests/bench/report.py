@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cnnserve.bench.results import BenchResult, LatencySummary, ModelResult, ServerPoint
-from cnnserve.bench.settings import BATCHING_OFF, BATCHING_ON
-from cnnserve.bench.targets import BATCHING_GAIN_CALLERS, saturation_ratio, server_best
+from load_tests.bench.results import BenchResult, LatencySummary, ModelResult, ServerPoint
+from load_tests.bench.settings import BATCHING_OFF, BATCHING_ON
+from load_tests.bench.targets import BATCHING_GAIN_CALLERS, saturation_ratio, server_best
 
 MODE_TITLES = {BATCHING_OFF: "off", BATCHING_ON: "on"}
 
@@ -25,7 +25,7 @@ def write_reports(result: BenchResult, output_dir: Path, plots: bool = True) -> 
     markdown_path.write_text(markdown(result))
     written = [json_path, markdown_path]
     if plots:
-        from cnnserve.bench.plots import plot_latency, plot_saturation, plot_throughput
+        from load_tests.bench.plots import plot_latency, plot_saturation, plot_throughput
 
         written.append(plot_throughput(result.models, output_dir / "throughput.png"))
         written.append(plot_latency(result.models, output_dir / "latency.png"))

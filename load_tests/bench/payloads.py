@@ -14,6 +14,8 @@ from enum import StrEnum
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from cnnserve.metadata import ColorMode, Preprocessing
+from cnnserve.preprocessing import to_model_input
 from cnnserve.v1 import classifier_pb2 as pb
 
 
@@ -57,15 +59,22 @@ class ModelInput:
             invert=pre.invert,
         )
 
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(
+            color=ColorMode(self.color),
+            height=self.height,
+            width=self.width,
+            scale=self.scale,
+            mean=self.mean,
+            std=self.std,
+            invert=self.invert,
+        )
+
     def to_model_input(self, pixels: np.ndarray) -> np.ndarray:
-        """What the server makes of `pixels`: float32 [C, H, W], scaled and normalised per channel."""
-        values = pixels.astype(np.float32)
-        if self.invert:
-            values = 255.0 - values
-        chw = values[np.newaxis] if values.ndim == 2 else values.transpose(2, 0, 1)
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(-1, 1, 1)
-        std = np.asarray(self.std, dtype=np.float32).reshape(-1, 1, 1)
-        return np.ascontiguousarray((chw * self.scale - mean) / std, dtype=np.float32)
+        """What the server makes of `pixels` ([H, W] or [H, W, C] of the model's size): float32 [C, H, W], by
+        `cnnserve.preprocessing.to_model_input`."""
+        return to_model_input(pixels[np.newaxis], self.preprocessing)[0]
 
 
 def synthetic_photo(model_input: ModelInput, seed: int = 0) -> np.ndarray:

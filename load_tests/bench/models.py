@@ -12,8 +12,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnserve.repository_layout import MODEL_FILE, newest_model_file
+
 _log = logging.getLogger(__name__)
-MODEL_FILE = "model.onnx"
 RANDOM_WEIGHTS = "random"
 AS_FOUND = "as found"
 
@@ -22,19 +23,9 @@ AS_FOUND = "as found"
 class PreparedModel:
     name: str
     model_path: Path
-    """The newest version's model.onnx."""
+    """The newest version's model file."""
     weights: str
     """RANDOM_WEIGHTS or AS_FOUND."""
-
-
-def newest_model_file(repository: Path, name: str) -> Path | None:
-    folder = repository / name
-    if not folder.is_dir():
-        return None
-    versions = sorted(
-        (int(v.name), v / MODEL_FILE) for v in folder.iterdir() if v.name.isdigit() and (v / MODEL_FILE).is_file()
-    )
-    return versions[-1][1] if versions else None
 
 
 def prepare_model(name: str, cache: Path, repository: Path | None = None) -> PreparedModel:
@@ -43,10 +34,10 @@ def prepare_model(name: str, cache: Path, repository: Path | None = None) -> Pre
     Raises RuntimeError when the model must be exported and the `train` extra (torch) is not installed.
     """
     if repository is not None:
-        found = newest_model_file(repository, name)
+        found = newest_model_file(repository / name)
         if found is not None:
             return PreparedModel(name, found, AS_FOUND)
-    cached = newest_model_file(cache, name)
+    cached = newest_model_file(cache / name)
     if cached is None:
         cached = _export_untrained(name, cache)
     return PreparedModel(name, cached, RANDOM_WEIGHTS)

@@ -1,0 +1,91 @@
+"""The drain: on SIGTERM every call the server received is answered or refused with UNAVAILABLE, none CANCELLED.
+
+Why this is more than `grpc.aio.Server.stop(grace)`: stopping the gRPC server cancels the calls its transport has
+received but not yet handed to a handler, and CANCELLED is retried by no gRPC retry policy, so in a rolling update
+those calls are simply lost (a burst in flight at SIGTERM lost almost all of them). So the gRPC server is stopped
+only once no call can be waiting for a handler:
+
+1. `drain`: calls accepted before it run to the end; calls that arrive from now on are *parked*, not refused
+   yet: a refused client would retry at once, on this same connection, and keep the transport busy forever.
+   It returns when the accepted calls finished and no call arrived for a quiet moment (every call the transport
+   had received has reached a handler), or when the drain timeout ran out.
+2. The server stops the gRPC server (which sends GOAWAY, so clients take new calls elsewhere), then `release`s
+   the parked calls, which are refused with UNAVAILABLE while gRPC's grace period still lets them answer, and
+   waits for them with `refused`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import NoReturn
+
+from cnnserve.server.errors import UnavailableError
+
+_REFUSAL = "the server is shutting down; retry the call (another replica answers it)"
+
+
+class CallGate:
+    """Counts the calls a server runs, and parks those that arrive while it drains.
+
+    Used from the event loop only. `arrive` and `leave` are the hot path: a clock read and two integer updates.
+    """
+
+    def __init__(self) -> None:
+        self._draining = False
+        self._running = 0
+        self._parked = 0
+        self._last_arrival = time.monotonic()
+        self._released = asyncio.Event()
+        self._none_parked = asyncio.Event()
+        self._none_parked.set()
+
+    def arrive(self) -> bool:
+        """A call arrived: True when it may run (then `leave` must follow), False when it must be `refuse`d."""
+        self._last_arrival = time.monotonic()
+        if self._draining:
+            return False
+        self._running += 1
+        return True
+
+    def leave(self) -> None:
+        self._running -= 1
+
+    async def refuse(self) -> NoReturn:
+        """Wait until parked calls are released, then raise UnavailableError."""
+        self._parked += 1
+        self._none_parked.clear()
+        try:
+            await self._released.wait()
+        finally:
+            self._parked -= 1
+            if self._parked == 0:
+                self._none_parked.set()
+        raise UnavailableError(_REFUSAL)
+
+    async def drain(self, timeout: float, quiet: float = 0.1) -> bool:
+        """Park new calls from now on; wait until running calls finished and none arrived for `quiet` seconds.
+
+        Returns False when `timeout` ran out first (calls may still be running or queued).
+        """
+        self._draining = True
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            if self._running == 0 and now - self._last_arrival >= quiet:
+                return True
+            if now >= deadline:
+                return False
+            await asyncio.sleep(min(quiet / 2, deadline - now))
+
+    def release(self) -> None:
+        """Refuse every parked call (and every later one) with UNAVAILABLE."""
+        self._released.set()
+
+    async def refused(self, timeout: float) -> bool:
+        """Wait until every parked call has been refused; False when `timeout` ran out first."""
+        try:
+            await asyncio.wait_for(self._none_parked.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
