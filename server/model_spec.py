@@ -102,7 +102,7 @@ class _Session(Protocol):
 
 
 def load_spec(session: _Session, model_file: Path, tables: SpecTables, name: str) -> ModelSpec:
-    """The specification of the model version in `model_file` (a repository's <name>/<version>/model.onnx), read
+    """The specification of the model version in `model_file` (a version folder's model file), read
     from its graph, its embedded metadata, `tables` (its config.toml) and <name>/labels.txt.
 
     Raises ModelLoadError naming every problem.

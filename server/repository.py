@@ -44,7 +44,7 @@ class RepositoryEntry:
 
 def disk_signature(model_dir: Path) -> Signature:
     """Every file a model's answers depend on, so that a repository poll notices an edit to any of them: each
-    version folder's files (the model file and external weights such as ``model.onnx.data``, in subfolders too)
+    version folder's files (the model file and external weights beside it, in subfolders too)
     and the model folder's ``config.toml`` and ``labels.txt``. A file that vanishes while it is read is left
     out; the next poll sees the folder as it then is."""
     entries = []

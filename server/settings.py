@@ -177,7 +177,7 @@ class ServerSettings(BaseSettings, BatchingSettings, RuntimeSettings):
     )
 
     model_repository: Path
-    """Folder holding <name>/<version>/model.onnx."""
+    """Folder holding one folder per model, and in it one numbered folder per version (see repository_layout)."""
     host: str = "127.0.0.1"
     """Interface to listen on; 0.0.0.0 to be reachable from outside."""
     grpc_port: int = Field(8001, ge=0, le=65535)
