@@ -1,0 +1,155 @@
+"""Drive a server's ModelInfer with h2load, a load generator written in C (Debian's `nghttp2-client`).
+
+A Python load generator saturates near 1,000-2,000 calls/s on a small machine, below what a gRPC server can
+answer; h2load does not. A gRPC unary call is an HTTP/2 POST to /package.Service/Method with `content-type:
+application/grpc` and `te: trailers`, whose body is a 1-byte compressed flag, a 4-byte big-endian length and the
+serialized message, so h2load can send one fixed body over and over.
+
+h2load counts HTTP/2 responses, and a gRPC error is still a 200 with its status in the trailers, so the figure
+reported is the server's own: the OIP ModelStatistics `success.count` before and after, over h2load's duration.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+INSTALL_HINT = "apt-get install nghttp2-client"
+MODEL_INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+_REQUESTS = re.compile(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", re.M)
+_FINISHED = re.compile(r"^finished in ([\d.]+)(ms|s), ([\d.]+) req/s", re.M)
+
+
+class H2loadMissing(RuntimeError):
+    """h2load is not installed; the message says how to install it."""
+
+
+@dataclass(frozen=True)
+class H2loadSummary:
+    """What h2load printed: HTTP/2 responses, which include gRPC errors."""
+
+    succeeded: int
+    failed: int
+    seconds: float
+    requests_per_second: float
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One h2load run against one server, with the server's count of successful inferences over it."""
+
+    h2load: H2loadSummary
+    server_successes: int
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.server_successes / self.h2load.seconds
+
+
+def h2load_executable() -> str:
+    """The path of h2load; raises H2loadMissing when it is not on PATH."""
+    found = shutil.which("h2load")
+    if found is None:
+        raise H2loadMissing(f"h2load is not installed: {INSTALL_HINT}")
+    return found
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """`message` as the body of a gRPC call: uncompressed flag, big-endian length, the bytes."""
+    return struct.pack(">BI", 0, len(message)) + message
+
+
+def infer_body(model: str, input_name: str, shape: tuple[int, ...] = (1, 1, 28, 28), seed: int = 0) -> bytes:
+    """A framed ModelInferRequest for `model`: one FP32 tensor of `shape` in raw_input_contents.
+
+    The generated `inference` modules are imported here (see load_tests.bench.server.ServerUnderTest.infer).
+    """
+    from cnnserve.inference import grpc_service_pb2 as inference
+
+    pixels = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    request = inference.ModelInferRequest(
+        model_name=model,
+        inputs=[inference.ModelInferRequest.InferInputTensor(name=input_name, datatype="FP32", shape=shape)],
+        raw_input_contents=[pixels.astype("<f4").tobytes()],
+    )
+    return grpc_frame(request.SerializeToString())
+
+
+def input_name(target: str, model: str) -> str:
+    """The name of `model`'s first input, from the server's OIP ModelMetadata."""
+    with grpc.insecure_channel(target) as channel:
+        metadata = _stub(channel).ModelMetadata(_inference().ModelMetadataRequest(name=model), timeout=10)
+    return metadata.inputs[0].name
+
+
+def success_count(target: str, model: str) -> int:
+    """The sum of `inference_stats.success.count` over `model`'s versions (OIP ModelStatistics)."""
+    with grpc.insecure_channel(target) as channel:
+        response = _stub(channel).ModelStatistics(_inference().ModelStatisticsRequest(name=model), timeout=10)
+    return sum(stats.inference_stats.success.count for stats in response.model_stats)
+
+
+def parse_summary(text: str) -> H2loadSummary:
+    """h2load's `finished in ...` and `requests: ...` lines; raises ValueError when either is missing."""
+    requests, finished = _REQUESTS.search(text), _FINISHED.search(text)
+    if requests is None or finished is None:
+        raise ValueError(f"no h2load summary in its output:\n{text[-2000:]}")
+    seconds = float(finished.group(1)) / (1000.0 if finished.group(2) == "ms" else 1.0)
+    return H2loadSummary(int(requests.group(4)), int(requests.group(5)), seconds, float(finished.group(3)))
+
+
+def run_h2load(url: str, body: bytes, seconds: float, connections: int, streams: int) -> H2loadSummary:
+    """POST `body` to `url` for `seconds` over `connections` connections of `streams` concurrent streams each.
+
+    Raises H2loadMissing, or RuntimeError when h2load fails or prints no summary.
+    """
+    executable = h2load_executable()
+    with tempfile.TemporaryDirectory(prefix="cnnserve-h2load-") as scratch:
+        body_file = Path(scratch) / "body.bin"
+        body_file.write_bytes(body)
+        command = [
+            executable,
+            *("-c", str(connections), "-m", str(streams), "-t", "1", "-D", f"{seconds:g}"),
+            *("-d", str(body_file), "-H", "content-type: application/grpc", "-H", "te: trailers"),
+            url,
+        ]
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"h2load exited with {completed.returncode}:\n{completed.stdout[-2000:]}{completed.stderr}")
+    try:
+        return parse_summary(completed.stdout)
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from exc
+
+
+def measure(target: str, model: str, body: bytes, seconds: float, in_flight: int, connections: int = 4) -> Measurement:
+    """h2load against `target` (host:port) with `in_flight` calls in flight, and the server's successes over it.
+
+    `in_flight` is split over `connections` connections (it must be a multiple of it).
+    """
+    if in_flight % connections:
+        raise ValueError(f"in_flight {in_flight} is not a multiple of connections {connections}")
+    before = success_count(target, model)
+    summary = run_h2load(f"http://{target}{MODEL_INFER_PATH}", body, seconds, connections, in_flight // connections)
+    return Measurement(summary, success_count(target, model) - before)
+
+
+def _inference() -> Any:
+    from cnnserve.inference import grpc_service_pb2
+
+    return grpc_service_pb2
+
+
+def _stub(channel: grpc.Channel) -> Any:
+    from cnnserve.inference import grpc_service_pb2_grpc
+
+    return grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
