@@ -233,9 +233,15 @@ def test_a_call_whose_deadline_passes_in_the_queue_counts_as_deadline_exceeded(b
     with pytest.raises(grpc.RpcError) as failure:
         stub.Classify(pb.ClassifyRequest(model="mnist_net", images=[digit_tensor()]), timeout=0.3)
     assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    after = wait_for(batching_server, lambda s: s.value("cnnserve_rejections_total", **reason) > before)
+    counted = {"model": "mnist_net", "version": "1", "api": "image", "code": "DEADLINE_EXCEEDED"}
+    # One scrape reads the request counter before the rejection counter, so wait until it shows both.
+    after = wait_for(
+        batching_server,
+        lambda s: (
+            s.value("cnnserve_rejections_total", **reason) > before and s.value("cnnserve_requests_total", **counted)
+        ),
+    )
     assert after.value("cnnserve_rejections_total", model="mnist_net", reason="cancelled") == 0
-    assert after.value("cnnserve_requests_total", model="mnist_net", version="1", api="image", code="DEADLINE_EXCEEDED")
 
 
 def test_a_call_the_client_cancels_counts_as_cancelled(batching_server, stub) -> None:
@@ -244,9 +250,15 @@ def test_a_call_the_client_cancels_counts_as_cancelled(batching_server, stub) ->
     call = stub.Classify.future(pb.ClassifyRequest(model="mnist_net", images=[digit_tensor()]), timeout=10)
     wait_for(batching_server, lambda s: s.value("cnnserve_queue_depth", model="mnist_net", version="1") == 1)
     call.cancel()
-    after = wait_for(batching_server, lambda s: s.value("cnnserve_rejections_total", **reason) > before)
-    assert after.value("cnnserve_requests_total", model="mnist_net", version="1", api="image", code="CANCELLED")
-    assert after.value("cnnserve_requests_in_flight", model="mnist_net", version="1", api="image") == 0
+    counted = {"model": "mnist_net", "version": "1", "api": "image", "code": "CANCELLED"}
+    wait_for(
+        batching_server,
+        lambda s: (
+            s.value("cnnserve_rejections_total", **reason) > before
+            and s.value("cnnserve_requests_total", **counted)
+            and s.value("cnnserve_requests_in_flight", model="mnist_net", version="1", api="image") == 0
+        ),
+    )
 
 
 def test_ready_models_report_version_provider_and_load_time(batching_server) -> None:
