@@ -279,6 +279,10 @@ def _run(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError) as exc:
         print(f"cnnserve serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    if settings.frontends > 0:
+        from cnnserve.server.supervisor import supervise
+
+        return asyncio.run(supervise(settings, settings.frontends, args.log_level))
     try:
         asyncio.run(serve(settings))
     except ExecutionProviderError as exc:

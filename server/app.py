@@ -10,7 +10,6 @@ that no call it had received is CANCELLED. Then the process exits 0.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 
@@ -24,10 +23,12 @@ from cnnserve.server.api.inference import SERVICE_NAME as INFERENCE_SERVICE
 from cnnserve.server.api.inference import InferenceServicer
 from cnnserve.server.auth import BearerTokenInterceptor, read_tokens
 from cnnserve.server.dataplane import DataPlane
+from cnnserve.server.engine import write_port_file
+from cnnserve.server.engine_client import EngineClient, RemoteRepository
 from cnnserve.server.http_port import serve_health_and_metrics
 from cnnserve.server.logs import RequestIdInterceptor
 from cnnserve.server.metrics import ServerMetrics
-from cnnserve.server.repository import ModelRepository
+from cnnserve.server.repository import ModelRepository, ServedVersions
 from cnnserve.server.runtime import quiet_onnxruntime
 from cnnserve.server.settings import ServerSettings
 from cnnserve.server.shared_memory import SystemSharedMemory
@@ -43,11 +44,16 @@ CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["ImageClassifier
 class Server:
     """A running cnnserve: `await start()`, then `await wait_for_termination()` or `await stop()`."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, engine: EngineClient | None = None) -> None:
         self.settings = settings
         self.metrics = ServerMetrics()
-        self.repository = ModelRepository(settings, self.metrics)
-        self.metrics.watch_models(self.repository.versions)
+        self.engine = engine
+        self.repository: ServedVersions
+        if engine is None:
+            self.repository = ModelRepository(settings, self.metrics)
+            self.metrics.watch_models(self.repository.versions)
+        else:
+            self.repository = RemoteRepository(settings, engine)
         self.dataplane = DataPlane(self.repository, settings, self.metrics)
         self.readiness = self.dataplane.readiness
         self.shared_memory = SystemSharedMemory() if settings.allow_shared_memory else None
@@ -65,7 +71,7 @@ class Server:
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 0 if engine is None else 1),
                 ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
                 ("grpc.max_connection_age_grace_ms", int(max(settings.drain_timeout_seconds, 1.0) * 1000)),
             ],
@@ -89,9 +95,12 @@ class Server:
         reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), self._grpc)
         for service in ("", *self.service_names):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.metrics_port = serve_health_and_metrics(
-            settings.host, settings.metrics_port, self.metrics.registry, self.readiness
-        )
+        if self.engine is None:
+            self.metrics_port = serve_health_and_metrics(
+                settings.host, settings.metrics_port, self.metrics.registry, self.readiness
+            )
+        else:
+            self.engine.connect()
         address = f"{settings.host}:{settings.grpc_port}"
         credentials = server_credentials(settings)
         if credentials is None:
@@ -108,9 +117,10 @@ class Server:
         await self._grpc.start()
         if self.settings.auth_token_file or self.settings.auth_tokens:
             _log.info("bearer-token authentication is on for every RPC but health and reflection")
-        _log.info(
-            "metrics and REST health on http://%s:%d (/metrics, /v2/health/ready)", settings.host, self.metrics_port
-        )
+        if self.engine is None:
+            _log.info(
+                "metrics and REST health on http://%s:%d (/metrics, /v2/health/ready)", settings.host, self.metrics_port
+            )
         await self.repository.load_all()
         for version in self.repository.versions():
             _log.info(
@@ -134,12 +144,10 @@ class Server:
                 "not ready: %s did not load; health stays NOT_SERVING (GetModel tells why)",
                 ", ".join(self.readiness.missing()),
             )
-        if settings.repository_poll_seconds > 0:
+        if settings.repository_poll_seconds > 0 and isinstance(self.repository, ModelRepository):
             self._poller = asyncio.create_task(self.repository.poll(settings.repository_poll_seconds))
         if settings.port_file is not None:
-            staging = settings.port_file.with_name(f".{settings.port_file.name}.tmp")
-            staging.write_text(json.dumps({"grpc_port": self.grpc_port, "metrics_port": self.metrics_port}))
-            staging.replace(settings.port_file)
+            write_port_file(settings.port_file, {"grpc_port": self.grpc_port, "metrics_port": self.metrics_port})
 
     async def stop(self) -> None:
         """Drain and stop; idempotent."""
@@ -168,6 +176,8 @@ class Server:
         await stopping
         if self.shared_memory is not None:
             self.shared_memory.close()
+        if self.engine is not None:
+            self.engine.close()
         _log.info("stopped")
 
     async def _update_health(self) -> None:
@@ -200,13 +210,18 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
     return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
-async def serve(settings: ServerSettings) -> None:
-    """Run a server until SIGTERM or SIGINT, then shut it down gracefully."""
-    server = Server(settings)
+async def serve(settings: ServerSettings, engine: EngineClient | None = None) -> None:
+    """Run a server (or, with `engine`, a front-end of one) until SIGTERM or SIGINT, then shut it down gracefully.
+
+    A front-end also takes SIGUSR1 from its supervisor: the engine died, so every request fails UNAVAILABLE now.
+    """
+    server = Server(settings, engine)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
+    if isinstance(server.repository, RemoteRepository):
+        loop.add_signal_handler(signal.SIGUSR1, server.repository.engine_lost)
     _log.info("settings: %s", settings.model_dump_json())
     start = asyncio.create_task(server.start())
     stop_wait = asyncio.create_task(stop_requested.wait())

@@ -125,6 +125,7 @@ class DynamicBatcher:
         self._on_batch = on_batch
         self._queues: list[deque[_QueuedRequest]] = [deque() for _ in range(settings.priority_levels)]
         self._queued_rows = 0
+        self._depth: np.ndarray | None = None
         self._preferred = frozenset(settings.preferred_batch_sizes)
         self._wakeup = asyncio.Event()
         self._delay_advisor = (
@@ -145,6 +146,17 @@ class DynamicBatcher:
     @property
     def queued_rows(self) -> int:
         return self._queued_rows
+
+    def publish_depth(self, cell: np.ndarray) -> None:
+        """Keep `cell[0]` equal to the queued rows from now on: a slot of shared memory where the front-end
+        processes of a multi-process server read it, to refuse a request before decoding it."""
+        self._depth = cell
+        cell[0] = self._queued_rows
+
+    def _add_queued(self, rows: int) -> None:
+        self._queued_rows += rows
+        if self._depth is not None:
+            self._depth[0] = self._queued_rows
 
     def refuse_if_full(self, rows: int) -> None:
         """Raise QueueFullError when `rows` more would not fit right now, so that callers can refuse a request
@@ -186,7 +198,7 @@ class DynamicBatcher:
             self._delay_advisor.arrived(now, joins_others=self._queued_rows > 0)
         request.timer = loop.call_at(_loop_time(loop, deadline), _expire, request.future, self._name)
         self._queues[level - 1].append(request)
-        self._queued_rows += request.rows
+        self._add_queued(request.rows)
         rows = self._queued_rows
         if rows == request.rows or rows >= limit or rows in self._preferred:
             self._wakeup.set()
@@ -198,7 +210,7 @@ class DynamicBatcher:
             request.timer.cancel()
             if request.queued:
                 request.queued = False
-                self._queued_rows -= request.rows
+                self._add_queued(-request.rows)
         request.add_to_request_statistics()
         return outputs
 
@@ -218,10 +230,7 @@ class DynamicBatcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _queue_full(self, rows: int) -> QueueFullError:
-        return QueueFullError(
-            f"model {self._name} has {self._queued_rows} images queued and takes at most "
-            f"{self._settings.max_queue_size}; {rows} more do not fit. Retry with backoff"
-        )
+        return queue_full_error(self._name, self._queued_rows, self._settings.max_queue_size, rows)
 
     async def _form_batches(self) -> None:
         try:
@@ -318,7 +327,7 @@ class DynamicBatcher:
                     return batch
                 queue.popleft()
                 request.queued = False
-                self._queued_rows -= request.rows
+                self._add_queued(-request.rows)
                 batch.append(request)
                 rows += request.rows
         return batch
@@ -397,7 +406,7 @@ class DynamicBatcher:
                 request = queue.popleft()
                 if request.queued:
                     request.queued = False
-                    self._queued_rows -= request.rows
+                    self._add_queued(-request.rows)
                     if not request.future.done():
                         request.future.set_exception(error)
 
@@ -441,6 +450,14 @@ class _AdaptiveDelay:
         if self._gap >= remaining:
             return None
         return min(remaining, 2 * self._gap - silence)
+
+
+def queue_full_error(model: str, queued: int, limit: int, rows: int) -> QueueFullError:
+    """What a caller hears when `rows` more images do not fit in `model`'s queue."""
+    return QueueFullError(
+        f"model {model} has {queued} images queued and takes at most {limit}; {rows} more do not fit. "
+        "Retry with backoff"
+    )
 
 
 def _loop_time(loop: asyncio.AbstractEventLoop, deadline: float) -> float:

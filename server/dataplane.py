@@ -16,13 +16,13 @@ import grpc
 import numpy as np
 
 from cnnserve.server.drain import CallGate
-from cnnserve.server.errors import InvalidInputError, RepositoryChangesDisabledError, status_of
+from cnnserve.server.errors import InvalidInputError, RepositoryChangesDisabledError, VersionRetiredError, status_of
 from cnnserve.server.logs import call_deadline_passed, log_request
 from cnnserve.server.metrics import UNKNOWN, RequestSeries, ServerMetrics
 from cnnserve.server.model import ModelVersion
 from cnnserve.server.preprocess import ImageInput
 from cnnserve.server.readiness import Readiness
-from cnnserve.server.repository import ModelRepository
+from cnnserve.server.repository import ServedVersions
 from cnnserve.server.settings import ServerSettings
 from cnnserve.server.statistics import RequestStatistics, current_request, start_request_statistics
 
@@ -33,7 +33,7 @@ _Result = TypeVar("_Result")
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository, settings: ServerSettings, metrics: ServerMetrics) -> None:
+    def __init__(self, repository: ServedVersions, settings: ServerSettings, metrics: ServerMetrics) -> None:
         self.repository = repository
         self.settings = settings
         self.metrics = metrics
@@ -69,7 +69,17 @@ class DataPlane:
             model = self.repository.get(name, version)
             series = self.metrics.request_series(api, model.name, str(model.version))
             series.in_flight.inc()
-            result = await handle(model)
+            try:
+                result = await handle(model)
+            except VersionRetiredError:
+                # A front-end chose the version from a catalog that a reload has just changed; the engine sent
+                # the new catalog before this answer, so choosing again finds what serves now.
+                series.in_flight.dec()
+                model = series = None
+                model = self.repository.get(name, version)
+                series = self.metrics.request_series(api, model.name, str(model.version))
+                series.in_flight.inc()
+                result = await handle(model)
         except asyncio.CancelledError:
             code = grpc.StatusCode.DEADLINE_EXCEEDED if call_deadline_passed() else grpc.StatusCode.CANCELLED
             raise
@@ -137,8 +147,7 @@ class DataPlane:
         limit = self.settings.max_images_per_request
         if len(images) > limit:
             raise InvalidInputError(f"the request has {len(images)} images; at most {limit} are accepted per call")
-        if model.batcher is not None:
-            model.batcher.refuse_if_full(len(images))
+        model.refuse_if_full(len(images))
         assert model.preprocessor is not None
         started = time.perf_counter()
         prepared = model.preprocessor.prepare(images)

@@ -46,6 +46,11 @@ class UnavailableError(CnnserveError):
     status_code = grpc.StatusCode.UNAVAILABLE
 
 
+class VersionRetiredError(UnavailableError):
+    """The engine no longer serves the version a front-end chose: a reload or unload raced the request. The
+    front-end has the new catalog by the time it hears this, and chooses again."""
+
+
 class InferenceError(CnnserveError):
     """The model failed while running a batch; every caller of that batch gets this."""
 
@@ -86,6 +91,18 @@ class TooManySharedMemoryRegionsError(CnnserveError):
     """The server holds as many shared memory regions as it allows; the client should unregister some."""
 
     status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def error_named(name: str, message: str) -> CnnserveError:
+    """The CnnserveError of class `name` with `message`, as another process of the server raised it (an
+    InferenceError when the name is not one of ours)."""
+    pending = [CnnserveError]
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == name:
+            return cls(message)
+        pending.extend(cls.__subclasses__())
+    return InferenceError(f"{name}: {message}")
 
 
 def status_of(exc: BaseException) -> grpc.StatusCode:

@@ -22,7 +22,9 @@ Prometheus scrapes, so keeping them current costs nothing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -37,6 +39,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -85,6 +88,30 @@ class RequestSeries:
         self._metrics.request_failed(self.api, self.model, self.version, code)
 
 
+class _ServedVersionsOnly(Collector):
+    """Every process's metrics from the multiprocess files, without the series of versions no longer served.
+
+    prometheus_client cannot delete a series from those files, so a version retired by a reload or an unload is
+    left out here instead, as `ServerMetrics.model_unloaded` removes it in a single-process server.
+    """
+
+    def __init__(self, directory: Path, versions: Callable[[], Iterable[ModelVersion]]) -> None:
+        self._files = MultiProcessCollector(None, path=str(directory))
+        self._versions = versions
+
+    def collect(self) -> Iterable[Any]:
+        served = {(v.name, str(v.version)) for v in self._versions()}
+        for family in self._files.collect():
+            family.samples = [
+                sample
+                for sample in family.samples
+                if "version" not in sample.labels
+                or sample.labels["version"] == UNKNOWN
+                or (sample.labels.get("model"), sample.labels["version"]) in served
+            ]
+            yield family
+
+
 class _ModelCollector(Collector):
     """Queue depths and model readiness, read from the models when Prometheus scrapes.
 
@@ -93,10 +120,10 @@ class _ModelCollector(Collector):
     """
 
     def __init__(self, versions: Callable[[], Iterable[ModelVersion]]) -> None:
-        self._versions = versions
+        self.versions = versions
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        versions = list(self._versions())
+        versions = list(self.versions())
         depth = GaugeMetricFamily(
             f"{PREFIX}_queue_depth", "Images waiting in a model version's batch queue", labels=["model", "version"]
         )
@@ -148,6 +175,7 @@ class ServerMetrics:
             "Inference requests being served right now (preprocessing, queued or computing)",
             ["model", "version", "api"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.request_duration = Histogram(
             f"{PREFIX}_request_duration_seconds",
@@ -218,7 +246,22 @@ class ServerMetrics:
 
     def watch_models(self, versions: Callable[[], Iterable[ModelVersion]]) -> None:
         """Export queue depth, readiness and load time of whatever `versions()` lists at each scrape."""
-        self.registry.register(_ModelCollector(versions))
+        self._model_collector = _ModelCollector(versions)
+        self.registry.register(self._model_collector)
+
+    def all_processes_registry(self, directory: Path) -> CollectorRegistry:
+        """What the engine of a multi-process server exports: every process's metrics summed (prometheus_client's
+        multiprocess mode; each process writes its values to files in `directory`), and the engine's models.
+
+        Process, platform and garbage-collector metrics are the engine's own: they describe one process and do
+        not sum.
+        """
+        registry = CollectorRegistry(auto_describe=True)
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            registry.register(collector)
+        registry.register(_ServedVersionsOnly(directory, self._model_collector.versions))
+        registry.register(self._model_collector)
+        return registry
 
     def request_series(self, api: str, model: str, version: str) -> RequestSeries:
         """The series of requests to `model` `version` over `api`; model and version must be bounded labels."""
@@ -263,7 +306,12 @@ class ServerMetrics:
             self.rejections.labels(model.name, reason)
 
     def model_unloaded(self, model: ModelVersion) -> None:
-        """Drop the series of a version that stopped serving, so reloads do not pile up series forever."""
+        """Drop the series of a version that stopped serving, so reloads do not pile up series forever.
+
+        In a multi-process server the series stay: prometheus_client's multiprocess files cannot remove them.
+        """
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return
         labels = {"model": model.name, "version": str(model.version)}
         for metric in (
             self.requests,

@@ -66,6 +66,11 @@ class ModelVersion:
     def provider(self) -> str:
         return self.loaded.provider if self.loaded else ""
 
+    @property
+    def fallback_reason(self) -> str:
+        """Why the version runs on the CPU although CUDA was wanted; empty otherwise."""
+        return self.loaded.fallback_reason if self.loaded else ""
+
     async def load(self, config: ModelConfig, server: ServerSettings, metrics: ServerMetrics) -> None:
         """Create the session off the event loop, resolve the specification and the settings, warm up, start
         batching.
@@ -108,6 +113,11 @@ class ModelVersion:
             batching.max_batch_size,
             batching.max_queue_delay_ms,
         )
+
+    def refuse_if_full(self, rows: int) -> None:
+        """QueueFullError when `rows` more images do not fit in the queue now (checked before decoding)."""
+        if self.batcher is not None:
+            self.batcher.refuse_if_full(rows)
 
     async def infer(self, inputs: np.ndarray, deadline: float, priority: int = 0) -> np.ndarray:
         """Probabilities, one row per input row, through the batcher (lower `priority` values run first)."""

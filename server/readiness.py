@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cnnserve.server.repository import ModelRepository
+from cnnserve.server.repository import ServedVersions
 
 
 class Readiness:
@@ -19,7 +19,7 @@ class Readiness:
     Read from the event loop and from the metrics port's thread alike: it only reads the repository's state.
     """
 
-    def __init__(self, repository: ModelRepository, required_models: Sequence[str] = ()) -> None:
+    def __init__(self, repository: ServedVersions, required_models: Sequence[str] = ()) -> None:
         self._repository = repository
         self._required = tuple(required_models)
         self._stopping = False

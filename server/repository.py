@@ -65,16 +65,17 @@ def _file_entries(version: int, folder: Path, files: list[Path]) -> list[tuple[i
     return entries
 
 
-class ModelRepository:
-    """Loads the models under one folder and finds the version a request asks for."""
+class ServedVersions:
+    """The versions a process serves, by model name, and how a request finds one.
 
-    def __init__(self, settings: ServerSettings, metrics: ServerMetrics) -> None:
+    The engine's `ModelRepository` fills it by loading models; a front-end process's `RemoteRepository`
+    (server/engine_client.py) fills it from the engine's catalog. Both answer requests the same way.
+    """
+
+    def __init__(self, settings: ServerSettings) -> None:
         self._settings = settings
         self._root = settings.model_repository
-        self._metrics = metrics
         self._models: dict[str, dict[int, ModelVersion]] = {}
-        self._signatures: dict[str, Signature] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
         self._listeners: list[Callable[[], object]] = []
 
     def on_change(self, listener: Callable[[], object]) -> None:
@@ -83,6 +84,88 @@ class ModelRepository:
 
     def model_names_on_disk(self) -> list[str]:
         return sorted(p.name for p in self._root.iterdir() if p.is_dir() and is_model_name(p.name))
+
+    @property
+    def all_ready(self) -> bool:
+        """Every model the server holds has a READY version (a model whose only versions failed has none)."""
+        return bool(self._models) and all(any(v.ready for v in versions.values()) for versions in self._models.values())
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def versions(self, name: str | None = None) -> Iterator[ModelVersion]:
+        """Versions in memory, newest first; for every model when `name` is None."""
+        names = [name] if name is not None else self.names()
+        for model_name in names:
+            yield from sorted(self._models.get(model_name, {}).values(), key=lambda v: -v.version)
+
+    def index(self) -> list[RepositoryEntry]:
+        """Every version on disk or in memory, with its state ("UNAVAILABLE", "not loaded" for ones on disk only)."""
+        entries: dict[tuple[str, int], RepositoryEntry] = {}
+        for name in self.model_names_on_disk():
+            for number in model_versions(self._root / name):
+                entries[(name, number)] = RepositoryEntry(name, number, ModelState.UNAVAILABLE.value, "not loaded")
+        for version in self.versions():
+            entries[(version.name, version.version)] = RepositoryEntry(
+                version.name, version.version, version.state.value, version.reason
+            )
+        return [entries[key] for key in sorted(entries)]
+
+    def get(self, name: str, version: int = 0) -> ModelVersion:
+        """The version to serve: `version`, or the newest ready one when 0.
+
+        Raises ModelNotFoundError for an unknown name or version, UnavailableError when it is not ready.
+        """
+        by_version = self._models.get(name)
+        if by_version is None:
+            known = ", ".join(self.names()) or "none"
+            raise ModelNotFoundError(f"unknown model {name!r}; the models served here are: {known}")
+        if version:
+            found = by_version.get(version)
+            if found is None:
+                raise ModelNotFoundError(
+                    f"model {name!r} has no version {version}; loaded versions: {sorted(by_version)}"
+                )
+            if not found.ready:
+                raise UnavailableError(f"model {name!r} version {version} is {found.state.value}: {found.reason}")
+            return found
+        for candidate in self.versions(name):
+            if candidate.ready:
+                return candidate
+        raise UnavailableError(f"model {name!r} has no ready version")
+
+    async def load_all(self) -> None:
+        """Return once every model of the repository is READY or FAILED."""
+        raise NotImplementedError
+
+    async def load(self, name: str) -> None:
+        """Load or reload model `name` (ModelNotFoundError, ModelLoadFailedError)."""
+        raise NotImplementedError
+
+    async def unload(self, name: str) -> None:
+        """Stop serving model `name` once its queued requests finished (ModelNotFoundError)."""
+        raise NotImplementedError
+
+    async def close(self, drain_seconds: float) -> None:
+        """Stop serving every model, letting queued requests finish for up to `drain_seconds`."""
+        raise NotImplementedError
+
+    async def refresh_statistics(self) -> None:
+        """Bring the versions' statistics up to date before they are read (they are, in the process that counts)."""
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+
+class ModelRepository(ServedVersions):
+    """Loads the models under one folder and finds the version a request asks for."""
+
+    def __init__(self, settings: ServerSettings, metrics: ServerMetrics) -> None:
+        super().__init__(settings)
+        self._metrics = metrics
+        self._signatures: dict[str, Signature] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def load_all(self) -> None:
         """Load every model on disk concurrently; returns when each is READY or FAILED (failures are logged)."""
@@ -138,55 +221,6 @@ class ModelRepository:
                 with contextlib.suppress(ModelNotFoundError):
                     await self.unload(name)
 
-    @property
-    def all_ready(self) -> bool:
-        """Every model the server holds has a READY version (a model whose only versions failed has none)."""
-        return bool(self._models) and all(any(v.ready for v in versions.values()) for versions in self._models.values())
-
-    def names(self) -> list[str]:
-        return sorted(self._models)
-
-    def versions(self, name: str | None = None) -> Iterator[ModelVersion]:
-        """Versions in memory, newest first; for every model when `name` is None."""
-        names = [name] if name is not None else self.names()
-        for model_name in names:
-            yield from sorted(self._models.get(model_name, {}).values(), key=lambda v: -v.version)
-
-    def index(self) -> list[RepositoryEntry]:
-        """Every version on disk or in memory, with its state ("UNAVAILABLE", "not loaded" for ones on disk only)."""
-        entries: dict[tuple[str, int], RepositoryEntry] = {}
-        for name in self.model_names_on_disk():
-            for number in model_versions(self._root / name):
-                entries[(name, number)] = RepositoryEntry(name, number, ModelState.UNAVAILABLE.value, "not loaded")
-        for version in self.versions():
-            entries[(version.name, version.version)] = RepositoryEntry(
-                version.name, version.version, version.state.value, version.reason
-            )
-        return [entries[key] for key in sorted(entries)]
-
-    def get(self, name: str, version: int = 0) -> ModelVersion:
-        """The version to serve: `version`, or the newest ready one when 0.
-
-        Raises ModelNotFoundError for an unknown name or version, UnavailableError when it is not ready.
-        """
-        by_version = self._models.get(name)
-        if by_version is None:
-            known = ", ".join(self.names()) or "none"
-            raise ModelNotFoundError(f"unknown model {name!r}; the models served here are: {known}")
-        if version:
-            found = by_version.get(version)
-            if found is None:
-                raise ModelNotFoundError(
-                    f"model {name!r} has no version {version}; loaded versions: {sorted(by_version)}"
-                )
-            if not found.ready:
-                raise UnavailableError(f"model {name!r} version {version} is {found.state.value}: {found.reason}")
-            return found
-        for candidate in self.versions(name):
-            if candidate.ready:
-                return candidate
-        raise UnavailableError(f"model {name!r} has no ready version")
-
     async def close(self, drain_seconds: float) -> None:
         await self._drain(list(self.versions()), drain_seconds)
 
@@ -233,6 +267,7 @@ class ModelRepository:
             for version in retired:
                 if current.get(version.version) is version:
                     del current[version.version]
+            self._notify()
             await self._drain(retired)
         if failed:
             reasons = "; ".join(f"version {v.version}: {v.reason}" for v in failed)
@@ -250,7 +285,3 @@ class ModelRepository:
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
-
-    def _notify(self) -> None:
-        for listener in self._listeners:
-            listener()

@@ -184,6 +184,9 @@ class ServerSettings(BaseSettings, BatchingSettings, RuntimeSettings):
     """The gRPC port; 0 picks a free port."""
     metrics_port: int = Field(8002, ge=0, le=65535)
     """Prometheus /metrics over HTTP; 0 picks a free port."""
+    frontends: int = Field(0, ge=0, le=256)
+    """gRPC front-end processes sharing the port, feeding one engine process that batches and runs the models
+    (docs/architecture.md); 0: one process does everything."""
     repository_poll_seconds: float = Field(0.0, ge=0.0)
     """Poll the repository for new or removed versions this often; 0: never."""
     required_models: tuple[str, ...] = ()

@@ -2,12 +2,19 @@
 
 It decodes each request and encodes one prebuilt response, and does nothing else, so what it sustains under
 h2load is the most a Python grpc.aio server can do here; cnnserve's figure beside it says what its own work
-costs. It also answers ModelStatistics with the number of calls answered, so load_tests.bench.h2load counts
+costs. It also answers ModelStatistics with the number of calls it answered, so load_tests.bench.h2load counts
 its successes as it counts cnnserve's.
 
-    python -m load_tests.bench.bare_grpc --port-file F [--port 0]
+    python -m load_tests.bench.bare_grpc --port-file F [--port 0] [--processes 1]
 
-Once it listens it writes {"grpc_port": N} to F (in one rename); SIGTERM or SIGINT stops it.
+With `--processes N` (N > 1) it starts N such servers as child processes sharing one loopback port
+(SO_REUSEPORT: the kernel hands each new connection to one of them), the ceiling for N processes. Each one
+counts only the calls it answered, so each also listens on a loopback port of its own, its stats port, where
+ModelStatistics reaches that process and no other: the calls answered are the sum over the stats ports.
+
+Once every process listens it writes {"grpc_port": P, "stats_ports": [S, ...]} (one stats port per process) to F,
+in one rename. SIGTERM or SIGINT stops it (and its children); with N > 1 it also stops, exiting 1, when a child
+exits on its own.
 """
 
 from __future__ import annotations
@@ -17,6 +24,10 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +36,9 @@ import grpc
 from cnnserve.inference import grpc_service_pb2 as inference
 from cnnserve.inference import grpc_service_pb2_grpc as inference_grpc
 
+LOOPBACK = "127.0.0.1"
+_READY_TIMEOUT_SECONDS = 30.0
+_POLL_SECONDS = 0.05
 _RESPONSE = inference.ModelInferResponse(
     model_name="bare",
     outputs=[inference.ModelInferResponse.InferOutputTensor(name="logits", datatype="FP32", shape=[1, 10])],
@@ -46,16 +60,22 @@ class _FixedInference(inference_grpc.GRPCInferenceServiceServicer):
         return inference.ModelStatisticsResponse(model_stats=[stats])
 
 
+def _write_atomically(path: Path, figures: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(figures))
+    os.replace(partial, path)
+
+
 async def serve(port: int, port_file: Path | None) -> None:
-    """Listen on loopback `port` (0: any free one) until SIGTERM or SIGINT; write the port to `port_file`."""
-    server = grpc.aio.server()
+    """Listen on loopback `port` (0: any free one; shareable with SO_REUSEPORT) and on a stats port of its own
+    until SIGTERM or SIGINT; write {"grpc_port": P, "stats_ports": [S]} to `port_file` once listening."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     inference_grpc.add_GRPCInferenceServiceServicer_to_server(_FixedInference(), server)
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    bound = server.add_insecure_port(f"{LOOPBACK}:{port}")
+    stats_port = server.add_insecure_port(f"{LOOPBACK}:0")
     await server.start()
     if port_file is not None:
-        partial = port_file.with_name(port_file.name + ".partial")
-        partial.write_text(json.dumps({"grpc_port": bound}))
-        os.replace(partial, port_file)
+        _write_atomically(port_file, {"grpc_port": bound, "stats_ports": [stats_port]})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -64,13 +84,80 @@ async def serve(port: int, port_file: Path | None) -> None:
     await server.stop(1.0)
 
 
-def main(argv: list[str] | None = None) -> None:
+def serve_processes(processes: int, port: int, port_file: Path | None) -> int:
+    """Run `processes` servers (child processes running `serve`) on one shared loopback port until SIGTERM or
+    SIGINT, or until one of them exits; returns 0 after a signal, 1 when a child exited or did not start.
+
+    The first child binds `port` (0: a free one) and the others bind the port it got, so all share it.
+    """
+    stop = False
+
+    def request_stop(signum: int, frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, request_stop)
+    children: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="cnnserve-bare-workers-") as scratch:
+        try:
+            shared_port, stats_ports = port, []
+            for index in range(processes):
+                child_file = Path(scratch) / f"ports-{index}.json"
+                command = [sys.executable, "-m", "load_tests.bench.bare_grpc", "--port", str(shared_port)]
+                children.append(subprocess.Popen([*command, "--port-file", str(child_file)]))
+                ports = _wait_for_ports(children[-1], child_file, lambda: stop)
+                if ports is None:
+                    return 0 if stop else 1
+                shared_port = ports["grpc_port"]
+                stats_ports += ports["stats_ports"]
+            if port_file is not None:
+                _write_atomically(port_file, {"grpc_port": shared_port, "stats_ports": stats_ports})
+            while not stop:
+                if any(child.poll() is not None for child in children):
+                    print("bare_grpc: a child process exited; stopping the others", file=sys.stderr)
+                    return 1
+                time.sleep(_POLL_SECONDS)
+            return 0
+        finally:
+            _stop_all(children)
+
+
+def _wait_for_ports(child: subprocess.Popen[bytes], port_file: Path, stopping: Any) -> dict | None:
+    """The ports `child` wrote to `port_file`, or None when it exited, timed out, or a stop was requested."""
+    deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
+    while not port_file.exists():
+        if child.poll() is not None or stopping() or time.monotonic() > deadline:
+            return None
+        time.sleep(_POLL_SECONDS)
+    return json.loads(port_file.read_text())
+
+
+def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m load_tests.bench.bare_grpc", description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=0, help="loopback port (default: a free one)")
-    parser.add_argument("--port-file", type=Path, help='write {"grpc_port": N} here once listening')
+    parser.add_argument("--port-file", type=Path, help="write the ports, as JSON, here once listening")
+    parser.add_argument("--processes", type=int, default=1, help="server processes sharing the port (default 1)")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.port, args.port_file))
+    if args.processes < 1:
+        parser.error(f"--processes must be at least 1, not {args.processes}")
+    if args.processes == 1:
+        asyncio.run(serve(args.port, args.port_file))
+        return 0
+    return serve_processes(args.processes, args.port, args.port_file)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

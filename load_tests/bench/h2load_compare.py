@@ -1,11 +1,22 @@
 """cnnserve against a bare grpc.aio server, side by side, under h2load (a C load generator).
 
-    python -m load_tests.bench.h2load_compare [--model-repository R] [--duration 10] [--in-flight 64]
+    python -m load_tests.bench.h2load_compare [--frontends 0[,1,2...]] [--model-repository R] [--duration 10]
+        [--in-flight 64] [--connections C] [--json PATH] [--plot PATH]
 
-One run measures, one after the other on the same machine: a single `cnnserve serve` process answering
-mnist_net's single-image ModelInfer, and load_tests.bench.bare_grpc answering the same calls with a fixed
-response; it prints both requests/s (from each server's own success count) and their ratio. Exits 2, saying
-`apt-get install nghttp2-client`, when h2load is missing.
+One run measures, one after the other on the same machine and for each front-end count listed in `--frontends`
+(default 0): `cnnserve serve` answering mnist_net's single-image ModelInfer (0: one process, as by default; N:
+`--frontends N`, N gRPC front-end processes sharing the port and one engine process), then
+load_tests.bench.bare_grpc answering the same calls with a fixed response from as many processes sharing the
+port (one for 0 and 1, N for N). Each server is measured for `--duration` seconds after a one-second warm-up.
+
+Requests/s come from each server's own success count: cnnserve's ModelStatistics (which covers all its
+processes), and the sum of what each bare process counted. It prints, per front-end count, both requests/s and
+their ratio, then a Markdown table: cnnserve, bare, cnnserve / bare, and cnnserve over the single-process
+cnnserve of the same run (when 0 is listed). `--json` writes every figure, `--plot` a PNG bar chart of
+requests/s against front-ends. SO_REUSEPORT hands each connection to one of the processes sharing the port, so
+the default is 16 connections when a count above 1 is listed (4 otherwise), so that no process goes without.
+Exits 2, saying `apt-get install nghttp2-client`, when h2load is missing, and 1, with the server's log, when a
+server does not start or h2load fails.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,77 +37,258 @@ from load_tests.bench import h2load
 from load_tests.bench.models import prepare_model, single_model_repository
 
 MODEL = "mnist_net"
+WARM_UP_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
-class Comparison:
-    in_flight: int
-    seconds: float
+class BareServer:
+    """A running load_tests.bench.bare_grpc: the shared port h2load drives, and each process's own stats port."""
+
+    target: str
+    stats_targets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BareMeasurement:
+    """One h2load run against the bare server, with the successes each of its processes counted."""
+
+    measurement: h2load.Measurement
+    per_process: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One front-end count: cnnserve with it, and the bare server with as many processes."""
+
+    frontends: int
     cnnserve: h2load.Measurement
-    bare: h2load.Measurement
+    bare: BareMeasurement
+
+    @property
+    def processes(self) -> int:
+        """The bare server's process count: one for 0 (a single process) and for 1."""
+        return max(1, self.frontends)
 
     @property
     def ratio(self) -> float:
         """cnnserve's requests/s over the bare server's."""
-        return self.cnnserve.requests_per_second / self.bare.requests_per_second
+        return self.cnnserve.requests_per_second / self.bare.measurement.requests_per_second
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Every front-end count of one run, in the order measured, all at the same load."""
+
+    in_flight: int
+    connections: int
+    seconds: float
+    rows: tuple[Row, ...]
+
+    def relative_to_single_process(self, row: Row) -> float | None:
+        """`row`'s cnnserve requests/s over the single-process (0 front-ends) cnnserve's; None when 0 was not run."""
+        single = next((other for other in self.rows if other.frontends == 0), None)
+        if single is None:
+            return None
+        return row.cnnserve.requests_per_second / single.cnnserve.requests_per_second
 
     def to_dict(self) -> dict:
-        sides = {
-            name: {**asdict(side), "requests_per_second": side.requests_per_second}
-            for name, side in (("cnnserve", self.cnnserve), ("bare_grpc_aio", self.bare))
+        rows = []
+        for row in self.rows:
+            bare = row.bare.measurement
+            rows.append(
+                {
+                    "frontends": row.frontends,
+                    "bare_processes": row.processes,
+                    "cnnserve": {**asdict(row.cnnserve), "requests_per_second": row.cnnserve.requests_per_second},
+                    "bare_grpc_aio": {
+                        **asdict(bare),
+                        "requests_per_second": bare.requests_per_second,
+                        "per_process_successes": list(row.bare.per_process),
+                    },
+                    "ratio": row.ratio,
+                    "relative_to_single_process": self.relative_to_single_process(row),
+                }
+            )
+        return {
+            "model": MODEL,
+            "in_flight": self.in_flight,
+            "connections": self.connections,
+            "seconds": self.seconds,
+            "rows": rows,
         }
-        return {"in_flight": self.in_flight, "seconds": self.seconds, **sides, "ratio": self.ratio}
 
 
 @contextmanager
-def running_bare_server(log_path: Path, ready_timeout: float = 30.0) -> Iterator[str]:
-    """Start load_tests.bench.bare_grpc as its own process, yield its loopback target, then stop it."""
+def running_bare_server(log_path: Path, processes: int = 1, ready_timeout: float = 30.0) -> Iterator[BareServer]:
+    """Start load_tests.bench.bare_grpc with `processes` processes, yield where it listens, then stop it."""
     with tempfile.TemporaryDirectory(prefix="cnnserve-bare-") as scratch:
         port_file = Path(scratch) / "ports.json"
         command = [sys.executable, "-m", "load_tests.bench.bare_grpc", "--port-file", str(port_file)]
         with log_path.open("wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen([*command, "--processes", str(processes)], stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + ready_timeout
             while not port_file.exists():
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the bare server did not start; its log:\n{log_path.read_text()[-2000:]}")
                 time.sleep(0.05)
-            yield f"{launcher.LOOPBACK}:{json.loads(port_file.read_text())['grpc_port']}"
+            ports = json.loads(port_file.read_text())
+            yield BareServer(
+                f"{launcher.LOOPBACK}:{ports['grpc_port']}",
+                tuple(f"{launcher.LOOPBACK}:{port}" for port in ports["stats_ports"]),
+            )
         finally:
             process.terminate()
             try:
-                process.wait(10)
+                process.wait(20)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
 
 
-def compare(repository: Path, workdir: Path, seconds: float, in_flight: int, connections: int = 4) -> Comparison:
-    """Measure cnnserve (one process, default settings) and then the bare server, each for `seconds` after a
-    one-second warm-up at the same load. Raises h2load.H2loadMissing, launcher.ServerStartError, RuntimeError."""
+def measure_bare(server: BareServer, body: bytes, seconds: float, in_flight: int, connections: int) -> BareMeasurement:
+    """h2load against the bare server's shared port, and the successes each process counted over it.
+
+    `in_flight` is split over `connections` connections (it must be a multiple of it).
+    """
+    if in_flight % connections:
+        raise ValueError(f"in_flight {in_flight} is not a multiple of connections {connections}")
+    before = [h2load.success_count(target, MODEL) for target in server.stats_targets]
+    url = f"http://{server.target}{h2load.MODEL_INFER_PATH}"
+    summary = h2load.run_h2load(url, body, seconds, connections, in_flight // connections)
+    after = [h2load.success_count(target, MODEL) for target in server.stats_targets]
+    per_process = tuple(end - start for start, end in zip(before, after, strict=True))
+    return BareMeasurement(h2load.Measurement(summary, sum(per_process)), per_process)
+
+
+def sweep(
+    repository: Path, workdir: Path, frontends: Sequence[int], seconds: float, in_flight: int, connections: int
+) -> Sweep:
+    """For each front-end count, measure cnnserve (default settings, `--frontends N` unless N is 0) and then the
+    bare server with as many processes, each for `seconds` after a one-second warm-up at the same load.
+
+    Raises h2load.H2loadMissing, launcher.ServerStartError, RuntimeError.
+    """
     h2load.h2load_executable()
-    with launcher.running_server(repository, log_path=workdir / "cnnserve.log") as server:
-        body = h2load.infer_body(MODEL, h2load.input_name(server.target, MODEL))
-        h2load.measure(server.target, MODEL, body, 1.0, in_flight, connections)
-        ours = h2load.measure(server.target, MODEL, body, seconds, in_flight, connections)
-    with running_bare_server(workdir / "bare_grpc.log") as target:
-        h2load.measure(target, MODEL, body, 1.0, in_flight, connections)
-        bare = h2load.measure(target, MODEL, body, seconds, in_flight, connections)
-    return Comparison(in_flight, seconds, ours, bare)
+    rows = []
+    for count in frontends:
+        flags = ("--frontends", str(count)) if count else ()
+        with launcher.running_server(repository, *flags, log_path=workdir / f"cnnserve-{count}.log") as server:
+            body = h2load.infer_body(MODEL, h2load.input_name(server.target, MODEL))
+            h2load.measure(server.target, MODEL, body, WARM_UP_SECONDS, in_flight, connections)
+            ours = h2load.measure(server.target, MODEL, body, seconds, in_flight, connections)
+        processes = max(1, count)
+        with running_bare_server(workdir / f"bare_grpc-{processes}.log", processes) as bare_server:
+            measure_bare(bare_server, body, WARM_UP_SECONDS, in_flight, connections)
+            bare = measure_bare(bare_server, body, seconds, in_flight, connections)
+        rows.append(Row(count, ours, bare))
+    return Sweep(in_flight, connections, seconds, tuple(rows))
+
+
+def report(result: Sweep) -> str:
+    """Each server's figures, the ratio per front-end count, then a Markdown table of the whole sweep."""
+    names = {row.frontends: _names(row) for row in result.rows}
+    width = max(22, *(len(name) for pair in names.values() for name in pair))
+    lines = []
+    for row in result.rows:
+        for name, side in zip(names[row.frontends], (row.cnnserve, row.bare.measurement), strict=True):
+            lines.append(
+                f"{name:<{width}} {side.requests_per_second:9.0f} requests/s  "
+                f"(server successes {side.server_successes}, h2load succeeded {side.h2load.succeeded}, "
+                f"failed {side.h2load.failed}, {side.h2load.seconds:.2f} s)"
+            )
+        if row.processes > 1:
+            lines.append(f"{'':<{width}} bare successes per process: {', '.join(map(str, row.bare.per_process))}")
+        lines.append(f"ratio cnnserve / bare: {row.ratio:.2f}  ({result.in_flight} in flight, {MODEL} single image)")
+    lines += [
+        "",
+        f"{MODEL} single image, {result.in_flight} in flight over {result.connections} connections, "
+        f"{result.seconds:g} s per server",
+        "",
+        "| front-ends | cnnserve (requests/s) | bare grpc.aio (requests/s) | bare processes | cnnserve / bare "
+        "| cnnserve / single process |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in result.rows:
+        relative = result.relative_to_single_process(row)
+        lines.append(
+            f"| {row.frontends if row.frontends else '0 (single process)'} "
+            f"| {row.cnnserve.requests_per_second:,.0f} | {row.bare.measurement.requests_per_second:,.0f} "
+            f"| {row.processes} | {row.ratio:.2f} | {'-' if relative is None else f'{relative:.2f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(result: Sweep, path: Path) -> Path:
+    """A PNG bar chart: requests/s against front-ends, cnnserve and the bare server side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(result.rows) + 2.5), 4.5))
+    positions = range(len(result.rows))
+    bar_width = 0.38
+    ours = [row.cnnserve.requests_per_second for row in result.rows]
+    bare = [row.bare.measurement.requests_per_second for row in result.rows]
+    sides = (("cnnserve", "tab:blue", ours), ("bare grpc.aio, as many processes", "tab:gray", bare))
+    for offset, (label, color, values) in zip((-bar_width / 2, bar_width / 2), sides, strict=True):
+        bars = ax.bar([p + offset for p in positions], values, bar_width, label=label, color=color)
+        ax.bar_label(bars, labels=[f"{value:,.0f}" for value in values], fontsize=8)
+    ax.set_ylim(0, 1.25 * max(*ours, *bare))
+    ax.set_xticks(list(positions), [str(row.frontends) for row in result.rows])
+    ax.set_xlabel("cnnserve front-ends (0: a single process); bare grpc.aio: max(1, N) processes")
+    ax.set_ylabel("requests/s")
+    ax.set_title(f"{MODEL} single image, {result.in_flight} in flight, h2load, {result.seconds:g} s each")
+    ax.legend(loc="upper left")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _names(row: Row) -> tuple[str, str]:
+    if row.frontends == 0:
+        return "cnnserve (1 process)", "bare grpc.aio"
+    if row.frontends == 1:
+        return "cnnserve (1 front-end)", "bare grpc.aio (1 process)"
+    return f"cnnserve ({row.frontends} front-ends)", f"bare grpc.aio ({row.processes} processes)"
+
+
+def _frontend_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if any(count < 0 for count in counts) or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"front-end counts must be distinct and at least 0: {text!r}")
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m load_tests.bench.h2load_compare", description=__doc__.split("\n")[0]
     )
+    parser.add_argument(
+        "--frontends",
+        type=_frontend_counts,
+        default=[0],
+        help="comma-separated cnnserve front-end counts to measure, 0 for a single process (default 0)",
+    )
     parser.add_argument("--model-repository", type=Path, help=f"holding {MODEL} (else exported with random weights)")
     parser.add_argument("--cache-dir", type=Path, default=Path("load_tests/results/models"))
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per server (default 10)")
     parser.add_argument("--in-flight", type=int, default=64, help="calls in flight (default 64)")
-    parser.add_argument("--connections", type=int, default=4, help="HTTP/2 connections (default 4)")
+    parser.add_argument(
+        "--connections", type=int, help="HTTP/2 connections (default 4, or 16 when a server runs several processes)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--plot", type=Path, help="also draw requests/s against front-ends here (PNG)")
     args = parser.parse_args(argv)
+    connections = args.connections if args.connections is not None else 16 if max(args.frontends) > 1 else 4
+    if connections <= 0 or args.in_flight <= 0 or args.in_flight % connections:
+        parser.error(f"--in-flight {args.in_flight} must be a positive multiple of {connections} connections")
     try:
         h2load.h2load_executable()
     except h2load.H2loadMissing as exc:
@@ -106,16 +298,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cnnserve-h2load-compare-") as scratch:
         workdir = Path(scratch)
         repository = single_model_repository(model, workdir / "repository")
-        result = compare(repository, workdir, args.duration, args.in_flight, args.connections)
-    for name, side in (("cnnserve (1 process)", result.cnnserve), ("bare grpc.aio", result.bare)):
-        print(
-            f"{name:<22} {side.requests_per_second:9.0f} requests/s  "
-            f"(server successes {side.server_successes}, h2load succeeded {side.h2load.succeeded}, "
-            f"failed {side.h2load.failed}, {side.h2load.seconds:.2f} s)"
-        )
-    print(f"ratio cnnserve / bare: {result.ratio:.2f}  ({result.in_flight} in flight, {MODEL} single image)")
+        try:
+            result = sweep(repository, workdir, args.frontends, args.duration, args.in_flight, connections)
+        except (launcher.ServerStartError, RuntimeError) as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    print(report(result))
     if args.json is not None:
         args.json.write_text(json.dumps(result.to_dict(), indent=2))
+    if args.plot is not None:
+        print(f"plot: {plot(result, args.plot)}")
     return 0
 
 

@@ -125,7 +125,7 @@ def model_info(versions: list[ModelVersion]) -> pb.ModelInfo:
                 reason=v.reason,
                 execution_provider=v.provider,
                 statistics=stats,
-                provider_fallback_reason=v.loaded.fallback_reason if v.loaded else "",
+                provider_fallback_reason=v.fallback_reason,
             )
         )
     info.ready = any(v.ready for v in versions)
@@ -157,6 +157,7 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         repository = self._dataplane.repository
+        await repository.refresh_statistics()
         return pb.ListModelsResponse(models=[model_info(list(repository.versions(n))) for n in repository.names()])
 
     @grpc_errors
@@ -167,4 +168,5 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
             raise ModelNotFoundError(
                 f"unknown model {request.name!r}; the models served here are: {', '.join(repository.names()) or 'none'}"
             )
+        await repository.refresh_statistics()
         return model_info(versions)

@@ -122,6 +122,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
+        await self._repository.refresh_statistics()
         return statistics_of(self._repository, request.name, request.version)
 
     @grpc_errors

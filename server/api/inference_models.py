@@ -18,7 +18,7 @@ from cnnserve.repository_layout import MODEL_FILE
 from cnnserve.server.api.inference_tensors import OUTPUT_NAME
 from cnnserve.server.errors import InvalidInputError, ModelNotFoundError
 from cnnserve.server.model import ModelState, ModelVersion
-from cnnserve.server.repository import ModelRepository, RepositoryEntry
+from cnnserve.server.repository import RepositoryEntry, ServedVersions
 from cnnserve.server.settings import BatchingSettings
 from cnnserve.server.statistics import DurationStatistic
 
@@ -47,7 +47,7 @@ def unknown_model(name: str, version: int) -> ModelNotFoundError:
     return ModelNotFoundError(f"Request for unknown model: '{name}'{suffix} is not found")
 
 
-def find_model(repository: ModelRepository, name: str, version_text: str) -> ModelVersion:
+def find_model(repository: ServedVersions, name: str, version_text: str) -> ModelVersion:
     """The ready version a request names. Raises ModelNotFoundError (Triton's message) or UnavailableError."""
     version = version_number(version_text)
     try:
@@ -85,7 +85,7 @@ def label_count_of(model: ModelVersion) -> int:
     return len(model.metadata.labels)
 
 
-def model_metadata(repository: ModelRepository, model: ModelVersion) -> pb.ModelMetadataResponse:
+def model_metadata(repository: ServedVersions, model: ModelVersion) -> pb.ModelMetadataResponse:
     ready = [str(v.version) for v in repository.versions(model.name) if v.ready]
     tensor = pb.ModelMetadataResponse.TensorMetadata
     return pb.ModelMetadataResponse(
@@ -182,7 +182,7 @@ def model_statistics(model: ModelVersion) -> pb.ModelStatistics:
     )
 
 
-def statistics_of(repository: ModelRepository, name: str, version_text: str) -> pb.ModelStatisticsResponse:
+def statistics_of(repository: ServedVersions, name: str, version_text: str) -> pb.ModelStatisticsResponse:
     """Every version of every model for an empty name; every version of `name` for an empty version."""
     version = version_number(version_text)
     if not name:

@@ -1,20 +1,24 @@
 """`python -m load_tests.bench.h2load_compare`, briefly: h2load (C) against cnnserve and a bare grpc.aio server.
 
-Speed is not asserted (the machine is shared); what is checked is that both servers answered, and that the
-successes cnnserve counted itself are the calls h2load saw answered.
+Speed is not asserted (the machine is shared); what is checked is that both servers answered, that the
+successes each server counted itself are the calls h2load saw answered, and that a bare server of several
+processes sharing one port is counted over all of them.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from load_tests.bench.h2load import INSTALL_HINT, grpc_frame, parse_summary
+from load_tests.bench import h2load_compare
+from load_tests.bench.h2load import INSTALL_HINT, H2loadSummary, Measurement, grpc_frame, infer_body, parse_summary
+from load_tests.bench.h2load_compare import BareMeasurement, Row, Sweep, measure_bare, report, running_bare_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 needs_h2load = pytest.mark.skipif(shutil.which("h2load") is None, reason=f"h2load is not installed: {INSTALL_HINT}")
@@ -32,16 +36,64 @@ def test_parse_summary_reads_succeeded_and_rate() -> None:
     assert (summary.succeeded, summary.failed, summary.seconds, summary.requests_per_second) == (6760, 5, 3.0, 2255.0)
 
 
+def _measured(successes: int) -> Measurement:
+    return Measurement(H2loadSummary(successes, 0, 1.0, float(successes)), successes)
+
+
+def test_sweep_table_relates_each_count_to_the_single_process_and_to_bare() -> None:
+    sweep = Sweep(
+        in_flight=64,
+        connections=16,
+        seconds=1.0,
+        rows=(
+            Row(0, _measured(1000), BareMeasurement(_measured(2500), (2500,))),
+            Row(2, _measured(2200), BareMeasurement(_measured(4000), (2100, 1900))),
+        ),
+    )
+    assert [sweep.relative_to_single_process(row) for row in sweep.rows] == [1.0, 2.2]
+    assert [row.processes for row in sweep.rows] == [1, 2]
+    assert sweep.rows[1].ratio == pytest.approx(0.55)
+
+    text = report(sweep)
+    assert "| 0 (single process) | 1,000 | 2,500 | 1 | 0.40 | 1.00 |" in text
+    assert "| 2 | 2,200 | 4,000 | 2 | 0.55 | 2.20 |" in text
+    assert "bare successes per process: 2100, 1900" in text
+    assert Sweep(64, 16, 1.0, sweep.rows[1:]).to_dict()["rows"][0]["relative_to_single_process"] is None
+
+
+@pytest.mark.parametrize("frontends", ["0,-1", "1,1", "two"])
+def test_front_end_counts_must_be_distinct_non_negative_integers(frontends: str) -> None:
+    with pytest.raises(SystemExit) as raised:
+        h2load_compare.main(["--frontends", frontends])
+    assert raised.value.code == 2
+
+
+@needs_h2load
+def test_bare_server_of_two_processes_counts_every_call_over_both(tmp_path: Path) -> None:
+    body = infer_body("mnist_net", "input")
+    with running_bare_server(tmp_path / "bare.log", processes=2) as server:
+        assert len(server.stats_targets) == 2
+        result = measure_bare(server, body, seconds=1.0, in_flight=64, connections=16)
+    assert len(result.per_process) == 2 and all(count > 0 for count in result.per_process)  # 16 connections spread
+    counted, seen = result.measurement.server_successes, result.measurement.h2load.succeeded
+    assert counted == sum(result.per_process)
+    assert seen > 0 and abs(counted - seen) <= 0.03 * seen
+    for target in (server.target, *server.stats_targets):  # every process has stopped
+        host, port = target.rsplit(":", 1)
+        with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port)), timeout=2):
+            pass
+
+
 @needs_h2load
 def test_compare_measures_both_servers_and_counts_what_h2load_saw(model_repository: Path, tmp_path: Path) -> None:
-    figures = tmp_path / "h2load.json"
+    figures, chart = tmp_path / "h2load.json", tmp_path / "h2load.png"
     completed = subprocess.run(
         [
             sys.executable,
             "-m",
             "load_tests.bench.h2load_compare",
             *("--model-repository", str(model_repository), "--cache-dir", str(tmp_path / "cache")),
-            *("--duration", "2", "--json", str(figures)),
+            *("--frontends", "0", "--duration", "1", "--json", str(figures), "--plot", str(chart)),
         ],
         capture_output=True,
         text=True,
@@ -50,12 +102,17 @@ def test_compare_measures_both_servers_and_counts_what_h2load_saw(model_reposito
     )
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-3000:]
     assert "ratio cnnserve / bare" in completed.stdout
+    assert "| 0 (single process) |" in completed.stdout
+    assert chart.read_bytes().startswith(b"\x89PNG")
 
     result = json.loads(figures.read_text())
-    assert result["in_flight"] == 64
+    assert (result["in_flight"], result["connections"]) == (64, 4)
+    (row,) = result["rows"]
+    assert (row["frontends"], row["bare_processes"]) == (0, 1)
     for side in ("cnnserve", "bare_grpc_aio"):
-        assert result[side]["requests_per_second"] > 0
-        assert result[side]["h2load"]["failed"] == 0
-    counted, seen = result["cnnserve"]["server_successes"], result["cnnserve"]["h2load"]["succeeded"]
+        assert row[side]["requests_per_second"] > 0
+        assert row[side]["h2load"]["failed"] == 0
+    counted, seen = row["cnnserve"]["server_successes"], row["cnnserve"]["h2load"]["succeeded"]
     assert seen > 0 and abs(counted - seen) <= 0.03 * seen
-    assert result["ratio"] > 0
+    assert row["bare_grpc_aio"]["per_process_successes"] == [row["bare_grpc_aio"]["server_successes"]]
+    assert row["ratio"] > 0 and row["relative_to_single_process"] == 1.0

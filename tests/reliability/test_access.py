@@ -77,9 +77,11 @@ def channel(locked_server: ServerProcess) -> Iterator[grpc.Channel]:
 
 
 def test_the_server_listens_on_loopback_only_unless_told_otherwise(locked_server: ServerProcess) -> None:
+    server = psutil.Process(locked_server.process.pid)
     listening = {
         (c.laddr.ip, c.laddr.port)
-        for c in psutil.Process(locked_server.process.pid).net_connections(kind="inet")
+        for process in (server, *server.children())  # the front-ends and the engine of `--frontends N`
+        for c in process.net_connections(kind="inet")
         if c.status == psutil.CONN_LISTEN
     }
     assert {port for _, port in listening} >= {locked_server.grpc_port, locked_server.metrics_port}

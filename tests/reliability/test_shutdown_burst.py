@@ -33,6 +33,8 @@ from tests.servers import ServerProcess, queue_depth, running_server, wait_until
 OK, UNAVAILABLE, EXHAUSTED = grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED
 DRAIN_TIMEOUT = 20.0
 SIGNAL_AFTER = 0.05
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+"""Channel options for a connection per channel (channels to one target share one connection otherwise)."""
 
 
 def requests_for(target: str, api: str, digit: np.ndarray) -> tuple[str, Any, Callable[[Any], bool]]:
@@ -61,7 +63,7 @@ def fire(target: str, method: str, request: Any, channels: int, calls: int, queu
     """
 
     async def run() -> list:
-        opened = [grpc.aio.insecure_channel(target) for _ in range(channels)]
+        opened = [grpc.aio.insecure_channel(target, options=OWN_CONNECTION) for _ in range(channels)]
         try:
             for channel in opened:
                 await channel.channel_ready()

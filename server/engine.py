@@ -1,0 +1,384 @@
+"""The engine process of a multi-process server: every model's session and batcher, fed by the front-ends.
+
+Front-end processes (server/frontend.py) do the protocol work and send each request's rows here through their
+shared tensor arenas; requests from every front-end meet in one batcher per model version, so batches are as
+large as a single-process server's and a GPU holds each model once. The engine also owns what must be one per
+server: loading, hot reload and explicit load/unload, the model statistics (front-ends forward their requests'
+figures), and the metrics port (/metrics sums every process's metrics; /v2/health/* answer for the engine).
+
+Its loop never blocks on one front-end: a received `Submit` becomes a task that awaits the batcher and answers
+with `Result` or `Failure`; a `Cancel` cancels that task, which drops the request from the queue if it has not run.
+A front-end that dies is noticed by its process id; its requests are cancelled and its arena unmapped.
+
+On SIGTERM the engine reports not ready at once, goes on serving while the front-ends drain, and exits once they
+are gone (or after the drain timeout and a margin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import pickle
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from cnnserve.server.engine_protocol import (
+    CANCELLED,
+    ENDPOINT_FILE,
+    Cancel,
+    Catalog,
+    Control,
+    ControlReply,
+    Failure,
+    Finished,
+    Hello,
+    Result,
+    Submit,
+    decode_to_engine,
+    encode,
+)
+from cnnserve.server.errors import (
+    CnnserveError,
+    ExecutionProviderError,
+    InferenceError,
+    ModelNotFoundError,
+    UnavailableError,
+    VersionRetiredError,
+)
+from cnnserve.server.http_port import serve_health_and_metrics
+from cnnserve.server.loop_socket import LoopSocket
+from cnnserve.server.metrics import ServerMetrics
+from cnnserve.server.model import ModelVersion
+from cnnserve.server.readiness import Readiness
+from cnnserve.server.repository import ModelRepository
+from cnnserve.server.runtime import quiet_onnxruntime
+from cnnserve.server.settings import BatchingSettings, RuntimeSettings, ServerSettings
+from cnnserve.server.statistics import RequestStatistics, start_request_statistics
+from cnnserve.server.tensor_arena import TensorArena
+
+_log = logging.getLogger(__name__)
+_WATCH_SECONDS = 0.5
+"""How often the engine checks that the front-ends it serves are alive."""
+_STOP_MARGIN_SECONDS = 5.0
+QUEUE_BOARD_SLOTS = 4096
+"""Model versions (name and number) whose queue depth the front-ends can read; later ones are refused by the
+engine only, after decoding."""
+
+
+@dataclass(frozen=True)
+class VersionCard:
+    """What a front-end needs to serve a model version: its state and its specification, without the session."""
+
+    name: str
+    version: int
+    path: Path
+    state: str
+    reason: str
+    provider: str
+    fallback_reason: str
+    load_seconds: float
+    metadata: object
+    spec: object
+    batching: BatchingSettings | None
+    runtime: RuntimeSettings | None
+    queue_slot: int
+    """Where the queue board holds this version's queued rows; -1: nowhere (the engine still refuses)."""
+
+    @classmethod
+    def of(cls, version: ModelVersion, queue_slot: int) -> VersionCard:
+        return cls(
+            name=version.name,
+            version=version.version,
+            path=version.path,
+            state=version.state.value,
+            reason=version.reason,
+            provider=version.provider,
+            fallback_reason=version.fallback_reason,
+            load_seconds=version.load_seconds,
+            metadata=version.metadata,
+            spec=version.spec,
+            batching=version.batching,
+            runtime=version.runtime,
+            queue_slot=queue_slot,
+        )
+
+
+@dataclass(eq=False)
+class _Frontend:
+    identity: bytes
+    pid: int
+    arena: TensorArena
+    requests: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+
+
+class Engine:
+    """Holds the repository and answers the front-ends connected to `run_dir`'s socket."""
+
+    def __init__(self, settings: ServerSettings, run_dir: Path, metrics_dir: Path) -> None:
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        self.repository = ModelRepository(settings, self.metrics)
+        self.metrics.watch_models(self.repository.versions)
+        self.readiness = Readiness(self.repository, settings.required_models)
+        self._metrics_dir = metrics_dir
+        self._endpoint = f"ipc://{run_dir / ENDPOINT_FILE}"
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._channel = LoopSocket(self._socket, self._on_message)
+        self._frontends: dict[bytes, _Frontend] = {}
+        self._board = TensorArena.create(QUEUE_BOARD_SLOTS * 8)
+        self._queue_depths = self._board.array(0, (QUEUE_BOARD_SLOTS,), np.int64)
+        self._queue_slots: dict[tuple[str, int], int] = {}
+        self._loaded = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._outboxes: dict[bytes, list[object]] = {}
+        self.repository.on_change(self._publish_catalog)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set, then wait for the front-ends to leave and close every model."""
+        quiet_onnxruntime()
+        self._socket.bind(self._endpoint)
+        self._channel.start()
+        watching = asyncio.create_task(self._watch_frontends(), name="engine-watch")
+        registry = self.metrics.all_processes_registry(self._metrics_dir)
+        metrics_port = serve_health_and_metrics(
+            self.settings.host, self.settings.metrics_port, registry, self.readiness
+        )
+        _log.info("engine: metrics and REST health on http://%s:%d", self.settings.host, metrics_port)
+        await self.repository.load_all()
+        self._loaded = True
+        self._publish_catalog()
+        poller = None
+        if self.settings.repository_poll_seconds > 0:
+            poller = asyncio.create_task(self.repository.poll(self.settings.repository_poll_seconds))
+        if self.settings.port_file is not None:
+            write_port_file(self.settings.port_file, {"metrics_port": metrics_port, "pid": os.getpid()})
+        await stop.wait()
+        self.readiness.shutting_down()
+        if poller is not None:
+            poller.cancel()
+        _log.info("engine: shutting down once the front-ends have drained")
+        deadline = time.monotonic() + self.settings.drain_timeout_seconds + _STOP_MARGIN_SECONDS
+        while self._frontends and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.repository.close(drain_seconds=0)
+        watching.cancel()
+        for frontend in list(self._frontends.values()):
+            self._forget(frontend)
+        self._channel.close()
+        self._context.term()
+        self._board.close()
+        _log.info("engine: stopped")
+
+    def _on_message(self, frames: list[bytes]) -> None:
+        identity, payload = frames
+        for message in decode_to_engine(payload):
+            frontend = self._frontends.get(identity)
+            if isinstance(message, Submit):
+                if frontend is not None:
+                    task = asyncio.create_task(self._serve(frontend, message))
+                    frontend.requests[message.id] = task
+            elif isinstance(message, Cancel):
+                if frontend is not None and (task := frontend.requests.get(message.id)) is not None:
+                    task.cancel()
+            elif isinstance(message, Finished):
+                self._count(message)
+            elif isinstance(message, Hello):
+                self._welcome(identity, message)
+            elif isinstance(message, Control):
+                self._spawn(self._control(identity, message))
+
+    def _welcome(self, identity: bytes, hello: Hello) -> None:
+        try:
+            arena = TensorArena.attach(hello.pid, hello.arena_descriptor, hello.arena_bytes)
+        except OSError as exc:
+            _log.error("engine: cannot map the tensor arena of front-end %d: %s", hello.pid, exc)
+            return
+        self._frontends[identity] = _Frontend(identity, hello.pid, arena)
+        _log.info("engine: front-end %d connected", hello.pid)
+        self._send(identity, self._catalog())
+
+    async def _serve(self, frontend: _Frontend, request: Submit) -> None:
+        """Run one request through its model's batcher and answer it, whatever happens."""
+        statistics = start_request_statistics()
+        reply: Result | Failure
+        try:
+            try:
+                model = self.repository.get(request.model, request.version)
+            except (ModelNotFoundError, UnavailableError) as exc:
+                raise VersionRetiredError(str(exc)) from exc
+            inputs = frontend.arena.array(request.offset, request.shape, request.dtype)
+            probabilities = await model.infer(inputs, request.deadline, request.priority)
+            rows = len(inputs)
+            if probabilities.shape != (rows, request.output_width):
+                raise InferenceError(
+                    f"model {request.model} answered shape {list(probabilities.shape)}, expected "
+                    f"[{rows}, {request.output_width}]"
+                )
+            frontend.arena.array(request.output_offset, (rows, request.output_width), np.float32)[...] = probabilities
+            reply = _result(request.id, statistics)
+        except asyncio.CancelledError:
+            reply = Failure(request.id, CANCELLED, "")
+        except CnnserveError as exc:
+            reply = Failure(request.id, type(exc).__name__, str(exc))
+        except Exception as exc:
+            _log.exception("engine: request to %s failed", request.model)
+            reply = Failure(request.id, "InferenceError", f"{exc.__class__.__name__}: {exc}")
+        finally:
+            frontend.requests.pop(request.id, None)
+        if self._frontends.get(frontend.identity) is frontend:
+            self._send(frontend.identity, reply)
+
+    def _count(self, finished: Finished) -> None:
+        version = next((v for v in self.repository.versions(finished.model) if v.version == finished.version), None)
+        if version is None:
+            return
+        if finished.succeeded:
+            figures = RequestStatistics(
+                finished.compute_input,
+                finished.queue,
+                finished.compute_infer,
+                finished.compute_output,
+                finished.inferences,
+            )
+            version.statistics.record_success(finished.seconds, figures)
+        else:
+            version.statistics.record_failure(finished.seconds)
+
+    async def _control(self, identity: bytes, control: Control) -> None:
+        payload = b""
+        try:
+            if control.operation == "load":
+                await self.repository.load(control.argument)
+            elif control.operation == "unload":
+                await self.repository.unload(control.argument)
+            elif control.operation == "statistics":
+                statistics = {(v.name, v.version): v.statistics for v in self.repository.versions()}
+                payload = pickle.dumps(statistics)
+            else:
+                raise InferenceError(f"unknown engine operation {control.operation!r}")
+        except CnnserveError as exc:
+            self._send(identity, ControlReply(control.id, type(exc).__name__, str(exc)))
+            return
+        self._send(identity, ControlReply(control.id, "", "", payload))
+
+    def _catalog(self) -> Catalog:
+        cards = [VersionCard.of(version, self._queue_slot(version)) for version in self.repository.versions()]
+        return Catalog(self._loaded, pickle.dumps(cards), os.getpid(), self._board.descriptor, self._board.size)
+
+    def _queue_slot(self, version: ModelVersion) -> int:
+        """The board slot of `version` (its batcher publishing its depth there from now on), or -1."""
+        key = (version.name, version.version)
+        slot = self._queue_slots.get(key)
+        if slot is None and len(self._queue_slots) < QUEUE_BOARD_SLOTS:
+            slot = self._queue_slots[key] = len(self._queue_slots)
+        if slot is None or version.batcher is None:
+            return -1
+        version.batcher.publish_depth(self._queue_depths[slot : slot + 1])
+        return slot
+
+    def _publish_catalog(self) -> None:
+        catalog = self._catalog()
+        for identity in self._frontends:
+            self._send(identity, catalog)
+
+    def _send(self, identity: bytes, message: object) -> None:
+        """Queue `message` for a front-end; what one event-loop iteration queues leaves as one ZeroMQ message."""
+        if not self._outboxes:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outboxes.setdefault(identity, []).append(message)
+
+    def _flush(self) -> None:
+        outboxes, self._outboxes = self._outboxes, {}
+        for identity, messages in outboxes.items():
+            self._channel.send([identity, encode(messages)])
+
+    def _spawn(self, awaitable) -> None:
+        task = asyncio.ensure_future(awaitable)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch_frontends(self) -> None:
+        while True:
+            await asyncio.sleep(_WATCH_SECONDS)
+            for frontend in list(self._frontends.values()):
+                if not _alive(frontend.pid):
+                    if frontend.requests:
+                        _log.warning(
+                            "engine: front-end %d is gone; dropping its %d requests",
+                            frontend.pid,
+                            len(frontend.requests),
+                        )
+                    else:
+                        _log.info("engine: front-end %d left", frontend.pid)
+                    self._forget(frontend)
+
+    def _forget(self, frontend: _Frontend) -> None:
+        self._frontends.pop(frontend.identity, None)
+        for task in list(frontend.requests.values()):
+            task.cancel()
+        frontend.arena.close()
+
+
+def _result(request_id: int, statistics: RequestStatistics) -> Result:
+    return Result(
+        request_id,
+        statistics.queue,
+        statistics.compute_input,
+        statistics.compute_infer,
+        statistics.compute_output,
+        statistics.inferences,
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    return False
+
+
+def write_port_file(path: Path, ports: dict[str, int]) -> None:
+    """Write `ports` as JSON to `path` atomically (a reader never sees half a file)."""
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps(ports))
+    staging.replace(path)
+
+
+def run_engine(settings: ServerSettings, run_dir: Path, metrics_dir: Path, log_level: str) -> None:
+    """The engine process's entry point (started by the supervisor). Exits 3 when CUDA was required and absent."""
+    from cnnserve._logging import configure_logging
+    from cnnserve.server.supervisor import die_with_parent
+
+    die_with_parent()
+    configure_logging(log_level, settings.log_format.value)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        await Engine(settings, run_dir, metrics_dir).run(stop)
+
+    try:
+        asyncio.run(main())
+    except ExecutionProviderError as exc:
+        _log.error("%s", exc)
+        raise SystemExit(3) from exc

@@ -1,0 +1,364 @@
+"""A front-end's side of the engine: the catalog it serves from and the one call that reaches a model.
+
+`RemoteRepository` is the front-end's repository: the versions the engine's catalog lists, each a
+`FrontendModelVersion` that preprocesses locally and infers through the engine. The data plane, the services and
+readiness use it exactly as they use the engine's `ModelRepository`, so the request path is the same code in a
+single-process server and in a front-end; only `infer` differs.
+
+`EngineClient.infer` writes the request's rows into a block of this process's `TensorArena`, sends a `Submit`
+and awaits the engine's answer; when the caller gives up (deadline, cancellation) it sends a `Cancel`, and the
+block is freed only when the engine's one answer to that request arrives. When the engine is gone every waiting
+request fails UNAVAILABLE at once, and so does every later one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import pickle
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import zmq
+
+from cnnserve.server.batcher import queue_full_error
+from cnnserve.server.engine_protocol import (
+    CANCELLED,
+    Cancel,
+    Catalog,
+    Control,
+    ControlReply,
+    Failure,
+    Finished,
+    Hello,
+    Result,
+    Submit,
+    decode_to_frontend,
+    encode,
+)
+from cnnserve.server.errors import QueueFullError, UnavailableError, error_named
+from cnnserve.server.loop_socket import LoopSocket
+from cnnserve.server.model import ModelState, ModelVersion
+from cnnserve.server.preprocess import ImagePreprocessor
+from cnnserve.server.repository import ServedVersions
+from cnnserve.server.settings import ServerSettings
+from cnnserve.server.statistics import ModelStatistics, RequestStatistics, current_request
+from cnnserve.server.tensor_arena import ArenaFullError, TensorArena, aligned
+
+_log = logging.getLogger(__name__)
+_ENGINE_GONE = "the inference engine of this server stopped; retry (the server restarts or another replica answers)"
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[tuple[np.ndarray, Result]]
+    offset: int
+    output_offset: int
+    rows: int
+    width: int
+
+
+class EngineClient:
+    """The connection of one front-end process to the engine."""
+
+    def __init__(self, endpoint: str, arena_bytes: int) -> None:
+        self._endpoint = endpoint
+        self._arena = TensorArena.create(arena_bytes)
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._channel = LoopSocket(self._socket, self._on_message)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._controls: dict[int, asyncio.Future[bytes]] = {}
+        self._outbox: list[object] = []
+        self._catalog_listeners: list[Any] = []
+        self.lost = False
+
+    def on_catalog(self, listener: Any) -> None:
+        self._catalog_listeners.append(listener)
+
+    def connect(self) -> None:
+        """Connect and say hello (the engine answers with its catalog, whenever it is up)."""
+        self._socket.connect(self._endpoint)
+        self._channel.start()
+        self._send(Hello(os.getpid(), self._arena.descriptor, self._arena.size))
+
+    async def infer(
+        self, version: FrontendModelVersion, inputs: np.ndarray, deadline: float, priority: int
+    ) -> np.ndarray:
+        """The probabilities of `inputs` from the engine (one row each); raises what the engine raised."""
+        if self.lost:
+            raise UnavailableError(_ENGINE_GONE)
+        inputs = np.ascontiguousarray(inputs)
+        rows, width = len(inputs), version.output_width
+        input_bytes = aligned(inputs.nbytes)
+        try:
+            offset = self._arena.allocate(input_bytes + rows * width * 4)
+        except ArenaFullError as exc:
+            raise QueueFullError(f"this front-end's tensor buffer is full ({exc}); retry with backoff") from exc
+        output_offset = offset + input_bytes
+        self._arena.array(offset, inputs.shape, inputs.dtype)[...] = inputs
+        request_id = next(self._ids)
+        future: asyncio.Future[tuple[np.ndarray, Result]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = _Pending(future, offset, output_offset, rows, width)
+        self._send(
+            Submit(
+                request_id,
+                version.name,
+                version.version,
+                offset,
+                inputs.shape,
+                inputs.dtype.str,
+                output_offset,
+                width,
+                deadline,
+                priority,
+            )
+        )
+        try:
+            probabilities, result = await future
+        except asyncio.CancelledError:
+            if request_id in self._pending and not self.lost:
+                self._send(Cancel(request_id))
+            raise
+        statistics = current_request()
+        statistics.queue += result.queue
+        statistics.compute_input += result.compute_input
+        statistics.compute_infer += result.compute_infer
+        statistics.compute_output += result.compute_output
+        statistics.inferences += result.inferences
+        return probabilities
+
+    def finished(self, version: ModelVersion, succeeded: bool, seconds: float, request: RequestStatistics) -> None:
+        """Forward a finished request's statistics to the engine."""
+        if succeeded:
+            record = Finished(
+                version.name,
+                version.version,
+                True,
+                seconds,
+                request.compute_input,
+                request.queue,
+                request.compute_infer,
+                request.compute_output,
+                request.inferences,
+            )
+        else:
+            record = Finished(version.name, version.version, False, seconds, 0.0, 0.0, 0.0, 0.0, 0)
+        self._send(record)
+
+    async def control(self, operation: str, argument: str = "") -> bytes:
+        """Run a control operation in the engine; raises the engine's error."""
+        if self.lost:
+            raise UnavailableError(_ENGINE_GONE)
+        request_id = next(self._ids)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._controls[request_id] = future
+        self._send(Control(request_id, operation, argument))
+        try:
+            return await future
+        finally:
+            self._controls.pop(request_id, None)
+
+    def engine_lost(self) -> None:
+        """The engine died: fail every waiting request now, and every later one at once."""
+        if self.lost:
+            return
+        self.lost = True
+        error = UnavailableError(_ENGINE_GONE)
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        for future in self._controls.values():
+            if not future.done():
+                future.set_exception(error)
+
+    def close(self) -> None:
+        self._channel.close()
+        self._context.term()
+
+    def _send(self, message: object) -> None:
+        """Queue `message`; everything queued in one event-loop iteration leaves as one ZeroMQ message."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(message)
+
+    def _flush(self) -> None:
+        messages, self._outbox = self._outbox, []
+        self._channel.send([encode(messages)])
+
+    def _on_message(self, frames: list[bytes]) -> None:
+        for message in decode_to_frontend(frames[0]):
+            if isinstance(message, Result | Failure):
+                self._answer(message)
+            elif isinstance(message, Catalog):
+                for listener in self._catalog_listeners:
+                    listener(message)
+            elif isinstance(message, ControlReply):
+                future = self._controls.get(message.id)
+                if future is not None and not future.done():
+                    if message.error:
+                        future.set_exception(error_named(message.error, message.message))
+                    else:
+                        future.set_result(message.payload)
+
+    def _answer(self, message: Result | Failure) -> None:
+        pending = self._pending.pop(message.id, None)
+        if pending is None:
+            return
+        try:
+            if pending.future.done():
+                return
+            if isinstance(message, Result):
+                output = self._arena.array(pending.output_offset, (pending.rows, pending.width), np.float32)
+                pending.future.set_result((output.copy(), message))
+            elif message.error != CANCELLED:
+                pending.future.set_exception(error_named(message.error, message.message))
+            else:
+                pending.future.set_exception(UnavailableError("the engine dropped the request; retry"))
+        finally:
+            self._arena.free(pending.offset)
+
+
+class ForwardedStatistics(ModelStatistics):
+    """A front-end's view of a version's statistics: what it counts goes to the engine, which counts for every
+    front-end; what it reads was fetched from the engine just before (`RemoteRepository.refresh_statistics`)."""
+
+    def __init__(self, engine: EngineClient, version: ModelVersion) -> None:
+        super().__init__()
+        self._engine = engine
+        self._version = version
+
+    def record_success(self, seconds: float, request: RequestStatistics) -> None:
+        self._engine.finished(self._version, True, seconds, request)
+
+    def record_failure(self, seconds: float) -> None:
+        self._engine.finished(self._version, False, seconds, RequestStatistics())
+
+    def update_from(self, snapshot: ModelStatistics) -> None:
+        for each in fields(ModelStatistics):
+            setattr(self, each.name, getattr(snapshot, each.name))
+
+
+@dataclass(eq=False)
+class FrontendModelVersion(ModelVersion):
+    """A version as a front-end serves it: specification and preprocessing here, session and batcher in the
+    engine."""
+
+    engine: EngineClient | None = None
+    provider_name: str = ""
+    provider_fallback: str = ""
+    output_width: int = 0
+    """Probabilities per row: one per label (a single sigmoid output answers two)."""
+    queue_depth: np.ndarray | None = None
+    """This version's cell of the engine's queue board: the rows queued in its batcher right now."""
+
+    @property
+    def provider(self) -> str:
+        return self.provider_name
+
+    @property
+    def fallback_reason(self) -> str:
+        return self.provider_fallback
+
+    def refuse_if_full(self, rows: int) -> None:
+        if self.queue_depth is None or self.batching is None:
+            return
+        queued = int(self.queue_depth[0])
+        if queued + rows > self.batching.max_queue_size:
+            raise queue_full_error(self.name, queued, self.batching.max_queue_size, rows)
+
+    async def infer(self, inputs: np.ndarray, deadline: float, priority: int = 0) -> np.ndarray:
+        if self.state is not ModelState.READY or self.engine is None:
+            raise UnavailableError(f"model {self.name} version {self.version} is {self.state.value}, not READY")
+        return await self.engine.infer(self, inputs, deadline, priority)
+
+
+class RemoteRepository(ServedVersions):
+    """The versions the engine serves, as its latest catalog lists them."""
+
+    def __init__(self, settings: ServerSettings, engine: EngineClient) -> None:
+        super().__init__(settings)
+        self._engine = engine
+        self._loaded = asyncio.Event()
+        self._queue_board: np.ndarray | None = None
+        engine.on_catalog(self._apply)
+
+    async def load_all(self) -> None:
+        """Return once the engine has loaded every model of the repository once."""
+        await self._loaded.wait()
+
+    async def load(self, name: str) -> None:
+        await self._engine.control("load", name)
+
+    async def unload(self, name: str) -> None:
+        await self._engine.control("unload", name)
+
+    async def close(self, drain_seconds: float) -> None:
+        """Nothing to close here: the engine drains its own batchers."""
+
+    async def refresh_statistics(self) -> None:
+        snapshots: dict[tuple[str, int], ModelStatistics] = pickle.loads(await self._engine.control("statistics"))
+        for version in self.versions():
+            snapshot = snapshots.get((version.name, version.version))
+            if snapshot is not None and isinstance(version.statistics, ForwardedStatistics):
+                version.statistics.update_from(snapshot)
+
+    def engine_lost(self) -> None:
+        """Every version is unavailable from now on (readiness turns NOT_SERVING)."""
+        self._engine.engine_lost()
+        for version in self.versions():
+            version.state = ModelState.UNAVAILABLE
+            version.reason = _ENGINE_GONE
+        self._notify()
+
+    def _apply(self, catalog: Catalog) -> None:
+        if self._engine.lost:
+            return
+        if self._queue_board is None:
+            try:
+                board = TensorArena.attach(catalog.board_pid, catalog.board_descriptor, catalog.board_bytes)
+                self._queue_board = board.array(0, (catalog.board_bytes // 8,), np.int64)
+            except OSError as exc:
+                _log.warning("cannot map the engine's queue board (%s); full queues refuse after decoding", exc)
+        models: dict[str, dict[int, ModelVersion]] = {}
+        for card in pickle.loads(catalog.cards):
+            known = self._models.get(card.name, {}).get(card.version)
+            if known is not None and known.load_seconds == card.load_seconds and known.metadata == card.metadata:
+                known.state, known.reason = ModelState(card.state), card.reason
+                version = known
+            else:
+                version = self._version_of(card)
+            if self._queue_board is not None and card.queue_slot >= 0:
+                version.queue_depth = self._queue_board[card.queue_slot : card.queue_slot + 1]
+            models.setdefault(card.name, {})[card.version] = version
+        self._models = models
+        if catalog.loaded:
+            self._loaded.set()
+        self._notify()
+
+    def _version_of(self, card: Any) -> FrontendModelVersion:
+        metadata = card.metadata
+        version = FrontendModelVersion(
+            name=card.name,
+            version=card.version,
+            path=card.path,
+            state=ModelState(card.state),
+            reason=card.reason,
+            metadata=metadata,
+            spec=card.spec,
+            batching=card.batching,
+            runtime=card.runtime,
+            load_seconds=card.load_seconds,
+            engine=self._engine,
+            provider_name=card.provider,
+            provider_fallback=card.fallback_reason,
+            output_width=len(metadata.labels) if metadata is not None else 0,
+        )
+        if metadata is not None:
+            version.preprocessor = ImagePreprocessor(metadata.preprocessing, self._settings.max_image_pixels)
+        version.statistics = ForwardedStatistics(self._engine, version)
+        return version

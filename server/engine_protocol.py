@@ -1,0 +1,116 @@
+"""What front-end processes and the engine say to each other: a small typed message set over ZeroMQ.
+
+Each front-end holds one DEALER socket connected to the engine's ROUTER socket (an `ipc://` path in the
+server's run folder); the ROUTER knows each front-end by its socket identity. Messages are msgspec Structs
+encoded as msgpack arrays (a few microseconds to encode and decode); tensors never travel in them, only where
+they lie in the front-end's `TensorArena`.
+
+Front-end to engine: `Hello` (once, with the arena to map), `Submit` (a request's rows), `Cancel`, `Finished`
+(the statistics of answered requests), `Control` (load, unload, statistics). Engine to front-end: `Catalog`
+(every version and what it needs to be served, on every change), `Result` or `Failure` (exactly one per
+`Submit`, also for a cancelled one: only then may the front-end reuse the request's block), `ControlReply`.
+The catalog and control payloads are pickled: they are rare, come from a process of the same server, and carry
+the model specifications as the engine built them.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+ENDPOINT_FILE = "engine.sock"
+"""The engine's socket, in the run folder the supervisor makes."""
+
+
+class Hello(msgspec.Struct, tag="hello", array_like=True):
+    pid: int
+    arena_descriptor: int
+    arena_bytes: int
+
+
+class Submit(msgspec.Struct, tag="submit", array_like=True):
+    """Infer the rows at `offset` of the sender's arena; write the probabilities at `output_offset`."""
+
+    id: int
+    model: str
+    version: int
+    offset: int
+    shape: tuple[int, ...]
+    dtype: str
+    output_offset: int
+    output_width: int
+    deadline: float
+    """On time.monotonic() (CLOCK_MONOTONIC: one clock for every process of the machine)."""
+    priority: int
+
+
+class Cancel(msgspec.Struct, tag="cancel", array_like=True):
+    id: int
+
+
+class Finished(msgspec.Struct, tag="finished", array_like=True):
+    """A request the front-end has answered, for the model statistics (which the engine keeps for every process).
+
+    A failure's figures after `seconds` are zeros.
+    """
+
+    model: str
+    version: int
+    succeeded: bool
+    seconds: float
+    compute_input: float
+    queue: float
+    compute_infer: float
+    compute_output: float
+    inferences: int
+
+
+class Control(msgspec.Struct, tag="control", array_like=True):
+    id: int
+    operation: str
+    """"load", "unload" or "statistics"."""
+    argument: str = ""
+
+
+class Catalog(msgspec.Struct, tag="catalog", array_like=True):
+    loaded: bool
+    """The engine has loaded every model of the repository once (until then, readiness waits)."""
+    cards: bytes
+    """A pickled list of `VersionCard`."""
+    board_pid: int
+    board_descriptor: int
+    board_bytes: int
+    """The queue board: one int64 per version (its card's `queue_slot`), the rows queued in its batcher, which
+    the front-ends read to refuse a request before decoding it when the queue is full."""
+
+
+class Result(msgspec.Struct, tag="result", array_like=True):
+    id: int
+    queue: float
+    compute_input: float
+    compute_infer: float
+    compute_output: float
+    inferences: int
+
+
+class Failure(msgspec.Struct, tag="failure", array_like=True):
+    id: int
+    error: str
+    """The CnnserveError class name, or CANCELLED for a request the engine dropped on a `Cancel`."""
+    message: str
+
+
+class ControlReply(msgspec.Struct, tag="reply", array_like=True):
+    id: int
+    error: str
+    message: str
+    payload: bytes = b""
+
+
+CANCELLED = "CANCELLED"
+ToEngine = Hello | Submit | Cancel | Finished | Control
+ToFrontend = Catalog | Result | Failure | ControlReply
+encode = msgspec.msgpack.Encoder().encode
+"""Encodes a list of messages: each side sends, once per event-loop iteration, every message that iteration made
+(in order), so a burst of requests costs one ZeroMQ message and reaches the batcher together."""
+decode_to_engine = msgspec.msgpack.Decoder(list[ToEngine]).decode
+decode_to_frontend = msgspec.msgpack.Decoder(list[ToFrontend]).decode
