@@ -57,6 +57,8 @@ class Server:
         self.dataplane = DataPlane(self.repository, settings, self.metrics)
         self.readiness = self.dataplane.readiness
         self.shared_memory = SystemSharedMemory() if settings.allow_shared_memory else None
+        if engine is not None and self.shared_memory is not None:
+            engine.use_shared_memory(self.shared_memory)
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import pickle
 import signal
@@ -40,6 +41,7 @@ from cnnserve.server.engine_protocol import (
     Failure,
     Finished,
     Hello,
+    Regions,
     Result,
     Submit,
     decode_to_engine,
@@ -50,6 +52,7 @@ from cnnserve.server.errors import (
     ExecutionProviderError,
     InferenceError,
     ModelNotFoundError,
+    SharedMemoryRegionExistsError,
     UnavailableError,
     VersionRetiredError,
 )
@@ -61,6 +64,7 @@ from cnnserve.server.readiness import Readiness
 from cnnserve.server.repository import ModelRepository
 from cnnserve.server.runtime import quiet_onnxruntime
 from cnnserve.server.settings import BatchingSettings, RuntimeSettings, ServerSettings
+from cnnserve.server.shared_memory import SystemSharedMemory
 from cnnserve.server.statistics import RequestStatistics, start_request_statistics
 from cnnserve.server.tensor_arena import TensorArena
 
@@ -140,6 +144,8 @@ class Engine:
         self._loaded = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._outboxes: dict[bytes, list[object]] = {}
+        self._regions: dict[str, tuple[str, int, int]] = {}
+        self._shared_memory = SystemSharedMemory()
         self.repository.on_change(self._publish_catalog)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -176,6 +182,7 @@ class Engine:
         self._channel.close()
         self._context.term()
         self._board.close()
+        self._shared_memory.close()
         _log.info("engine: stopped")
 
     def _on_message(self, frames: list[bytes]) -> None:
@@ -205,6 +212,7 @@ class Engine:
         self._frontends[identity] = _Frontend(identity, hello.pid, arena)
         _log.info("engine: front-end %d connected", hello.pid)
         self._send(identity, self._catalog())
+        self._send(identity, Regions(dict(self._regions)))
 
     async def _serve(self, frontend: _Frontend, request: Submit) -> None:
         """Run one request through its model's batcher and answer it, whatever happens."""
@@ -215,7 +223,7 @@ class Engine:
                 model = self.repository.get(request.model, request.version)
             except (ModelNotFoundError, UnavailableError) as exc:
                 raise VersionRetiredError(str(exc)) from exc
-            inputs = frontend.arena.array(request.offset, request.shape, request.dtype)
+            inputs = self._inputs_of(frontend, request)
             probabilities = await model.infer(inputs, request.deadline, request.priority)
             rows = len(inputs)
             if probabilities.shape != (rows, request.output_width):
@@ -236,6 +244,15 @@ class Engine:
             frontend.requests.pop(request.id, None)
         if self._frontends.get(frontend.identity) is frontend:
             self._send(frontend.identity, reply)
+
+    def _inputs_of(self, frontend: _Frontend, request: Submit) -> np.ndarray:
+        """The request's rows, where they lie: the front-end's arena, or the client's shared memory region."""
+        if not request.region:
+            return frontend.arena.array(request.offset, request.shape, request.dtype)
+        dtype = np.dtype(request.dtype)
+        nbytes = dtype.itemsize * math.prod(request.shape)
+        view = self._shared_memory.get(request.region).view(request.offset, nbytes, "input")
+        return np.frombuffer(view, dtype).reshape(request.shape)
 
     def _count(self, finished: Finished) -> None:
         version = next((v for v in self.repository.versions(finished.model) if v.version == finished.version), None)
@@ -260,6 +277,20 @@ class Engine:
                 await self.repository.load(control.argument)
             elif control.operation == "unload":
                 await self.repository.unload(control.argument)
+            elif control.operation == "register_region":
+                name, key, offset, byte_size = json.loads(control.argument)
+                if name in self._regions:
+                    raise SharedMemoryRegionExistsError(
+                        f"shared memory region '{name}' is already registered; unregister it first or use another name"
+                    )
+                self._regions[name] = (key, offset, byte_size)
+                self._publish_regions()
+            elif control.operation == "unregister_region":
+                if control.argument:
+                    self._regions.pop(control.argument, None)
+                else:
+                    self._regions.clear()
+                self._publish_regions()
             elif control.operation == "statistics":
                 statistics = {(v.name, v.version): v.statistics for v in self.repository.versions()}
                 payload = pickle.dumps(statistics)
@@ -284,6 +315,11 @@ class Engine:
             return -1
         version.batcher.publish_depth(self._queue_depths[slot : slot + 1])
         return slot
+
+    def _publish_regions(self) -> None:
+        self._shared_memory.adopt(dict(self._regions))
+        for identity in self._frontends:
+            self._send(identity, Regions(dict(self._regions)))
 
     def _publish_catalog(self) -> None:
         catalog = self._catalog()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -34,6 +35,7 @@ from cnnserve.server.engine_protocol import (
     Failure,
     Finished,
     Hello,
+    Regions,
     Result,
     Submit,
     decode_to_frontend,
@@ -45,6 +47,7 @@ from cnnserve.server.model import ModelState, ModelVersion
 from cnnserve.server.preprocess import ImagePreprocessor
 from cnnserve.server.repository import ServedVersions
 from cnnserve.server.settings import ServerSettings
+from cnnserve.server.shared_memory import SystemSharedMemory
 from cnnserve.server.statistics import ModelStatistics, RequestStatistics, current_request
 from cnnserve.server.tensor_arena import ArenaFullError, TensorArena, aligned
 
@@ -75,10 +78,21 @@ class EngineClient:
         self._controls: dict[int, asyncio.Future[bytes]] = {}
         self._outbox: list[object] = []
         self._catalog_listeners: list[Any] = []
+        self._region_listeners: list[Any] = []
+        self._shared_memory: SystemSharedMemory | None = None
         self.lost = False
 
     def on_catalog(self, listener: Any) -> None:
         self._catalog_listeners.append(listener)
+
+    def on_regions(self, listener: Any) -> None:
+        """Call `listener` with every region registered on any front-end, whenever that changes."""
+        self._region_listeners.append(listener)
+
+    def use_shared_memory(self, shared_memory: SystemSharedMemory) -> None:
+        """Send inputs that lie in a client's registered region by reference: the engine maps the region too."""
+        self._shared_memory = shared_memory
+        self.on_regions(shared_memory.adopt)
 
     def connect(self) -> None:
         """Connect and say hello (the engine answers with its catalog, whenever it is up)."""
@@ -92,18 +106,22 @@ class EngineClient:
         """The probabilities of `inputs` from the engine (one row each); raises what the engine raised."""
         if self.lost:
             raise UnavailableError(_ENGINE_GONE)
-        inputs = np.ascontiguousarray(inputs)
         rows, width = len(inputs), version.output_width
-        input_bytes = aligned(inputs.nbytes)
+        place = self._shared_memory.locate(inputs) if self._shared_memory is not None else None
+        input_bytes = 0 if place is not None else aligned(inputs.nbytes)
         try:
-            offset = self._arena.allocate(input_bytes + rows * width * 4)
+            block = self._arena.allocate(input_bytes + rows * width * 4)
         except ArenaFullError as exc:
             raise QueueFullError(f"this front-end's tensor buffer is full ({exc}); retry with backoff") from exc
-        output_offset = offset + input_bytes
-        self._arena.array(offset, inputs.shape, inputs.dtype)[...] = inputs
+        output_offset = block + input_bytes
+        if place is None:
+            region, offset = "", block
+            self._arena.array(offset, inputs.shape, inputs.dtype)[...] = inputs
+        else:
+            region, offset = place
         request_id = next(self._ids)
         future: asyncio.Future[tuple[np.ndarray, Result]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = _Pending(future, offset, output_offset, rows, width)
+        self._pending[request_id] = _Pending(future, block, output_offset, rows, width)
         self._send(
             Submit(
                 request_id,
@@ -116,6 +134,7 @@ class EngineClient:
                 width,
                 deadline,
                 priority,
+                region,
             )
         )
         try:
@@ -197,6 +216,9 @@ class EngineClient:
             elif isinstance(message, Catalog):
                 for listener in self._catalog_listeners:
                     listener(message)
+            elif isinstance(message, Regions):
+                for listener in self._region_listeners:
+                    listener(message.regions)
             elif isinstance(message, ControlReply):
                 future = self._controls.get(message.id)
                 if future is not None and not future.done():
@@ -299,6 +321,12 @@ class RemoteRepository(ServedVersions):
 
     async def close(self, drain_seconds: float) -> None:
         """Nothing to close here: the engine drains its own batchers."""
+
+    async def region_registered(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        await self._engine.control("register_region", json.dumps([name, key, offset, byte_size]))
+
+    async def region_unregistered(self, name: str) -> None:
+        await self._engine.control("unregister_region", name)
 
     async def refresh_statistics(self) -> None:
         snapshots: dict[tuple[str, int], ModelStatistics] = pickle.loads(await self._engine.control("statistics"))

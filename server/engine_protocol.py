@@ -8,7 +8,8 @@ they lie in the front-end's `TensorArena`.
 Front-end to engine: `Hello` (once, with the arena to map), `Submit` (a request's rows), `Cancel`, `Finished`
 (the statistics of answered requests), `Control` (load, unload, statistics). Engine to front-end: `Catalog`
 (every version and what it needs to be served, on every change), `Result` or `Failure` (exactly one per
-`Submit`, also for a cancelled one: only then may the front-end reuse the request's block), `ControlReply`.
+`Submit`, also for a cancelled one: only then may the front-end reuse the request's block), `Regions` (the
+shared memory regions clients registered), `ControlReply`.
 The catalog and control payloads are pickled: they are rare, come from a process of the same server, and carry
 the model specifications as the engine built them.
 """
@@ -41,6 +42,9 @@ class Submit(msgspec.Struct, tag="submit", array_like=True):
     deadline: float
     """On time.monotonic() (CLOCK_MONOTONIC: one clock for every process of the machine)."""
     priority: int
+    region: str = ""
+    """When set, the rows lie at `offset` of this registered system shared memory region (the client's), which
+    the engine maps itself, instead of in the sender's arena."""
 
 
 class Cancel(msgspec.Struct, tag="cancel", array_like=True):
@@ -67,7 +71,8 @@ class Finished(msgspec.Struct, tag="finished", array_like=True):
 class Control(msgspec.Struct, tag="control", array_like=True):
     id: int
     operation: str
-    """"load", "unload" or "statistics"."""
+    """"load", "unload", "statistics", "register_region" (argument: JSON [name, key, offset, byte size]) or
+    "unregister_region" (argument: the name; empty for every region)."""
     argument: str = ""
 
 
@@ -81,6 +86,13 @@ class Catalog(msgspec.Struct, tag="catalog", array_like=True):
     board_bytes: int
     """The queue board: one int64 per version (its card's `queue_slot`), the rows queued in its batcher, which
     the front-ends read to refuse a request before decoding it when the queue is full."""
+
+
+class Regions(msgspec.Struct, tag="regions", array_like=True):
+    """Every system shared memory region a client registered, on whichever front-end: name to (key, offset,
+    byte size). Sent on every change, so a client may register on one connection and infer on another."""
+
+    regions: dict[str, tuple[str, int, int]]
 
 
 class Result(msgspec.Struct, tag="result", array_like=True):
@@ -108,7 +120,7 @@ class ControlReply(msgspec.Struct, tag="reply", array_like=True):
 
 CANCELLED = "CANCELLED"
 ToEngine = Hello | Submit | Cancel | Finished | Control
-ToFrontend = Catalog | Result | Failure | ControlReply
+ToFrontend = Catalog | Regions | Result | Failure | ControlReply
 encode = msgspec.msgpack.Encoder().encode
 """Encodes a list of messages: each side sends, once per event-loop iteration, every message that iteration made
 (in order), so a burst of requests costs one ZeroMQ message and reaches the batcher together."""

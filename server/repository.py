@@ -153,6 +153,12 @@ class ServedVersions:
     async def refresh_statistics(self) -> None:
         """Bring the versions' statistics up to date before they are read (they are, in the process that counts)."""
 
+    async def region_registered(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        """A client registered a shared memory region here: tell the server's other processes (none here)."""
+
+    async def region_unregistered(self, name: str) -> None:
+        """A client unregistered a region here ("" for every one): tell the server's other processes (none here)."""
+
     def _notify(self) -> None:
         for listener in self._listeners:
             listener()

@@ -16,12 +16,17 @@ that only a shrink racing with a request can do that; `--no-allow-shared-memory`
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import logging
 import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from cnnserve.server.errors import (
+    CnnserveError,
     InvalidInputError,
     SharedMemoryDisabledError,
     SharedMemoryRegionExistsError,
@@ -29,6 +34,7 @@ from cnnserve.server.errors import (
     TooManySharedMemoryRegionsError,
 )
 
+_log = logging.getLogger(__name__)
 SHARED_MEMORY_ROOT = Path("/dev/shm")
 MAX_REGIONS = 256
 """Registered regions at once; a leaking client is refused instead of mapping without end."""
@@ -45,6 +51,8 @@ class SharedMemoryRegion:
     memory: mmap.mmap = field(repr=False, compare=False)
     descriptor: int = field(repr=False, compare=False)
     """Kept open to check, at every use, that the object still holds the region."""
+    address: int = field(repr=False, compare=False, default=0)
+    """Where the mapping starts in this process's memory (to tell whether an array is a view of the region)."""
 
     def view(self, offset: int, byte_size: int, purpose: str) -> memoryview:
         """`byte_size` bytes at `offset` inside the region, without copying; InvalidInputError when out of it."""
@@ -61,11 +69,23 @@ class SharedMemoryRegion:
             )
         return memoryview(self.memory)[start : start + byte_size]
 
+    @property
+    def placement(self) -> tuple[str, int, int]:
+        return (self.key, self.offset, self.byte_size)
+
     def release(self) -> None:
         """Close the descriptor, and unmap now if no request holds a view (else the last view's release does)."""
         os.close(self.descriptor)
         with contextlib.suppress(BufferError):
             self.memory.close()
+
+
+def _address_of(memory: mmap.mmap) -> int:
+    pointer = ctypes.c_char.from_buffer(memory)
+    try:
+        return ctypes.addressof(pointer)
+    finally:
+        del pointer
 
 
 def shared_memory_disabled() -> SharedMemoryDisabledError:
@@ -126,7 +146,7 @@ class SystemSharedMemory:
         except BaseException:
             os.close(descriptor)
             raise
-        region = SharedMemoryRegion(name, key, offset, byte_size, memory, descriptor)
+        region = SharedMemoryRegion(name, key, offset, byte_size, memory, descriptor, _address_of(memory))
         self._regions[name] = region
         return region
 
@@ -141,11 +161,34 @@ class SystemSharedMemory:
             if region is not None:
                 region.release()
 
+    def adopt(self, regions: dict[str, tuple[str, int, int]]) -> None:
+        """Hold exactly `regions` (name to key, offset, byte size): the regions clients registered with the
+        server's other front-ends. One that cannot be mapped here is left out (its uses answer NOT_FOUND)."""
+        for name in [name for name, region in self._regions.items() if regions.get(name) != region.placement]:
+            self.unregister(name)
+        for name, (key, offset, byte_size) in regions.items():
+            if name not in self._regions:
+                try:
+                    self.register(name, key, offset, byte_size)
+                except CnnserveError as exc:
+                    _log.warning("shared memory region %r registered elsewhere cannot be mapped here: %s", name, exc)
+
     def get(self, name: str) -> SharedMemoryRegion:
         try:
             return self._regions[name]
         except KeyError:
             raise SharedMemoryRegionNotFoundError(f"unable to find system shared memory region: '{name}'") from None
+
+    def locate(self, array: np.ndarray) -> tuple[str, int] | None:
+        """The registered region `array` lies in and its offset in the region, None when it lies in none (a
+        front-end then copies it into its arena; the engine maps the region itself)."""
+        start = array.__array_interface__["data"][0]
+        end = start + array.nbytes
+        for region in self._regions.values():
+            begin = region.address + region.offset
+            if begin <= start and end <= begin + region.byte_size:
+                return region.name, start - begin
+        return None
 
     def status(self, name: str) -> list[SharedMemoryRegion]:
         """Every region, or just `name` (SharedMemoryRegionNotFoundError when it is not registered)."""

@@ -73,12 +73,20 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--timeout", type=float, dest="timeout_seconds", help="seconds per call (default 30)")
     parser.add_argument("--no-plots", action="store_false", dest="plots", default=None, help="skip the PNG plots")
+    parser.add_argument(
+        "--h2load-frontends",
+        help="instead: drive mnist_net's ModelInfer with h2load (a C load generator) against cnnserve with each of "
+        "these front-end counts (0: one process) and a bare grpc.aio server with as many processes, e.g. 0,1,2; "
+        "writes h2load.json and h2load.png to --output (python -m load_tests.bench.h2load_compare has every option)",
+    )
     parser.add_argument("--check-targets", action="store_true", help="exit 1 when a measured target is not met")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.h2load_frontends is not None:
+        return _run_h2load(args)
     from pydantic import ValidationError
 
     from load_tests.bench.progress import Progress
@@ -103,6 +111,22 @@ def _run(args: argparse.Namespace) -> int:
     if args.check_targets and any(check.passed is False for check in result.targets):
         return 1
     return 0
+
+
+def _run_h2load(args: argparse.Namespace) -> int:
+    from load_tests.bench import h2load_compare
+
+    output = args.output_dir or Path("load_tests/results/bench")
+    output.mkdir(parents=True, exist_ok=True)
+    argv = ["--frontends", args.h2load_frontends, "--json", str(output / "h2load.json")]
+    argv += ["--plot", str(output / "h2load.png")]
+    if args.duration_seconds is not None:
+        argv += ["--duration", str(args.duration_seconds)]
+    if args.model_repository is not None:
+        argv += ["--model-repository", str(args.model_repository)]
+    if args.cache_dir is not None:
+        argv += ["--cache-dir", str(args.cache_dir)]
+    return h2load_compare.main(argv)
 
 
 def _command(args: argparse.Namespace) -> str:

@@ -157,7 +157,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryRegister(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryRegisterResponse:
-        region = self._shared_memory_or_refuse().register(request.name, request.key, request.offset, request.byte_size)
+        shared_memory = self._shared_memory_or_refuse()
+        region = shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        try:
+            await self._repository.region_registered(region.name, region.key, region.offset, region.byte_size)
+        except BaseException:
+            shared_memory.unregister(region.name)
+            raise
         _log.info(
             "registered shared memory region %r: %d bytes of %s at %d",
             region.name,
@@ -185,6 +191,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SystemSharedMemoryUnregisterResponse:
         self._shared_memory_or_refuse().unregister(request.name)
+        await self._repository.region_unregistered(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     def _shared_memory_or_refuse(self) -> SystemSharedMemory:

@@ -7,6 +7,7 @@ this mode too with CNNSERVE_FRONTENDS=2 in the environment (each test starts its
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -21,6 +22,8 @@ import grpc
 import numpy as np
 import psutil
 import pytest
+import tritonclient.grpc as triton
+import tritonclient.utils.shared_memory as shm
 from tritonclient.grpc import service_pb2 as ipb
 from tritonclient.grpc import service_pb2_grpc as ipb_grpc
 
@@ -34,9 +37,12 @@ FRONTENDS = ("--frontends", "2")
 CHANNELS = 16
 
 
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+"""Channel options for a connection of its own (gRPC shares one between channels to the same target otherwise)."""
+
+
 def connection_to(server: ServerProcess) -> grpc.Channel:
-    """A channel with a connection of its own (gRPC shares one between channels to the same target otherwise)."""
-    return grpc.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)])
+    return grpc.insecure_channel(server.target, options=OWN_CONNECTION)
 
 
 def scrape(server: ServerProcess) -> str:
@@ -262,6 +268,42 @@ def test_a_new_version_on_disk_is_served_by_every_front_end(model_repository: Pa
 
         wait_until(every_front_end_serves_version_2, "version 2 served on every connection", timeout=30)
         assert len(connected_frontends(server)) == 2
+
+
+def test_a_region_registered_on_one_front_end_serves_calls_on_every_front_end(
+    model_repository: Path, tmp_path: Path
+) -> None:
+    """Triton's system shared memory: register once, on any connection; infer on every connection, reading the
+    input from the region and writing the output into it."""
+    with running_server(model_repository, *FRONTENDS, workdir=tmp_path) as server:
+        picture = ((render_x().astype(np.float32) / 255.0 - 0.5) / 0.5)[None, None]
+        name, key = f"frontends-{os.getpid()}", f"/cnnserve_frontends_{os.getpid()}"
+        handle = shm.create_shared_memory_region(name, key, 81 * 4 + 2 * 4)
+        shm.set_shared_memory_region(handle, [picture])
+        clients = [triton.InferenceServerClient(server.target, channel_args=OWN_CONNECTION) for _ in range(CHANNELS)]
+        try:
+            for client in clients:
+                assert client.is_server_ready()
+            assert len(connected_frontends(server)) == 2
+            clients[0].register_system_shared_memory(name, key, 81 * 4 + 2 * 4)
+            for client in clients:
+                wait_until(
+                    lambda c=client: name in {r.name for r in c.get_system_shared_memory_status().regions.values()}
+                )
+                infer_input = triton.InferInput("input", [1, 1, 9, 9], "FP32")
+                infer_input.set_shared_memory(name, 81 * 4)
+                output = triton.InferRequestedOutput("output")
+                output.set_shared_memory(name, 2 * 4, offset=81 * 4)
+                client.infer("xo", [infer_input], outputs=[output])
+                probabilities = shm.get_contents_as_numpy(handle, np.float32, [1, 2], offset=81 * 4)
+                assert probabilities.argmax() == 1, "X"
+            clients[-1].unregister_system_shared_memory(name)
+            for client in clients:
+                wait_until(lambda c=client: not c.get_system_shared_memory_status().regions)
+        finally:
+            for client in clients:
+                client.close()
+            shm.destroy_shared_memory_region(handle)
 
 
 def test_a_killed_front_end_is_restarted_and_only_its_own_calls_fail(model_repository: Path, tmp_path: Path) -> None:

@@ -110,6 +110,7 @@ def test_hot_reload_swaps_versions_without_failing_a_request(xo_only: Path, tmp_
         for caller in callers:
             caller.start()
         try:
+            wait_until(lambda: 1 in answered_by, "version 1 never answered")
             shutil.copytree(xo_only / "xo" / "1", xo_only / "xo" / "2")
             wait_until(lambda: answered_by and answered_by[-1] == 2, "version 2 never answered")
             (xo_only / "xo" / "3").mkdir()
