@@ -23,9 +23,9 @@ from cnnserve.server.api.inference import SERVICE_NAME as INFERENCE_SERVICE
 from cnnserve.server.api.inference import InferenceServicer
 from cnnserve.server.auth import BearerTokenInterceptor, read_tokens
 from cnnserve.server.dataplane import DataPlane
-from cnnserve.server.engine import write_port_file
 from cnnserve.server.engine_client import EngineClient, RemoteRepository
 from cnnserve.server.http_port import serve_health_and_metrics
+from cnnserve.server.launcher import write_port_file
 from cnnserve.server.logs import RequestIdInterceptor
 from cnnserve.server.metrics import ServerMetrics
 from cnnserve.server.repository import ModelRepository, ServedVersions

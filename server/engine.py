@@ -57,6 +57,7 @@ from cnnserve.server.errors import (
     VersionRetiredError,
 )
 from cnnserve.server.http_port import serve_health_and_metrics
+from cnnserve.server.launcher import write_port_file
 from cnnserve.server.loop_socket import LoopSocket
 from cnnserve.server.metrics import ServerMetrics
 from cnnserve.server.model import ModelVersion
@@ -389,13 +390,6 @@ def _is_zombie(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     return False
-
-
-def write_port_file(path: Path, ports: dict[str, int]) -> None:
-    """Write `ports` as JSON to `path` atomically (a reader never sees half a file)."""
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(ports))
-    staging.replace(path)
 
 
 def run_engine(settings: ServerSettings, run_dir: Path, metrics_dir: Path, log_level: str) -> None:

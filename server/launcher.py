@@ -127,6 +127,14 @@ def running_server(
             _stop(process, stop_timeout)
 
 
+def write_port_file(path: Path, ports: Mapping[str, object]) -> None:
+    """Write `ports` as JSON to `path` atomically (a reader never sees half a file): the server's side of the
+    port-file contract above, used by the server, a multi-process server's supervisor and its engine."""
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps(ports))
+    staging.replace(path)
+
+
 def _wait_for_ports(process: subprocess.Popen[bytes], port_file: Path, log_path: Path, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while not port_file.exists():

@@ -38,6 +38,7 @@ import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from cnnserve.server.launcher import write_port_file
 from cnnserve.server.settings import ServerSettings
 
 _log = logging.getLogger(__name__)
@@ -180,8 +181,6 @@ class Supervisor:
             engine["metrics_port"],
         )
         if self.settings.port_file is not None:
-            from cnnserve.server.engine import write_port_file
-
             assert self._engine is not None
             ports = {"grpc_port": self._port, "metrics_port": engine["metrics_port"], "engine_pid": self._engine.pid}
             ports["frontend_pids"] = [p.pid for p in self._frontend_processes.values()]
