@@ -80,6 +80,8 @@ def engine_settings(settings: ServerSettings, frontends: int, port_file: Path) -
 
 
 class Supervisor:
+    """Starts the engine and the front-ends of one server and watches them (see the module docstring)."""
+
     def __init__(self, settings: ServerSettings, frontends: int, log_level: str) -> None:
         self.settings = settings
         self.frontends = frontends
@@ -91,7 +93,6 @@ class Supervisor:
         self._engine: BaseProcess | None = None
         self._frontend_processes: dict[int, BaseProcess] = {}
         self._restarts: list[float] = []
-        self._stopping = False
         self._port = 0
 
     async def run(self, stop_requested: asyncio.Event) -> int:
@@ -203,7 +204,6 @@ class Supervisor:
 
     async def _stop(self) -> int:
         """SIGTERM to everyone, wait for the drain, kill what is left; 0 when every process exited cleanly."""
-        self._stopping = True
         processes = [*self._frontend_processes.values()]
         if self._engine is not None:
             processes.append(self._engine)
