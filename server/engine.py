@@ -188,8 +188,8 @@ class Engine:
 
     def _on_message(self, frames: list[bytes]) -> None:
         identity, payload = frames
+        frontend = self._frontends.get(identity)
         for message in decode_to_engine(payload):
-            frontend = self._frontends.get(identity)
             if isinstance(message, Submit):
                 if frontend is not None:
                     task = asyncio.create_task(self._serve(frontend, message))
@@ -201,6 +201,7 @@ class Engine:
                 self._count(message)
             elif isinstance(message, Hello):
                 self._welcome(identity, message)
+                frontend = self._frontends.get(identity)
             elif isinstance(message, Control):
                 self._spawn(self._control(identity, message))
 
@@ -256,7 +257,7 @@ class Engine:
         return np.frombuffer(view, dtype).reshape(request.shape)
 
     def _count(self, finished: Finished) -> None:
-        version = next((v for v in self.repository.versions(finished.model) if v.version == finished.version), None)
+        version = self.repository.version(finished.model, finished.version)
         if version is None:
             return
         if finished.succeeded:

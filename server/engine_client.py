@@ -151,9 +151,9 @@ class EngineClient:
         statistics.inferences += result.inferences
         return probabilities
 
-    def finished(self, version: ModelVersion, succeeded: bool, seconds: float, request: RequestStatistics) -> None:
-        """Forward a finished request's statistics to the engine."""
-        if succeeded:
+    def finished(self, version: ModelVersion, seconds: float, request: RequestStatistics | None) -> None:
+        """Forward a finished request's statistics to the engine: its figures when it succeeded, None when not."""
+        if request is not None:
             record = Finished(
                 version.name,
                 version.version,
@@ -255,10 +255,10 @@ class ForwardedStatistics(ModelStatistics):
         self._version = version
 
     def record_success(self, seconds: float, request: RequestStatistics) -> None:
-        self._engine.finished(self._version, True, seconds, request)
+        self._engine.finished(self._version, seconds, request)
 
     def record_failure(self, seconds: float) -> None:
-        self._engine.finished(self._version, False, seconds, RequestStatistics())
+        self._engine.finished(self._version, seconds, None)
 
     def update_from(self, snapshot: ModelStatistics) -> None:
         for each in fields(ModelStatistics):

@@ -99,6 +99,10 @@ class ServedVersions:
         for model_name in names:
             yield from sorted(self._models.get(model_name, {}).values(), key=lambda v: -v.version)
 
+    def version(self, name: str, number: int) -> ModelVersion | None:
+        """Version `number` of `name` in memory, whatever its state; None when there is none."""
+        return self._models.get(name, {}).get(number)
+
     def index(self) -> list[RepositoryEntry]:
         """Every version on disk or in memory, with its state ("UNAVAILABLE", "not loaded" for ones on disk only)."""
         entries: dict[tuple[str, int], RepositoryEntry] = {}
