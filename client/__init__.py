@@ -5,6 +5,8 @@
     with Client("127.0.0.1:8001") as client:
         for result in client.classify(["digit.png"], model="mnist_net", top_k=3):
             print(result.label, result.probability)
+        explanation = client.explain("digit.png", model="mnist_net", method="rise")
+        print(explanation.label, explanation.saliency.shape)
 
 Everything public is exported here; the modules behind it are private and may change.
 """
@@ -30,6 +32,7 @@ from cnnserve.client._types import (
     Batching,
     Classification,
     ClassifyOutcome,
+    Explanation,
     HealthStatus,
     InputSpec,
     ModelInfo,
@@ -47,6 +50,7 @@ __all__ = [
     "Client",
     "CnnserveClientError",
     "DeadlineExceeded",
+    "Explanation",
     "HealthStatus",
     "ImageError",
     "ImageLike",

@@ -16,12 +16,15 @@ from cnnserve.client._base import (
     DEFAULT_CONCURRENCY,
     BaseClient,
     ClassifyOptions,
+    ExplainMethodName,
+    ExplainOptions,
     PendingBatch,
     check_many_arguments,
     chunks,
     health_status,
 )
 from cnnserve.client._config import (
+    DEFAULT_EXPLAIN_TIMEOUT_SECONDS,
     DEFAULT_RETRY,
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT_SECONDS,
@@ -34,6 +37,7 @@ from cnnserve.client._images import ImageLike
 from cnnserve.client._types import (
     Classification,
     ClassifyOutcome,
+    Explanation,
     HealthStatus,
     ModelInfo,
     classifications_from,
@@ -123,6 +127,36 @@ class AsyncClient(BaseClient):
         options = ClassifyOptions(model, version, top_k, return_probabilities)
         check_many_arguments(concurrency, batch_size)
         return self._classify_stream(images, options, concurrency, batch_size, timeout)
+
+    async def explain(
+        self,
+        image: ImageLike,
+        *,
+        model: str,
+        version: int = 0,
+        label: str | None = None,
+        method: ExplainMethodName = "occlusion",
+        patch: int | None = None,
+        stride: int | None = None,
+        masks: int | None = None,
+        cells: int | None = None,
+        keep: float | None = None,
+        seed: int = 0,
+        max_rows: int | None = None,
+        overlay_png: bool = False,
+        timeout: float | None = DEFAULT_EXPLAIN_TIMEOUT_SECONDS,
+        request_id: str | None = None,
+    ) -> Explanation:
+        """Explain one image; see Client.explain. The image is read and encoded on this thread."""
+        options = ExplainOptions(
+            model, version, label, method, patch, stride, masks, cells, keep, seed, max_rows, overlay_png
+        )
+        request = self._explain_request(image, options)
+        try:
+            response = await self._classifier.Explain(request, **self._call_arguments(timeout, request_id))
+        except grpc.RpcError as error:
+            raise self._error(error) from None
+        return self._explanation(response)
 
     async def models(self, *, timeout: float | None = None, request_id: str | None = None) -> list[ModelInfo]:
         """Every model the server knows, with its versions, readiness and statistics."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -24,11 +24,19 @@ from cnnserve.client._exceptions import (
     from_rpc_error,
 )
 from cnnserve.client._images import ImageLike, as_image_iterable, encode_image
-from cnnserve.client._types import Classification, ClassifyOutcome, HealthStatus, classifications_from
+from cnnserve.client._types import (
+    Classification,
+    ClassifyOutcome,
+    Explanation,
+    HealthStatus,
+    classifications_from,
+    explanation_from,
+)
 from cnnserve.v1 import classifier_pb2 as pb
 
 DEFAULT_CONCURRENCY = 4
 DEFAULT_BATCH_SIZE = 16
+ExplainMethodName = Literal["occlusion", "rise"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,66 @@ class ClassifyOptions:
             top_k=self.top_k,
             return_probabilities=self.return_probabilities,
         )
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """The per-call arguments of explain, checked once so that a bad option fails before anything is sent.
+
+    None (and a label of None) leaves the choice to the server, whose defaults the proto documents. Options of the
+    other method are refused rather than ignored: `masks=` without `method="rise"` is a mistake worth reporting.
+    """
+
+    model: str
+    version: int = 0
+    label: str | None = None
+    method: ExplainMethodName = "occlusion"
+    patch: int | None = None
+    stride: int | None = None
+    masks: int | None = None
+    cells: int | None = None
+    keep: float | None = None
+    seed: int = 0
+    max_rows: int | None = None
+    overlay_png: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model must name a model (see Client.models())")
+        if self.version < 0:
+            raise ValueError(f"version must be 0 (latest ready) or a version number, got {self.version}")
+        methods = get_args(ExplainMethodName)
+        if self.method not in methods:
+            raise ValueError(f"method must be one of {', '.join(map(repr, methods))}, got {self.method!r}")
+        for name in ("patch", "stride", "masks", "cells", "max_rows"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or None for the server's default), got {value}")
+        if self.keep is not None and not 0 < self.keep < 1:
+            raise ValueError(f"keep must be between 0 and 1 (exclusive), got {self.keep}")
+        other = ("masks", "cells", "keep") if self.method == "occlusion" else ("patch", "stride")
+        given = [name for name in other if getattr(self, name) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} cannot be used with method={self.method!r}")
+
+    def request(self, image: pb.Image) -> pb.ExplainRequest:
+        request = pb.ExplainRequest(
+            model=self.model,
+            version=self.version,
+            image=image,
+            label=self.label or "",
+            max_rows=self.max_rows or 0,
+            overlay_png=self.overlay_png,
+        )
+        if self.method == "occlusion":
+            request.method = pb.OCCLUSION
+            request.occlusion.CopyFrom(pb.OcclusionOptions(patch=self.patch or 0, stride=self.stride or 0))
+        else:
+            request.method = pb.RISE
+            request.rise.CopyFrom(
+                pb.RiseOptions(masks=self.masks or 0, cells=self.cells or 0, keep=self.keep or 0.0, seed=self.seed)
+            )
+        return request
 
 
 @dataclass
@@ -180,6 +248,22 @@ class BaseClient:
         if len(results) != sent:
             raise ProtocolError(f"the server answered {len(results)} results for {sent} images")
         return results
+
+    @staticmethod
+    def _explain_request(image: ImageLike, options: ExplainOptions) -> pb.ExplainRequest:
+        """Raises ImageError, before sending, for an image that cannot be read or is a preprocessed float32 input
+        (which cannot be drawn on)."""
+        message = encode_image(image)
+        if message.HasField("tensor") and message.tensor.dtype == pb.FLOAT32:
+            raise ImageError(
+                "explain needs a picture (a file, encoded bytes, a PIL image or uint8 pixels), not a float32 "
+                "model input"
+            )
+        return options.request(message)
+
+    @staticmethod
+    def _explanation(response: pb.ExplainResponse) -> Explanation:
+        return explanation_from(response)
 
     @staticmethod
     def _error(error: grpc.RpcError) -> StatusError:

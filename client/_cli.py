@@ -1,11 +1,13 @@
-"""`cnnserve classify`, `cnnserve models` and `cnnserve health`: argument parsing only; the commands themselves
-are in `_commands` and imported when one runs.
+"""`cnnserve classify`, `cnnserve explain`, `cnnserve models` and `cnnserve health`: argument parsing only; the
+commands themselves are in `_commands` and imported when one runs.
 
 Exit codes, the same for every command, so scripts can branch on them:
-  0  done: every image classified (classify), the list printed (models), the server is SERVING (health)
-  1  some images could not be classified because of the images (unreadable, not an image, wrong shape), or the
-     server answered health with another status than SERVING
-  2  usage error (bad flags, no images found)
+  0  done: every image classified (classify), the map made and its files written (explain), the list printed
+     (models), the server is SERVING (health)
+  1  some images could not be classified (or the image could not be explained) because of the images
+     (unreadable, not an image, wrong shape) or of what was asked for them (explain: an unknown label, more
+     forward passes than allowed), or the server answered health with another status than SERVING
+  2  usage error (bad flags, no images found, an output file that cannot be written)
   3  the server could not be reached or refused the work (unknown model, overloaded, timed out, not authorised)
 """
 
@@ -18,6 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_SERVER = "127.0.0.1:8001"
+DEFAULT_TIMEOUT = 30.0
+EXPLAIN_TIMEOUT = 60.0
+"""explain's deadline: an explanation is hundreds of forward passes, which yield to every classification."""
 
 
 class ExitCode(enum.IntEnum):
@@ -46,6 +51,38 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     classify.add_argument("--batch-size", type=_positive_int, default=16, help="images per request (default 16)")
     classify.set_defaults(run=_run("run_classify"))
 
+    explain = subcommands.add_parser(
+        "explain",
+        parents=[_connection_flags(EXPLAIN_TIMEOUT)],
+        help="show where a model looked in one image (a saliency map)",
+        description="Explain one image with a running server: a saliency map of where the model looked for a label, "
+        "by occlusion (a patch slid over the image) or RISE (random masks). Prints the label, its probability, the "
+        "method and the forward passes it took; --npy writes the map, --png the map over the image. Exit codes: "
+        "0 done, 1 the image (or the label, or the forward passes asked for) refused, 2 usage error, "
+        "3 server unreachable or refused the work.",
+    )
+    explain.add_argument("image", type=Path, metavar="IMAGE", help="an image file")
+    explain.add_argument("--model", required=True, help="model name, as `cnnserve models` lists it")
+    explain.add_argument("--version", type=_non_negative_int, default=0, help="model version (default: latest ready)")
+    explain.add_argument("--label", help="the label to explain (default: the model's top-1 label for the image)")
+    explain.add_argument("--method", choices=("occlusion", "rise"), default="occlusion", help="default: occlusion")
+    occlusion = explain.add_argument_group("occlusion")
+    occlusion.add_argument(
+        "--patch",
+        type=_positive_int,
+        help="patch side in pixels of the image (server default: 1/7 of its shorter side)",
+    )
+    occlusion.add_argument("--stride", type=_positive_int, help="patch step in pixels (server default: half the patch)")
+    rise = explain.add_argument_group("rise")
+    rise.add_argument("--masks", type=_positive_int, help="random masks, one forward pass each (server default 500)")
+    rise.add_argument("--cells", type=_positive_int, help="mask grid, CELLS x CELLS (server default 7)")
+    rise.add_argument("--keep", type=_fraction, help="chance that a cell is kept, in (0, 1) (server default 0.5)")
+    rise.add_argument("--seed", type=int, default=0, help="seed of the masks: the same seed, the same map (default 0)")
+    explain.add_argument("--max-rows", type=_positive_int, help="most forward passes allowed (default: the server's)")
+    explain.add_argument("--png", type=Path, metavar="OUT.png", help="also ask for the map over the image; write it")
+    explain.add_argument("--npy", type=Path, metavar="OUT.npy", help="write the map (float32 [H, W]) with numpy.save")
+    explain.set_defaults(run=_run("run_explain"))
+
     models = subcommands.add_parser(
         "models", parents=[connection], help="list the models of a running server", description="List the models."
     )
@@ -62,7 +99,7 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     health.set_defaults(run=_run("run_health"))
 
 
-def _connection_flags() -> argparse.ArgumentParser:
+def _connection_flags(timeout: float = DEFAULT_TIMEOUT) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("connection")
     group.add_argument(
@@ -71,7 +108,9 @@ def _connection_flags() -> argparse.ArgumentParser:
         help="gRPC target: HOST:PORT, dns:///HOST:PORT (every replica, round robin) or ipv4:A:P,B:P "
         f"(default $CNNSERVE_SERVER or {DEFAULT_SERVER})",
     )
-    group.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per call (default 30)")
+    group.add_argument(
+        "--timeout", type=_positive_float, default=timeout, help=f"seconds per call (default {timeout:g})"
+    )
     group.add_argument("--tls", action="store_true", help="use TLS, verifying the server with the system's CAs")
     group.add_argument("--tls-ca", type=Path, metavar="PEM", help="use TLS, verifying the server with this CA")
     group.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate, for mutual TLS")
@@ -100,6 +139,20 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
     return value
 
 

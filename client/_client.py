@@ -15,12 +15,15 @@ from cnnserve.client._base import (
     DEFAULT_CONCURRENCY,
     BaseClient,
     ClassifyOptions,
+    ExplainMethodName,
+    ExplainOptions,
     PendingBatch,
     check_many_arguments,
     chunks,
     health_status,
 )
 from cnnserve.client._config import (
+    DEFAULT_EXPLAIN_TIMEOUT_SECONDS,
     DEFAULT_RETRY,
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT_SECONDS,
@@ -33,6 +36,7 @@ from cnnserve.client._images import ImageLike
 from cnnserve.client._types import (
     Classification,
     ClassifyOutcome,
+    Explanation,
     HealthStatus,
     ModelInfo,
     classifications_from,
@@ -52,9 +56,10 @@ class Client(BaseClient):
     ...     print(result.label, result.probability)
 
     `target` is any gRPC target; `dns:///cnnserve-headless.default.svc:8001` spreads calls over every replica.
-    Every call has a deadline (`timeout` seconds unless the call says otherwise), and calls that fail with
-    UNAVAILABLE or RESOURCE_EXHAUSTED are retried by gRPC with backoff inside that deadline (`retry=None` turns
-    that off). A client is safe to share between threads; close it (or use `with`) to close its connections.
+    Every call has a deadline (`timeout` seconds unless the call says otherwise; explain has a longer default of
+    its own), and calls that fail with UNAVAILABLE or RESOURCE_EXHAUSTED are retried by gRPC with backoff inside
+    that deadline (`retry=None` turns that off). A client is safe to share between threads; close it (or use
+    `with`) to close its connections.
     """
 
     def __init__(
@@ -136,6 +141,51 @@ class Client(BaseClient):
         options = ClassifyOptions(model, version, top_k, return_probabilities)
         check_many_arguments(concurrency, batch_size)
         return self._classify_stream(images, options, concurrency, batch_size, timeout)
+
+    def explain(
+        self,
+        image: ImageLike,
+        *,
+        model: str,
+        version: int = 0,
+        label: str | None = None,
+        method: ExplainMethodName = "occlusion",
+        patch: int | None = None,
+        stride: int | None = None,
+        masks: int | None = None,
+        cells: int | None = None,
+        keep: float | None = None,
+        seed: int = 0,
+        max_rows: int | None = None,
+        overlay_png: bool = False,
+        timeout: float | None = DEFAULT_EXPLAIN_TIMEOUT_SECONDS,
+        request_id: str | None = None,
+    ) -> Explanation:
+        """Explain one image: a saliency map of where the model looked for `label` (its top-1 label by default).
+
+        `image` is one path, encoded bytes, PIL image or uint8 array, as `classify` takes (not a float32 model
+        input: the map is drawn on the picture). `method` is "occlusion" (a patch slid over the image, `patch`
+        pixels wide, moved `stride` pixels at a time) or "rise" (`masks` random smooth masks on a `cells` x `cells`
+        grid keeping each cell with probability `keep`, drawn from `seed` so that a request always gives the same
+        map). An option left None takes the server's default; the options of the other method raise ValueError.
+        `max_rows` caps the forward passes (the server's own cap when None); `overlay_png` also asks for the map
+        blended over the image, as PNG bytes.
+
+        The deadline is `timeout` seconds, 60 by default rather than the client's timeout, because an explanation
+        is hundreds of forward passes that yield to every classification; None takes the client's timeout.
+        Raises ValueError for bad options and ImageError for an unusable image, before sending; a StatusError
+        subclass when the call fails: InvalidInput also when the method needs more forward passes than
+        `max_rows` allows.
+        """
+        options = ExplainOptions(
+            model, version, label, method, patch, stride, masks, cells, keep, seed, max_rows, overlay_png
+        )
+        request = self._explain_request(image, options)
+        try:
+            response = self._classifier.Explain(request, **self._call_arguments(timeout, request_id))
+        except grpc.RpcError as error:
+            raise self._error(error) from None
+        return self._explanation(response)
 
     def models(self, *, timeout: float | None = None, request_id: str | None = None) -> list[ModelInfo]:
         """Every model the server knows, with its versions, readiness and statistics."""

@@ -1,4 +1,5 @@
-"""What `cnnserve classify`, `models` and `health` do, once their flags are parsed (see `_cli` for exit codes).
+"""What `cnnserve classify`, `explain`, `models` and `health` do, once their flags are parsed (`_cli` has the exit
+codes).
 
 Results go to stdout (human lines or JSON lines); errors, the progress bar and, with --json, the summary go to
 stderr, so that stdout can be piped into another program.
@@ -16,12 +17,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from cnnserve.client._cli import ExitCode
 from cnnserve.client._client import Client
 from cnnserve.client._config import TLSConfig
 from cnnserve.client._exceptions import CnnserveClientError, ImageError, InvalidInput, StatusError
 from cnnserve.client._progress import ProgressBar
-from cnnserve.client._types import ClassifyOutcome, HealthStatus, ModelInfo
+from cnnserve.client._types import ClassifyOutcome, Explanation, HealthStatus, ModelInfo
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -163,6 +166,78 @@ def _error_code(error: CnnserveClientError | None) -> str:
     if isinstance(error, StatusError):
         return str(error.code.name)
     return "IMAGE_ERROR" if isinstance(error, ImageError) else "CLIENT_ERROR"
+
+
+def run_explain(args: argparse.Namespace) -> ExitCode:
+    """Explain one image and write the files asked for; output folders are checked before the (long) call."""
+    for path in (args.png, args.npy):
+        if path is not None and not path.parent.is_dir():
+            _error("explain", f"cannot write {path}: there is no folder {path.parent}")
+            return ExitCode.USAGE
+    client = _connect("explain", args)
+    if client is None:
+        return ExitCode.USAGE
+    try:
+        with client:
+            explanation = client.explain(
+                args.image,
+                model=args.model,
+                version=args.version,
+                label=args.label,
+                method=args.method,
+                patch=args.patch,
+                stride=args.stride,
+                masks=args.masks,
+                cells=args.cells,
+                keep=args.keep,
+                seed=args.seed,
+                max_rows=args.max_rows,
+                overlay_png=args.png is not None,
+                timeout=args.timeout,
+            )
+    except ValueError as exc:
+        _error("explain", str(exc))
+        return ExitCode.USAGE
+    except (ImageError, InvalidInput) as exc:
+        _error("explain", f"{args.image}: {exc}")
+        return ExitCode.SOME_FAILED
+    except CnnserveClientError as exc:
+        _error("explain", f"{args.server}: {exc}")
+        return ExitCode.SERVER_ERROR
+    _print_explanation(args.image, explanation)
+    return _write_explanation(explanation, png=args.png, npy=args.npy)
+
+
+def _print_explanation(image: Path, explanation: Explanation) -> None:
+    saliency = explanation.saliency
+    height, width = saliency.shape
+    print(
+        f"{image}: {explanation.label} {explanation.probability:.3f} (model {explanation.model} version "
+        f"{explanation.version})"
+    )
+    print(
+        f"{explanation.method}: {explanation.rows} forward passes, saliency {height}x{width} from "
+        f"{float(saliency.min()):.3g} to {float(saliency.max()):.3g}"
+    )
+
+
+def _write_explanation(explanation: Explanation, *, png: Path | None, npy: Path | None) -> ExitCode:
+    """Write the map (exactly at `npy`: numpy.save would add a suffix to a bare path) and the overlay."""
+    try:
+        if npy is not None:
+            with npy.open("wb") as file:
+                np.save(file, explanation.saliency)
+            print(f"wrote {npy} (saliency, float32 {list(explanation.saliency.shape)})")
+        if png is not None:
+            if explanation.overlay_png is None:
+                _error("explain", "the server sent no overlay although one was asked for")
+                return ExitCode.SERVER_ERROR
+            png.write_bytes(explanation.overlay_png)
+            print(f"wrote {png} (overlay)")
+    except OSError as exc:
+        _error("explain", f"cannot write {exc.filename}: {exc.strerror or exc}")
+        return ExitCode.USAGE
+    return ExitCode.OK
 
 
 def run_models(args: argparse.Namespace) -> ExitCode:

@@ -20,6 +20,8 @@ from cnnserve import __version__
 
 DEFAULT_TARGET = "127.0.0.1:8001"
 DEFAULT_TIMEOUT_SECONDS = 10.0
+DEFAULT_EXPLAIN_TIMEOUT_SECONDS = 60.0
+"""Explain's own default deadline: an explanation is hundreds of forward passes, which yield to every classification."""
 CLASSIFIER_SERVICE = "cnnserve.v1.ImageClassifier"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 LoadBalancing = Literal["round_robin", "pick_first"]

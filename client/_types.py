@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnnserve.client._exceptions import CnnserveClientError
+import numpy as np
+
+from cnnserve.client._exceptions import CnnserveClientError, ProtocolError
 from cnnserve.v1 import classifier_pb2 as pb
 
 
@@ -73,6 +75,34 @@ class HealthStatus(enum.Enum):
     SERVING = "SERVING"
     NOT_SERVING = "NOT_SERVING"
     SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
+
+
+@dataclass(frozen=True, eq=False)
+class Explanation:
+    """Where the model looked: a saliency map of one image for one label, from `Client.explain`.
+
+    `label`, `index` and `probability` are the label explained (the top-1 label unless one was asked for), its
+    position in the model's labels and its probability for the unchanged image. Explanations compare by identity
+    (their maps are arrays: compare those with numpy).
+    """
+
+    model: str
+    version: int
+    """The model version that answered."""
+    label: str
+    index: int
+    probability: float
+    method: str
+    """How the map was made: "occlusion" or "rise"."""
+    rows: int
+    """The forward passes it took, the unchanged image included."""
+    saliency: np.ndarray = field(repr=False)
+    """float32 [H, W], the height and width of the image as sent (after its EXIF rotation), not the model's input
+    size: higher where the pixel supports the label more, negative where it counts against it. What the values
+    measure, per method, is documented on ExplainMethod in the API's proto file."""
+    overlay_png: bytes | None = field(default=None, repr=False)
+    """The map's positive part blended over the image, as a PNG file's bytes, when `overlay_png=True` was asked
+    for; else None."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +198,45 @@ def classifications_from(response: pb.ClassifyResponse) -> list[Classification]:
         )
         for result in response.results
     ]
+
+
+_EXPLAIN_METHODS = {
+    pb.EXPLAIN_METHOD_UNSPECIFIED: "occlusion",
+    pb.OCCLUSION: "occlusion",
+    pb.RISE: "rise",
+}
+
+
+def explanation_from(response: pb.ExplainResponse) -> Explanation:
+    """The Explanation of an answer; raises ProtocolError when the saliency map is not the FLOAT32 [H, W] tensor
+    the API promises, or the method is one this client never asks for."""
+    if response.method not in _EXPLAIN_METHODS:
+        raise ProtocolError(f"the server answered with explanation method {response.method}, which was not asked for")
+    return Explanation(
+        model=response.model,
+        version=response.version,
+        label=response.label,
+        index=response.index,
+        probability=response.probability,
+        method=_EXPLAIN_METHODS[response.method],
+        rows=response.rows,
+        saliency=_saliency(response.saliency),
+        overlay_png=response.overlay_png or None,
+    )
+
+
+def _saliency(tensor: pb.Tensor) -> np.ndarray:
+    """A FLOAT32 [H, W] tensor's little-endian bytes as a native float32 array of its own (writable)."""
+    shape = tuple(tensor.shape)
+    if tensor.dtype != pb.FLOAT32 or len(shape) != 2 or min(shape) < 1:
+        dtype = pb.DataType.Name(tensor.dtype) if tensor.dtype in pb.DataType.values() else str(tensor.dtype)
+        raise ProtocolError(f"the saliency map must be a FLOAT32 [H, W] tensor, got {dtype} {list(shape)}")
+    expected = shape[0] * shape[1] * 4
+    if len(tensor.data) != expected:
+        raise ProtocolError(
+            f"the saliency map's shape {list(shape)} needs {expected} bytes, the server sent {len(tensor.data)}"
+        )
+    return np.frombuffer(tensor.data, dtype="<f4").reshape(shape).astype(np.float32)
 
 
 def model_info_from(message: pb.ModelInfo) -> ModelInfo:

@@ -16,6 +16,12 @@ rows. A single asyncio task forms batches:
    (or the largest preferred size that the queue can fill), concatenate them once, run the session in a worker
    thread, and hand each caller exactly its rows.
 
+Background requests (`submit(..., background=True)`: the perturbed images of explanations) queue in a lane below
+every priority level. They are taken only when no other request is queued, never share a batch with one, and
+run in batches of at most a quarter of `max_batch_size` (`background_rows`), so a classification that arrives
+meanwhile waits at most one small batch. Their rows do not count against `max_queue_size` (the lane has a bound
+of its own, the same size) and do not wait out the queue delay.
+
 Requests larger than `max_batch_size` are cut into slices that queue separately. A full queue refuses at once
 (QueueFullError). Each request carries a deadline on the monotonic clock; a timer answers it
 DeadlineExceededError when it expires while queued, and such requests, like cancelled ones, are dropped before
@@ -125,6 +131,8 @@ class DynamicBatcher:
         self._on_batch = on_batch
         self._queues: list[deque[_QueuedRequest]] = [deque() for _ in range(settings.priority_levels)]
         self._queued_rows = 0
+        self._background: deque[_QueuedRequest] = deque()
+        self._background_rows = 0
         self._depth: np.ndarray | None = None
         self._preferred = frozenset(settings.preferred_batch_sizes)
         self._wakeup = asyncio.Event()
@@ -147,6 +155,10 @@ class DynamicBatcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
+    @property
+    def background_rows(self) -> int:
+        return background_batch_rows(self._settings)
+
     def publish_depth(self, cell: np.ndarray) -> None:
         """Keep `cell[0]` equal to the queued rows from now on: a slot of shared memory where the front-end
         processes of a multi-process server read it, to refuse a request before decoding it."""
@@ -168,16 +180,21 @@ class DynamicBatcher:
         """Start the batching task on the running loop."""
         self._task = asyncio.get_running_loop().create_task(self._form_batches(), name=f"batcher-{self._name}")
 
-    async def submit(self, inputs: np.ndarray, deadline: float, priority: int = 0) -> np.ndarray:
+    async def submit(
+        self, inputs: np.ndarray, deadline: float, priority: int = 0, *, background: bool = False
+    ) -> np.ndarray:
         """Queue `inputs` (n rows) and wait for its n output rows.
 
         `deadline` is on `time.monotonic()`; `priority` is 1 (first) .. priority_levels, 0 for the default.
+        `background` queues below every priority instead (see the module docstring; `priority` is ignored).
         Raises QueueFullError at once when the queue cannot take the rows, DeadlineExceededError when the
         deadline passes before the batch runs, UnavailableError once the batcher is closing, InvalidInputError
         for an unknown priority, and the batch's error when the batch fails.
         """
         if self._closed:
             raise UnavailableError(f"model {self._name} is unloading or the server is shutting down; retry")
+        if background:
+            return await self._submit_background(inputs, deadline)
         settings = self._settings
         level = priority or settings.default_priority
         if not 1 <= level <= settings.priority_levels:
@@ -204,13 +221,41 @@ class DynamicBatcher:
             self._wakeup.set()
             if rows >= limit:
                 self._instance_freed.set()
+        return await self._answer_of(request, background=False)
+
+    async def _submit_background(self, inputs: np.ndarray, deadline: float) -> np.ndarray:
+        limit = self.background_rows
+        if self._background_rows + len(inputs) > self._settings.max_queue_size:
+            raise queue_full_error(
+                f"{self._name} (background work)", self._background_rows, self._settings.max_queue_size, len(inputs)
+            )
+        if len(inputs) > limit:
+            slices = [inputs[start : start + limit] for start in range(0, len(inputs), limit)]
+            parts = await asyncio.gather(*(self._submit_background(part, deadline) for part in slices))
+            return np.concatenate(parts)
+        loop = asyncio.get_running_loop()
+        request = _QueuedRequest(inputs, loop.create_future(), time.monotonic())
+        request.timer = loop.call_at(_loop_time(loop, deadline), _expire, request.future, self._name)
+        self._background.append(request)
+        self._background_rows += request.rows
+        if self._queued_rows == 0:
+            self._wakeup.set()
+        return await self._answer_of(request, background=True)
+
+    async def _answer_of(self, request: _QueuedRequest, background: bool) -> np.ndarray:
+        """Wait for `request`'s rows; whatever ends the wait, stop its timer and, if it is still queued (its
+        caller gave up), take it out of its lane's count."""
+        assert request.timer is not None
         try:
             outputs = await request.future
         finally:
             request.timer.cancel()
             if request.queued:
                 request.queued = False
-                self._add_queued(-request.rows)
+                if background:
+                    self._background_rows -= request.rows
+                else:
+                    self._add_queued(-request.rows)
         request.add_to_request_statistics()
         return outputs
 
@@ -221,7 +266,7 @@ class DynamicBatcher:
         """
         self._closed = True
         end = time.monotonic() + drain_seconds
-        while (self._queued_rows or self._running) and time.monotonic() < end:
+        while (self._queued_rows or self._background_rows or self._running) and time.monotonic() < end:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
@@ -268,6 +313,9 @@ class DynamicBatcher:
         while True:
             oldest = self._oldest_live()
             if oldest is None:
+                background = self._take_background()
+                if background:
+                    return background
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -308,6 +356,25 @@ class DynamicBatcher:
             if queue:
                 return queue[0]
         return None
+
+    def _take_background(self) -> list[_QueuedRequest]:
+        """Whole live background requests, oldest first, up to `background_rows` rows (at least one request)."""
+        batch: list[_QueuedRequest] = []
+        rows = 0
+        queue = self._background
+        while queue:
+            request = queue[0]
+            if not request.queued:
+                queue.popleft()
+                continue
+            if batch and rows + request.rows > self.background_rows:
+                break
+            queue.popleft()
+            request.queued = False
+            self._background_rows -= request.rows
+            batch.append(request)
+            rows += request.rows
+        return batch
 
     def _take(self) -> list[_QueuedRequest]:
         """Whole live requests, by priority then age, up to the target size: the max batch size, or the largest
@@ -401,6 +468,13 @@ class DynamicBatcher:
         return _BatchRun(live, outputs, None, started, assembled, time.monotonic())
 
     def _fail_queued(self, error: CnnserveError) -> None:
+        while self._background:
+            request = self._background.popleft()
+            if request.queued:
+                request.queued = False
+                self._background_rows -= request.rows
+                if not request.future.done():
+                    request.future.set_exception(error)
         for queue in self._queues:
             while queue:
                 request = queue.popleft()
@@ -450,6 +524,11 @@ class _AdaptiveDelay:
         if self._gap >= remaining:
             return None
         return min(remaining, 2 * self._gap - silence)
+
+
+def background_batch_rows(settings: BatchingSettings) -> int:
+    """The most rows of one background batch: a quarter of `max_batch_size`, at least 1."""
+    return max(1, settings.max_batch_size // 4)
 
 
 def queue_full_error(model: str, queued: int, limit: int, rows: int) -> QueueFullError:

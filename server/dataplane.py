@@ -49,12 +49,20 @@ class DataPlane:
         return time.monotonic() + timeout
 
     async def observe(
-        self, api: str, name: str, version: int, handle: Callable[[ModelVersion], Awaitable[_Result]]
+        self,
+        api: str,
+        name: str,
+        version: int,
+        handle: Callable[[ModelVersion], Awaitable[_Result]],
+        *,
+        model_statistics: bool = True,
     ) -> tuple[ModelVersion, _Result]:
         """Find the model and run `handle` on it, counting the outcome in statistics and metrics.
 
         Every API's request path goes through here, so requests, latencies and rejections are counted (and, with
         `request_log` on, logged) the same way whichever protocol they came in on. Errors propagate unchanged.
+        Without `model_statistics` the request is left out of the model's Triton statistics (explanations: they
+        are not inference requests there, though their batches count as executions).
         """
         started = time.perf_counter()
         model: ModelVersion | None = None
@@ -89,7 +97,16 @@ class DataPlane:
         finally:
             if admitted:
                 self.gate.leave()
-            self._count(api, name, model, series, code, time.perf_counter() - started, error, request_statistics)
+            self._count(
+                api,
+                name,
+                model,
+                series,
+                code,
+                time.perf_counter() - started,
+                error,
+                request_statistics if model_statistics else None,
+            )
         return model, result
 
     def _count(
@@ -101,9 +118,10 @@ class DataPlane:
         code: grpc.StatusCode,
         seconds: float,
         error: Exception | None,
-        request_statistics: RequestStatistics,
+        request_statistics: RequestStatistics | None,
     ) -> None:
-        """Count a finished request in statistics and metrics, and log it when the request log is on."""
+        """Count a finished request in statistics (unless `request_statistics` is None) and metrics, and log it
+        when the request log is on."""
         if model is None or series is None:
             label = name if next(self.repository.versions(name), None) is not None else UNKNOWN
             version = UNKNOWN
@@ -113,10 +131,12 @@ class DataPlane:
             series.in_flight.dec()
             if code is grpc.StatusCode.OK:
                 series.succeeded(seconds)
-                model.statistics.record_success(seconds, request_statistics)
+                if request_statistics is not None:
+                    model.statistics.record_success(seconds, request_statistics)
             else:
                 series.failed(code)
-                model.statistics.record_failure(seconds)
+                if request_statistics is not None:
+                    model.statistics.record_failure(seconds)
         if self.settings.request_log:
             log_request(api=api, model=label, version=version, code=code, seconds=seconds, error=error)
 

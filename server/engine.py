@@ -226,7 +226,9 @@ class Engine:
             except (ModelNotFoundError, UnavailableError) as exc:
                 raise VersionRetiredError(str(exc)) from exc
             inputs = self._inputs_of(frontend, request)
-            probabilities = await model.infer(inputs, request.deadline, request.priority)
+            probabilities = await model.infer(
+                inputs, request.deadline, request.priority, background=request.background, raw=request.raw
+            )
             rows = len(inputs)
             if probabilities.shape != (rows, request.output_width):
                 raise InferenceError(

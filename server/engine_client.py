@@ -101,12 +101,19 @@ class EngineClient:
         self._send(Hello(os.getpid(), self._arena.descriptor, self._arena.size))
 
     async def infer(
-        self, version: FrontendModelVersion, inputs: np.ndarray, deadline: float, priority: int
+        self,
+        version: FrontendModelVersion,
+        inputs: np.ndarray,
+        deadline: float,
+        priority: int,
+        background: bool = False,
+        raw: bool = False,
     ) -> np.ndarray:
         """The probabilities of `inputs` from the engine (one row each); raises what the engine raised."""
         if self.lost:
             raise UnavailableError(_ENGINE_GONE)
-        rows, width = len(inputs), version.output_width
+        rows = len(inputs)
+        width = version.raw_output_width if raw else version.output_width
         place = self._shared_memory.locate(inputs) if self._shared_memory is not None else None
         input_bytes = 0 if place is not None else aligned(inputs.nbytes)
         try:
@@ -135,6 +142,8 @@ class EngineClient:
                 deadline,
                 priority,
                 region,
+                background,
+                raw,
             )
         )
         try:
@@ -293,10 +302,16 @@ class FrontendModelVersion(ModelVersion):
         if queued + rows > self.batching.max_queue_size:
             raise queue_full_error(self.name, queued, self.batching.max_queue_size, rows)
 
-    async def infer(self, inputs: np.ndarray, deadline: float, priority: int = 0) -> np.ndarray:
+    @property
+    def raw_output_width(self) -> int:
+        return self.metadata.output_width if self.metadata is not None else 0
+
+    async def infer(
+        self, inputs: np.ndarray, deadline: float, priority: int = 0, *, background: bool = False, raw: bool = False
+    ) -> np.ndarray:
         if self.state is not ModelState.READY or self.engine is None:
             raise UnavailableError(f"model {self.name} version {self.version} is {self.state.value}, not READY")
-        return await self.engine.infer(self, inputs, deadline, priority)
+        return await self.engine.infer(self, inputs, deadline, priority, background, raw)
 
 
 class RemoteRepository(ServedVersions):

@@ -45,6 +45,10 @@ class Submit(msgspec.Struct, tag="submit", array_like=True):
     region: str = ""
     """When set, the rows lie at `offset` of this registered system shared memory region (the client's), which
     the engine maps itself, instead of in the sender's arena."""
+    background: bool = False
+    """Queue in the batcher's background lane (explanations' rows), below every priority level."""
+    raw: bool = False
+    """Answer the graph's own output (`output_width` columns of it) instead of probabilities."""
 
 
 class Cancel(msgspec.Struct, tag="cancel", array_like=True):

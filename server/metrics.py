@@ -8,7 +8,9 @@ What operators decide from them, and which metric answers:
 - does batching work: `cnnserve_batch_size` (a histogram of executed batches), and
   `cnnserve_inferences_total / cnnserve_executions_total`, the average batch size;
 - where the time goes: `cnnserve_request_duration_seconds` (end to end, successful requests) split into
-  `cnnserve_preprocess_duration_seconds`, `cnnserve_queue_wait_seconds` and `cnnserve_batch_compute_seconds`.
+  `cnnserve_preprocess_duration_seconds`, `cnnserve_queue_wait_seconds` and `cnnserve_batch_compute_seconds`;
+- explanations, apart from classifications: the request series with `api="explain"`, and
+  `cnnserve_explanation_rows_total` (the forward passes they took, by method).
 
 Histograms rather than summaries, so quantiles aggregate across replicas. Names are in base units under one
 prefix. Label values are bounded: model names and versions from the repository (a request for a model the server
@@ -233,6 +235,12 @@ class ServerMetrics:
             ["model"],
             registry=r,
         )
+        self.explanation_rows = Counter(
+            f"{PREFIX}_explanation_rows",
+            "Forward passes run for explanations (perturbed copies and the unchanged image), by method",
+            ["model", "version", "method"],
+            registry=r,
+        )
         self._series: dict[tuple[str, str, str], RequestSeries] = {}
         self._preprocess_series: dict[tuple[str, int], Any] = {}
 
@@ -288,6 +296,10 @@ class ServerMetrics:
         if series is None:
             series = self._preprocess_series[key] = self.preprocess_duration.labels(model.name, str(model.version))
         series.observe(seconds)
+
+    def explained(self, model: ModelVersion, method: str, rows: int) -> None:
+        """Count the forward passes of one finished explanation."""
+        self.explanation_rows.labels(model.name, str(model.version), method).inc(rows)
 
     def batch_executed(self, model: str, version: int, record: BatchRecord) -> None:
         """Count one executed batch (failed ones too: they ran, and their callers waited)."""

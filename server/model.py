@@ -119,12 +119,18 @@ class ModelVersion:
         if self.batcher is not None:
             self.batcher.refuse_if_full(rows)
 
-    async def infer(self, inputs: np.ndarray, deadline: float, priority: int = 0) -> np.ndarray:
-        """Probabilities, one row per input row, through the batcher (lower `priority` values run first)."""
+    async def infer(
+        self, inputs: np.ndarray, deadline: float, priority: int = 0, *, background: bool = False, raw: bool = False
+    ) -> np.ndarray:
+        """Probabilities, one row per input row, through the batcher (lower `priority` values run first;
+        `background` rows only when nothing else waits: see server/batcher.py). With `raw`, the graph's own
+        output instead (metadata.output_width columns, as metadata.output_kind says)."""
         if self.state is not ModelState.READY or self.batcher is None:
             raise UnavailableError(f"model {self.name} version {self.version} is {self.state.value}, not READY")
-        outputs = await self.batcher.submit(inputs, deadline, priority)
+        outputs = await self.batcher.submit(inputs, deadline, priority, background=background)
         assert self.metadata is not None
+        if raw:
+            return outputs
         started = time.perf_counter()
         probabilities = to_probabilities(outputs, self.metadata.output_kind)
         current_request().compute_output += time.perf_counter() - started

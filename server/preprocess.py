@@ -115,6 +115,27 @@ class ImagePreprocessor:
             parts.append((position, picture))
         return PreparedImages(self, parts, pixels)
 
+    def picture(self, image: bytes | PixelTensor) -> Image.Image:
+        """One image as people see it, at its own size, in the model's colour mode (L or RGB): decoded in full,
+        upright, opaque, 8-bit (`normalize_picture`). What Explain perturbs. Raises InvalidInputError as `batch`
+        does."""
+        if isinstance(image, PixelTensor):
+            array, _ = self._pixel_array(image, 0)
+            if array.ndim == 3 and array.shape[2] == 1:
+                array = array[:, :, 0]
+            picture = Image.fromarray(np.ascontiguousarray(array), mode="L" if array.ndim == 2 else "RGB")
+        else:
+            picture = self._open(image, 0)
+            try:
+                picture.load()
+                picture = normalize_picture(picture, self.preprocessing.background)
+            except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for malformed bytes
+                raise InvalidInputError(
+                    f"the image could not be decoded as {_FORMAT_NAMES} ({exc.__class__.__name__}: {exc})"
+                ) from exc
+        mode = self.preprocessing.color.pillow_mode
+        return picture if picture.mode == mode else picture.convert(mode)
+
     def _finish(self, parts: list[_Part]) -> np.ndarray:
         if len(parts) == 1 and isinstance(parts[0], np.ndarray) and parts[0].dtype == np.float32:
             return parts[0][np.newaxis].astype(self.dtype, copy=False)

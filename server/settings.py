@@ -200,6 +200,10 @@ class ServerSettings(BaseSettings, BatchingSettings, RuntimeSettings):
     """Images one call may carry."""
     max_image_pixels: int = Field(40_000_000, ge=1)
     """Decoded images larger than this are refused."""
+    max_explanation_rows: int = Field(10_000, ge=1)
+    """Forward passes one Explain call may take: occlusion positions or RISE masks, plus the unchanged image."""
+    max_explanation_seconds: float = Field(60.0, gt=0)
+    """An Explain call's deadline when the caller sets none, and the longest it may have."""
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """Largest gRPC message accepted."""
     drain_timeout_seconds: float = Field(

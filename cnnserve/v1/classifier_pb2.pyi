@@ -12,9 +12,18 @@ class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATA_TYPE_UNSPECIFIED: _ClassVar[DataType]
     UINT8: _ClassVar[DataType]
     FLOAT32: _ClassVar[DataType]
+
+class ExplainMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPLAIN_METHOD_UNSPECIFIED: _ClassVar[ExplainMethod]
+    OCCLUSION: _ClassVar[ExplainMethod]
+    RISE: _ClassVar[ExplainMethod]
 DATA_TYPE_UNSPECIFIED: DataType
 UINT8: DataType
 FLOAT32: DataType
+EXPLAIN_METHOD_UNSPECIFIED: ExplainMethod
+OCCLUSION: ExplainMethod
+RISE: ExplainMethod
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data")
@@ -224,3 +233,67 @@ class ModelInfo(_message.Message):
     ready: bool
     runtime: RuntimeSettings
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., output_kind: _Optional[str] = ..., batching: _Optional[_Union[BatchingSettings, _Mapping]] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., ready: _Optional[bool] = ..., runtime: _Optional[_Union[RuntimeSettings, _Mapping]] = ...) -> None: ...
+
+class OcclusionOptions(_message.Message):
+    __slots__ = ("patch", "stride")
+    PATCH_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    patch: int
+    stride: int
+    def __init__(self, patch: _Optional[int] = ..., stride: _Optional[int] = ...) -> None: ...
+
+class RiseOptions(_message.Message):
+    __slots__ = ("masks", "cells", "keep", "seed")
+    MASKS_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    masks: int
+    cells: int
+    keep: float
+    seed: int
+    def __init__(self, masks: _Optional[int] = ..., cells: _Optional[int] = ..., keep: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("model", "version", "image", "label", "method", "occlusion", "rise", "max_rows", "overlay_png")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    OCCLUSION_FIELD_NUMBER: _ClassVar[int]
+    RISE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    image: Image
+    label: str
+    method: ExplainMethod
+    occlusion: OcclusionOptions
+    rise: RiseOptions
+    max_rows: int
+    overlay_png: bool
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., label: _Optional[str] = ..., method: _Optional[_Union[ExplainMethod, str]] = ..., occlusion: _Optional[_Union[OcclusionOptions, _Mapping]] = ..., rise: _Optional[_Union[RiseOptions, _Mapping]] = ..., max_rows: _Optional[int] = ..., overlay_png: _Optional[bool] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("model", "version", "label", "index", "probability", "saliency", "overlay_png", "method", "rows")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    SALIENCY_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    label: str
+    index: int
+    probability: float
+    saliency: Tensor
+    overlay_png: bytes
+    method: ExplainMethod
+    rows: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., index: _Optional[int] = ..., probability: _Optional[float] = ..., saliency: _Optional[_Union[Tensor, _Mapping]] = ..., overlay_png: _Optional[bytes] = ..., method: _Optional[_Union[ExplainMethod, str]] = ..., rows: _Optional[int] = ...) -> None: ...

@@ -49,6 +49,11 @@ class ImageClassifierStub:
                 request_serializer=cnnserve_dot_v1_dot_classifier__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=cnnserve_dot_v1_dot_classifier__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/cnnserve.v1.ImageClassifier/Explain',
+                request_serializer=cnnserve_dot_v1_dot_classifier__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=cnnserve_dot_v1_dot_classifier__pb2.ExplainResponse.FromString,
+                _registered_method=True)
 
 
 class ImageClassifierServicer:
@@ -76,6 +81,17 @@ class ImageClassifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """Where the model looked: a saliency map of one image for one label, from forward passes only (so it works
+        for every model served). The perturbed copies of the image are rows of the model's own batcher below every
+        priority level: they fill idle capacity and never share a batch with classification calls. Honours the
+        call's deadline and cancellation (a cancelled explanation submits no more rows). Errors as Classify, and
+        INVALID_ARGUMENT when the method would need more forward passes than max_rows allows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageClassifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +109,11 @@ def add_ImageClassifierServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=cnnserve_dot_v1_dot_classifier__pb2.GetModelRequest.FromString,
                     response_serializer=cnnserve_dot_v1_dot_classifier__pb2.ModelInfo.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=cnnserve_dot_v1_dot_classifier__pb2.ExplainRequest.FromString,
+                    response_serializer=cnnserve_dot_v1_dot_classifier__pb2.ExplainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +197,33 @@ class ImageClassifier:
             '/cnnserve.v1.ImageClassifier/GetModel',
             cnnserve_dot_v1_dot_classifier__pb2.GetModelRequest.SerializeToString,
             cnnserve_dot_v1_dot_classifier__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cnnserve.v1.ImageClassifier/Explain',
+            cnnserve_dot_v1_dot_classifier__pb2.ExplainRequest.SerializeToString,
+            cnnserve_dot_v1_dot_classifier__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 
 from cnnserve.server.api.errors import grpc_errors
 from cnnserve.server.dataplane import DataPlane
 from cnnserve.server.errors import InvalidInputError, ModelNotFoundError
+from cnnserve.server.explain import (
+    DEFAULT_RISE_CELLS,
+    DEFAULT_RISE_KEEP,
+    DEFAULT_RISE_MASKS,
+    Explanation,
+    Method,
+    Occlusion,
+    Rise,
+    explain,
+    method_name,
+)
 from cnnserve.server.model import ModelVersion
 from cnnserve.server.postprocess import top_k
 from cnnserve.server.preprocess import FloatTensor, ImageInput, PixelTensor
@@ -15,6 +28,7 @@ from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 
 API = "image"
+API_EXPLAIN = "explain"
 
 
 def image_inputs(request: pb.ClassifyRequest) -> list[ImageInput]:
@@ -34,6 +48,21 @@ def image_inputs(request: pb.ClassifyRequest) -> list[ImageInput]:
         else:
             raise InvalidInputError(f"image {position} is empty: set `encoded` or `tensor`")
     return images
+
+
+def explain_method(request: pb.ExplainRequest) -> Method:
+    """The request's method and options; unset options keep the method's defaults (see server/explain.py)."""
+    if request.method in (pb.EXPLAIN_METHOD_UNSPECIFIED, pb.OCCLUSION):
+        return Occlusion(patch=request.occlusion.patch, stride=request.occlusion.stride)
+    if request.method == pb.RISE:
+        rise = request.rise
+        return Rise(
+            masks=rise.masks or DEFAULT_RISE_MASKS,
+            cells=rise.cells or DEFAULT_RISE_CELLS,
+            keep=rise.keep or DEFAULT_RISE_KEEP,
+            seed=rise.seed,
+        )
+    raise InvalidInputError(f"unknown explanation method {request.method}; use OCCLUSION or RISE")
 
 
 def classify_response(
@@ -151,6 +180,50 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
 
         model, probabilities = await dataplane.observe(API, request.model, request.version, classify)
         return classify_response(model, probabilities, request.top_k or 1, request.return_probabilities)
+
+    @grpc_errors
+    async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
+        dataplane = self._dataplane
+        settings = dataplane.settings
+        method = explain_method(request)
+        limit = settings.max_explanation_rows
+        if request.max_rows < 0 or request.max_rows > limit:
+            raise InvalidInputError(
+                f"max_rows must be between 0 (the server's limit) and {limit}, got {request.max_rows}"
+            )
+        images = image_inputs(pb.ClassifyRequest(images=[request.image]))
+        seconds = settings.max_explanation_seconds
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + (seconds if remaining is None else min(seconds, max(remaining, 0.0)))
+
+        async def run(model: ModelVersion) -> Explanation:
+            explanation = await explain(
+                model,
+                images[0],
+                method,
+                label=request.label,
+                max_rows=request.max_rows or limit,
+                deadline=deadline,
+                overlay=request.overlay_png,
+            )
+            dataplane.metrics.explained(model, method_name(method), explanation.rows)
+            return explanation
+
+        model, explanation = await dataplane.observe(
+            API_EXPLAIN, request.model, request.version, run, model_statistics=False
+        )
+        saliency = explanation.saliency
+        return pb.ExplainResponse(
+            model=model.name,
+            version=model.version,
+            label=explanation.label,
+            index=explanation.index,
+            probability=explanation.probability,
+            saliency=pb.Tensor(dtype=pb.FLOAT32, shape=saliency.shape, data=saliency.astype("<f4").tobytes()),
+            overlay_png=explanation.overlay_png or b"",
+            method=request.method or pb.OCCLUSION,
+            rows=explanation.rows,
+        )
 
     @grpc_errors
     async def ListModels(

@@ -369,3 +369,69 @@ async def test_adaptive_delay_stops_waiting_once_a_burst_is_over(model: GatedMod
     burst_at = time.monotonic()
     await asyncio.gather(*(batcher.submit(rows(v), far()) for v in range(4)))
     assert time.monotonic() - burst_at < 2.5, "a 5 s delay was waited out although nobody else was coming"
+
+
+async def test_background_rows_wait_for_every_queued_request_and_never_share_its_batch(
+    model: GatedModel, make_batcher: MakeBatcher
+) -> None:
+    seen: list[list[float]] = []
+
+    def recording(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.ravel().tolist())
+        return model(batch)
+
+    batcher = make_batcher(recording, max_batch_size=8, max_queue_delay_ms=0, priority_levels=2)
+    running = asyncio.ensure_future(batcher.submit(rows(0), far()))
+    await started(model)
+    background = asyncio.ensure_future(batcher.submit(rows(100, 101), far(), background=True))
+    await asyncio.sleep(0)
+    foreground = [asyncio.ensure_future(batcher.submit(rows(v), far(), priority=p)) for v, p in ((1, 2), (2, 1))]
+    await asyncio.sleep(0)
+    model.gate.set()
+    await asyncio.gather(running, *foreground)
+    assert (await background).ravel().tolist() == [200, 202]
+    assert seen == [[0], [2, 1], [100, 101]], "background rows run last, in a batch of their own"
+
+
+async def test_background_batches_hold_at_most_a_quarter_of_the_max_batch(
+    model: GatedModel, make_batcher: MakeBatcher
+) -> None:
+    model.gate.set()
+    batcher = make_batcher(max_batch_size=8, max_queue_delay_ms=0)
+    result = await batcher.submit(rows(*range(10)), far(), background=True)
+    assert result.ravel().tolist() == [2 * v for v in range(10)]
+    assert batcher.background_rows == 2 and max(model.batch_sizes) <= 2 and sum(model.batch_sizes) == 10
+
+
+async def test_background_rows_count_against_their_own_bound_not_the_queue(
+    model: GatedModel, make_batcher: MakeBatcher
+) -> None:
+    batcher = make_batcher(max_batch_size=4, max_queue_size=4, max_queue_delay_ms=0)
+    running = asyncio.ensure_future(batcher.submit(rows(0), far()))
+    await started(model)
+    background = asyncio.ensure_future(batcher.submit(rows(1, 2, 3, 4), far(), background=True))
+    await asyncio.sleep(0)
+    assert batcher.queued_rows == 0, "background rows must not make classifications see a full queue"
+    queued = asyncio.ensure_future(batcher.submit(rows(5, 6, 7, 8), far()))
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFullError, match="background"):
+        await batcher.submit(rows(9), far(), background=True)
+    model.gate.set()
+    await asyncio.gather(running, background, queued)
+
+
+async def test_cancelled_or_expired_background_rows_are_never_computed(
+    model: GatedModel, make_batcher: MakeBatcher
+) -> None:
+    batcher = make_batcher(max_batch_size=4, max_queue_delay_ms=0)
+    running = asyncio.ensure_future(batcher.submit(rows(0), far()))
+    await started(model)
+    cancelled = asyncio.ensure_future(batcher.submit(rows(5), far(), background=True))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(DeadlineExceededError):
+        await batcher.submit(rows(6), time.monotonic() + 0.05, background=True)
+    model.gate.set()
+    await running
+    await batcher.submit(rows(1), far())
+    assert model.batch_sizes == [1, 1], "neither background request may have run"

@@ -1,0 +1,326 @@
+"""Explanations: where a model looked, found with forward passes only, so that every served model can be explained.
+
+Both methods perturb the picture as the client sent it (decoded and turned upright; pictures larger than twice
+the model's input on a side are first scaled down to that working size), turn each perturbed copy into the
+model's input exactly as a classification's image is turned (`ImagePreprocessor.batch`), and run the rows
+through the model's own batcher in its background lane (server/batcher.py): below every priority level, never in
+a batch with a classification, and only while no classification waits. So explanations fill idle capacity.
+Rows go in chunks of `max_batch_size`, one chunk at a time, so a cancelled call submits nothing more and a
+deadline is checked at every chunk by the batcher.
+
+The score of a copy is the label's log-odds, log P(label) - log P(any other), from the model's raw output (its
+logits or log-probabilities where it has them): probabilities of a confident model round to 1 in float32 and
+would leave the map flat.
+
+- Occlusion: a patch of the picture's median colour (what most of it looks like: the background of a glyph)
+  slides over it; a pixel's value is the mean drop of the score over the positions whose patch covered it
+  (negative where hiding it helped).
+- RISE (Petsiuk et al., 2018): random on/off grids, upsampled bilinearly and shifted at random, blend the picture
+  with its median colour; a pixel's value is the sum over masks of (score - mean score) times how much the
+  mask kept the pixel, divided by masks x keep: how much keeping the pixel raised the score, 0 where it does not
+  matter.
+
+The map is computed at the working size and resized (bilinear) to the picture's own size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from cnnserve.server.errors import InvalidInputError
+from cnnserve.server.model import ModelVersion
+from cnnserve.server.postprocess import log_odds, to_probabilities
+from cnnserve.server.preprocess import ImageInput, PixelTensor
+
+OCCLUSION = "occlusion"
+RISE = "rise"
+DEFAULT_RISE_MASKS = 500
+DEFAULT_RISE_CELLS = 7
+DEFAULT_RISE_KEEP = 0.5
+WORKING_SCALE = 2
+"""Pictures are perturbed at no more than this many times the model's input size on each side."""
+OVERLAY_MIN_SIDE = 256
+"""Overlays of smaller pictures are enlarged (nearest neighbour) until their shorter side reaches this."""
+_HEAT_ANCHORS = np.array([[20, 20, 120], [140, 30, 170], [230, 40, 40], [255, 150, 0], [255, 240, 40]], np.float32)
+
+
+@dataclass(frozen=True)
+class Occlusion:
+    """Patch side and step in pixels of the picture as sent; 0: a seventh of its shorter side, half the patch."""
+
+    patch: int = 0
+    stride: int = 0
+
+
+@dataclass(frozen=True)
+class Rise:
+    masks: int = DEFAULT_RISE_MASKS
+    cells: int = DEFAULT_RISE_CELLS
+    keep: float = DEFAULT_RISE_KEEP
+    seed: int = 0
+
+
+Method = Occlusion | Rise
+
+
+def method_name(method: Method) -> str:
+    """The method's metric label: "occlusion" or "rise"."""
+    return OCCLUSION if isinstance(method, Occlusion) else RISE
+
+
+@dataclass(frozen=True)
+class Explanation:
+    label: str
+    index: int
+    probability: float
+    saliency: np.ndarray
+    """float32 [H, W], the picture's size."""
+    rows: int
+    """Forward passes taken, the unchanged picture's included."""
+    overlay_png: bytes | None
+
+
+async def explain(
+    model: ModelVersion,
+    image: ImageInput,
+    method: Method,
+    *,
+    label: str,
+    max_rows: int,
+    deadline: float,
+    overlay: bool,
+) -> Explanation:
+    """Explain `model`'s answer `label` (empty: its top-1) for `image`.
+
+    Raises InvalidInputError for an image that cannot be drawn on (a FLOAT32 tensor) or decoded, an unknown
+    label, options out of range, or more forward passes than `max_rows`; and whatever the batcher raises
+    (deadline, queue full, unavailable, a failed batch).
+    """
+    assert model.preprocessor is not None and model.metadata is not None and model.batching is not None
+    if not isinstance(image, bytes | PixelTensor):
+        raise InvalidInputError(
+            "Explain needs the picture itself (encoded, or UINT8 pixels), not a preprocessed FLOAT32 tensor"
+        )
+    picture = await asyncio.to_thread(model.preprocessor.picture, image)
+    pre = model.preprocessor.preprocessing
+    working = _working_copy(picture, (pre.width, pre.height))
+    pixels = np.asarray(working, dtype=np.float32)
+    fill = np.median(pixels.reshape(-1, *pixels.shape[2:]), axis=0)
+    plan = _plan(method, pixels.shape[:2], picture.size, working.width / picture.width)
+    if plan.rows > max_rows:
+        raise InvalidInputError(
+            f"{plan.description} needs {plan.rows} forward passes, over this call's limit of {max_rows}; "
+            f"{plan.advice}, or raise max_rows (up to the server's max_explanation_rows)"
+        )
+    metadata = model.metadata
+    index = -1
+    probability = base = 0.0
+    for perturbed in _chunks(plan.copies(pixels, fill), model.batching.max_batch_size, first=pixels):
+        inputs = await asyncio.to_thread(_model_inputs, model, perturbed)
+        outputs = await model.infer(inputs, deadline, background=True, raw=True)
+        if index < 0:
+            unchanged = to_probabilities(outputs[:1], metadata.output_kind)[0]
+            index = _label_index(label, metadata.labels, unchanged, model.name)
+            probability = float(unchanged[index])
+            base = float(log_odds(outputs[:1], metadata.output_kind, index)[0])
+            outputs = outputs[1:]
+        plan.add(log_odds(outputs, metadata.output_kind, index))
+    saliency = plan.saliency(base)
+    if saliency.shape != (picture.height, picture.width):
+        saliency = np.asarray(
+            Image.fromarray(saliency, mode="F").resize(picture.size, Image.Resampling.BILINEAR), np.float32
+        )
+    png = await asyncio.to_thread(overlay_png, picture, saliency) if overlay else None
+    return Explanation(metadata.labels[index], index, probability, saliency, plan.rows, png)
+
+
+class _Occlusion:
+    """Patch positions over the working picture; scores come back in the order the copies were made."""
+
+    def __init__(self, options: Occlusion, shape: tuple[int, int], size: tuple[int, int], scale: float) -> None:
+        shorter = min(size)
+        patch = options.patch or max(1, round(shorter / 7))
+        stride = options.stride or max(1, patch // 2)
+        if patch < 1 or stride < 1 or patch > shorter:
+            raise InvalidInputError(
+                f"occlusion patch {patch} and stride {stride} must be positive, and the patch at most the "
+                f"picture's shorter side ({shorter} pixels)"
+            )
+        self._side = max(1, round(patch * scale))
+        step = max(1, round(stride * scale))
+        self._positions = [
+            (y, x) for y in _starts(shape[0], self._side, step) for x in _starts(shape[1], self._side, step)
+        ]
+        self._total = np.zeros(shape, np.float64)
+        self._covered = np.zeros(shape, np.float64)
+        self._scored = 0
+        self.rows = len(self._positions) + 1
+        self.description = f"occlusion with patch {patch} and stride {stride} over this {size[0]}x{size[1]} picture"
+        self.advice = "raise the stride or the patch"
+
+    def copies(self, pixels: np.ndarray, fill: np.ndarray) -> Iterator[np.ndarray]:
+        side = self._side
+        for y, x in self._positions:
+            copy = pixels.copy()
+            copy[y : y + side, x : x + side] = fill
+            yield copy
+
+    def add(self, scores: np.ndarray) -> None:
+        side = self._side
+        for score in scores:
+            y, x = self._positions[self._scored]
+            self._total[y : y + side, x : x + side] -= score
+            self._covered[y : y + side, x : x + side] += 1
+            self._scored += 1
+
+    def saliency(self, base: float) -> np.ndarray:
+        """Mean drop: the unchanged score minus the mean over the patches covering each pixel."""
+        covered = np.maximum(self._covered, 1)
+        return np.where(self._covered > 0, base + self._total / covered, 0.0).astype(np.float32)
+
+
+class _Rise:
+    """Masks drawn one by one from the seed as the copies are made (so chunking never changes them), each kept
+    only until its score has been added in."""
+
+    def __init__(self, options: Rise, shape: tuple[int, int]) -> None:
+        if options.masks < 1 or options.cells < 1 or not 0.0 < options.keep < 1.0:
+            raise InvalidInputError(
+                f"RISE needs masks >= 1, cells >= 1 and 0 < keep < 1; got masks {options.masks}, cells "
+                f"{options.cells}, keep {options.keep}"
+            )
+        self._options = options
+        self._shape = shape
+        self._waiting: deque[np.ndarray] = deque()
+        self._sum = np.zeros(shape, np.float64)
+        self._kept = np.zeros(shape, np.float64)
+        self._score_sum = 0.0
+        self.rows = options.masks + 1
+        self.description = f"RISE with {options.masks} masks"
+        self.advice = "ask for fewer masks"
+
+    def copies(self, pixels: np.ndarray, fill: np.ndarray) -> Iterator[np.ndarray]:
+        for mask in self._masks():
+            self._waiting.append(mask)
+            kept = mask if pixels.ndim == 2 else mask[..., np.newaxis]
+            yield pixels * kept + fill * (1.0 - kept)
+
+    def _masks(self) -> Iterator[np.ndarray]:
+        height, width = self._shape
+        cells, keep = self._options.cells, self._options.keep
+        cell_h, cell_w = math.ceil(height / cells), math.ceil(width / cells)
+        rng = np.random.default_rng(self._options.seed)
+        for _ in range(self._options.masks):
+            grid = (rng.random((cells, cells)) < keep).astype(np.float32)
+            if cell_h == 1 and cell_w == 1:
+                yield grid[:height, :width]  # a cell per pixel: nothing to smooth, nowhere to shift
+                continue
+            dy, dx = int(rng.integers(0, cell_h)), int(rng.integers(0, cell_w))
+            big = Image.fromarray(grid, mode="F").resize(
+                ((cells + 1) * cell_w, (cells + 1) * cell_h), Image.Resampling.BILINEAR
+            )
+            yield np.asarray(big, np.float32)[dy : dy + height, dx : dx + width]
+
+    def add(self, scores: np.ndarray) -> None:
+        for score in scores:
+            mask = self._waiting.popleft()
+            self._sum += float(score) * mask
+            self._kept += mask
+            self._score_sum += float(score)
+
+    def saliency(self, base: float) -> np.ndarray:
+        """sum_i (s_i - mean s) M_i(x) / (N keep): how much keeping x raised the score, 0 where x does not
+        matter (the plain RISE sum, less the mean score times how often x was kept)."""
+        count = self._options.masks
+        centred = self._sum - (self._score_sum / count) * self._kept
+        return (centred / (count * self._options.keep)).astype(np.float32)
+
+
+def _plan(method: Method, shape: tuple[int, int], size: tuple[int, int], scale: float) -> _Occlusion | _Rise:
+    if isinstance(method, Occlusion):
+        return _Occlusion(method, shape, size, scale)
+    return _Rise(method, shape)
+
+
+def _starts(length: int, side: int, step: int) -> list[int]:
+    """Patch starts along one side: every `step`, and one flush with the far edge so every pixel is covered."""
+    last = max(0, length - side)
+    starts = list(range(0, last + 1, step))
+    if starts[-1] != last:
+        starts.append(last)
+    return starts
+
+
+def _chunks(copies: Iterator[np.ndarray], size: int, first: np.ndarray) -> Iterator[list[np.ndarray]]:
+    """The unchanged picture, then the perturbed copies, `size` at a time."""
+    chunk = [first]
+    for copy in copies:
+        chunk.append(copy)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _model_inputs(model: ModelVersion, copies: list[np.ndarray]) -> np.ndarray:
+    assert model.preprocessor is not None
+    images = []
+    for copy in copies:
+        pixels = np.clip(np.rint(copy), 0, 255).astype(np.uint8)
+        images.append(PixelTensor(pixels.shape, pixels.tobytes()))
+    return model.preprocessor.batch(images)
+
+
+def _working_copy(picture: Image.Image, model_size: tuple[int, int]) -> Image.Image:
+    width, height = picture.size
+    scale = min(1.0, WORKING_SCALE * model_size[0] / width, WORKING_SCALE * model_size[1] / height)
+    if scale >= 1.0:
+        return picture
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return picture.resize(size, Image.Resampling.BILINEAR)
+
+
+def _label_index(label: str, labels: tuple[str, ...], probabilities: np.ndarray, model: str) -> int:
+    if not label:
+        return int(np.argmax(probabilities))
+    try:
+        return labels.index(label)
+    except ValueError:
+        shown = ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")
+        raise InvalidInputError(f"model {model} has no label {label!r}; its labels are: {shown}") from None
+
+
+def overlay_png(picture: Image.Image, saliency: np.ndarray) -> bytes:
+    """The map's positive part in heat colours over a dimmed grey copy of the picture (so that a white stroke
+    and a strong score stay apart), as PNG bytes; small pictures enlarged to OVERLAY_MIN_SIDE."""
+    grey = np.asarray(picture.convert("L"), np.float32)[..., np.newaxis] * 0.45
+    positive = np.clip(saliency, 0, None)
+    peak = float(positive.max())
+    strength = positive / peak if peak > 0 else positive
+    alpha = (0.9 * np.sqrt(strength))[..., np.newaxis]
+    blended = grey * (1 - alpha) + _heat_colours(strength) * alpha
+    overlay = Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), mode="RGB")
+    shorter = min(overlay.size)
+    if shorter < OVERLAY_MIN_SIDE:
+        factor = math.ceil(OVERLAY_MIN_SIDE / shorter)
+        overlay = overlay.resize((overlay.width * factor, overlay.height * factor), Image.Resampling.NEAREST)
+    out = io.BytesIO()
+    overlay.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _heat_colours(strength: np.ndarray) -> np.ndarray:
+    """Dark blue through purple, red and orange to yellow, for strengths 0..1."""
+    position = strength * (len(_HEAT_ANCHORS) - 1)
+    low = np.clip(np.floor(position).astype(int), 0, len(_HEAT_ANCHORS) - 2)
+    fraction = (position - low)[..., np.newaxis]
+    return _HEAT_ANCHORS[low] * (1 - fraction) + _HEAT_ANCHORS[low + 1] * fraction
