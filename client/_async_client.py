@@ -144,12 +144,13 @@ class AsyncClient(BaseClient):
         seed: int = 0,
         max_rows: int | None = None,
         overlay_png: bool = False,
+        layer: str | None = None,
         timeout: float | None = DEFAULT_EXPLAIN_TIMEOUT_SECONDS,
         request_id: str | None = None,
     ) -> Explanation:
         """Explain one image; see Client.explain. The image is read and encoded on this thread."""
         options = ExplainOptions(
-            model, version, label, method, patch, stride, masks, cells, keep, seed, max_rows, overlay_png
+            model, version, label, method, patch, stride, masks, cells, keep, seed, max_rows, overlay_png, layer
         )
         request = self._explain_request(image, options)
         try:

@@ -36,7 +36,7 @@ from cnnserve.v1 import classifier_pb2 as pb
 
 DEFAULT_CONCURRENCY = 4
 DEFAULT_BATCH_SIZE = 16
-ExplainMethodName = Literal["occlusion", "rise"]
+ExplainMethodName = Literal["occlusion", "rise", "activations"]
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,21 @@ class ClassifyOptions:
         )
 
 
+_OTHER_METHODS_OPTIONS: dict[str, tuple[str, ...]] = {
+    "occlusion": ("masks", "cells", "keep", "layer"),
+    "rise": ("patch", "stride", "layer"),
+    "activations": ("patch", "stride", "masks", "cells", "keep"),
+}
+"""The options each method refuses, those that only another method uses (None means not given)."""
+
+
 @dataclass(frozen=True)
 class ExplainOptions:
     """The per-call arguments of explain, checked once so that a bad option fails before anything is sent.
 
-    None (and a label of None) leaves the choice to the server, whose defaults the proto documents. Options of the
-    other method are refused rather than ignored: `masks=` without `method="rise"` is a mistake worth reporting.
+    None (and a label of None) leaves the choice to the server, whose defaults the proto documents. Options of
+    another method are refused rather than ignored: `masks=` without `method="rise"` is a mistake worth reporting,
+    and so is `overlay_png=True` with "activations", which draws feature maps rather than a map to overlay.
     """
 
     model: str
@@ -86,6 +95,7 @@ class ExplainOptions:
     seed: int = 0
     max_rows: int | None = None
     overlay_png: bool = False
+    layer: str | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -101,10 +111,16 @@ class ExplainOptions:
                 raise ValueError(f"{name} must be at least 1 (or None for the server's default), got {value}")
         if self.keep is not None and not 0 < self.keep < 1:
             raise ValueError(f"keep must be between 0 and 1 (exclusive), got {self.keep}")
-        other = ("masks", "cells", "keep") if self.method == "occlusion" else ("patch", "stride")
-        given = [name for name in other if getattr(self, name) is not None]
+        if self.layer is not None and not self.layer:
+            raise ValueError("layer must name a layer (see ModelInfo.activation_layers), or be None for the first")
+        given = [name for name in _OTHER_METHODS_OPTIONS[self.method] if getattr(self, name) is not None]
         if given:
             raise ValueError(f"{', '.join(given)} cannot be used with method={self.method!r}")
+        if self.method == "activations" and self.overlay_png:
+            raise ValueError(
+                "overlay_png cannot be used with method='activations': it draws no map to overlay (its feature "
+                "maps come back as activations_png)"
+            )
 
     def request(self, image: pb.Image) -> pb.ExplainRequest:
         request = pb.ExplainRequest(
@@ -118,11 +134,14 @@ class ExplainOptions:
         if self.method == "occlusion":
             request.method = pb.OCCLUSION
             request.occlusion.CopyFrom(pb.OcclusionOptions(patch=self.patch or 0, stride=self.stride or 0))
-        else:
+        elif self.method == "rise":
             request.method = pb.RISE
             request.rise.CopyFrom(
                 pb.RiseOptions(masks=self.masks or 0, cells=self.cells or 0, keep=self.keep or 0.0, seed=self.seed)
             )
+        else:
+            request.method = pb.ACTIVATIONS
+            request.layer = self.layer or ""
         return request
 
 

@@ -54,18 +54,21 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     explain = subcommands.add_parser(
         "explain",
         parents=[_connection_flags(EXPLAIN_TIMEOUT)],
-        help="show where a model looked in one image (a saliency map)",
+        help="show where a model looked in one image (a saliency map), or what a layer computed",
         description="Explain one image with a running server: a saliency map of where the model looked for a label, "
-        "by occlusion (a patch slid over the image) or RISE (random masks). Prints the label, its probability, the "
-        "method and the forward passes it took; --npy writes the map, --png the map over the image. Exit codes: "
-        "0 done, 1 the image (or the label, or the forward passes asked for) refused, 2 usage error, "
-        "3 server unreachable or refused the work.",
+        "by occlusion (a patch slid over the image) or RISE (random masks), or one convolution layer's feature maps "
+        "(activations; models exported with --activations). Prints the label, its probability, the method, the "
+        "forward passes it took and the layer drawn; --npy writes the map, --png the map over the image (the "
+        "feature maps with activations). Exit codes: 0 done, 1 the image (or the label, the layer, or the forward "
+        "passes asked for) refused, 2 usage error, 3 server unreachable or refused the work.",
     )
     explain.add_argument("image", type=Path, metavar="IMAGE", help="an image file")
     explain.add_argument("--model", required=True, help="model name, as `cnnserve models` lists it")
     explain.add_argument("--version", type=_non_negative_int, default=0, help="model version (default: latest ready)")
     explain.add_argument("--label", help="the label to explain (default: the model's top-1 label for the image)")
-    explain.add_argument("--method", choices=("occlusion", "rise"), default="occlusion", help="default: occlusion")
+    explain.add_argument(
+        "--method", choices=("occlusion", "rise", "activations"), default="occlusion", help="default: occlusion"
+    )
     occlusion = explain.add_argument_group("occlusion")
     occlusion.add_argument(
         "--patch",
@@ -78,9 +81,23 @@ def register(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     rise.add_argument("--cells", type=_positive_int, help="mask grid, CELLS x CELLS (server default 7)")
     rise.add_argument("--keep", type=_fraction, help="chance that a cell is kept, in (0, 1) (server default 0.5)")
     rise.add_argument("--seed", type=int, default=0, help="seed of the masks: the same seed, the same map (default 0)")
+    activations = explain.add_argument_group("activations")
+    activations.add_argument(
+        "--layer", metavar="NAME", help="the layer to draw, as `cnnserve models` lists it (default: the first)"
+    )
     explain.add_argument("--max-rows", type=_positive_int, help="most forward passes allowed (default: the server's)")
-    explain.add_argument("--png", type=Path, metavar="OUT.png", help="also ask for the map over the image; write it")
-    explain.add_argument("--npy", type=Path, metavar="OUT.npy", help="write the map (float32 [H, W]) with numpy.save")
+    explain.add_argument(
+        "--png",
+        type=Path,
+        metavar="OUT.png",
+        help="also ask for the map over the image and write it; with activations, write the feature maps",
+    )
+    explain.add_argument(
+        "--npy",
+        type=Path,
+        metavar="OUT.npy",
+        help="write the map (float32 [H, W]) with numpy.save; not with activations",
+    )
     explain.set_defaults(run=_run("run_explain"))
 
     models = subcommands.add_parser(

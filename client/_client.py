@@ -158,27 +158,31 @@ class Client(BaseClient):
         seed: int = 0,
         max_rows: int | None = None,
         overlay_png: bool = False,
+        layer: str | None = None,
         timeout: float | None = DEFAULT_EXPLAIN_TIMEOUT_SECONDS,
         request_id: str | None = None,
     ) -> Explanation:
-        """Explain one image: a saliency map of where the model looked for `label` (its top-1 label by default).
+        """Explain one image: a saliency map of where the model looked for `label` (its top-1 label by default), or
+        what one of its convolution layers computed.
 
         `image` is one path, encoded bytes, PIL image or uint8 array, as `classify` takes (not a float32 model
         input: the map is drawn on the picture). `method` is "occlusion" (a patch slid over the image, `patch`
-        pixels wide, moved `stride` pixels at a time) or "rise" (`masks` random smooth masks on a `cells` x `cells`
+        pixels wide, moved `stride` pixels at a time), "rise" (`masks` random smooth masks on a `cells` x `cells`
         grid keeping each cell with probability `keep`, drawn from `seed` so that a request always gives the same
-        map). An option left None takes the server's default; the options of the other method raise ValueError.
-        `max_rows` caps the forward passes (the server's own cap when None); `overlay_png` also asks for the map
-        blended over the image, as PNG bytes.
+        map) or "activations" (the feature maps of `layer`, one of `ModelInfo.activation_layers`, the first when
+        None, as a PNG grid in `activations_png`, with no saliency map; only for models exported with activation
+        outputs). An option left None takes the server's default; the options of another method raise
+        ValueError. `max_rows` caps the forward passes (the server's own cap when None); `overlay_png` also asks
+        for the map blended over the image, as PNG bytes (not for "activations", which has no map).
 
         The deadline is `timeout` seconds, 60 by default rather than the client's timeout, because an explanation
         is hundreds of forward passes that yield to every classification; None takes the client's timeout.
         Raises ValueError for bad options and ImageError for an unusable image, before sending; a StatusError
         subclass when the call fails: InvalidInput also when the method needs more forward passes than
-        `max_rows` allows.
+        `max_rows` allows, or when the model has no activation outputs or no such layer.
         """
         options = ExplainOptions(
-            model, version, label, method, patch, stride, masks, cells, keep, seed, max_rows, overlay_png
+            model, version, label, method, patch, stride, masks, cells, keep, seed, max_rows, overlay_png, layer
         )
         request = self._explain_request(image, options)
         try:

@@ -170,6 +170,10 @@ def _error_code(error: CnnserveClientError | None) -> str:
 
 def run_explain(args: argparse.Namespace) -> ExitCode:
     """Explain one image and write the files asked for; output folders are checked before the (long) call."""
+    activations = args.method == "activations"
+    if activations and args.npy is not None:
+        _error("explain", "--npy: method activations draws feature maps and makes no saliency map; use --png")
+        return ExitCode.USAGE
     for path in (args.png, args.npy):
         if path is not None and not path.parent.is_dir():
             _error("explain", f"cannot write {path}: there is no folder {path.parent}")
@@ -192,7 +196,8 @@ def run_explain(args: argparse.Namespace) -> ExitCode:
                 keep=args.keep,
                 seed=args.seed,
                 max_rows=args.max_rows,
-                overlay_png=args.png is not None,
+                overlay_png=args.png is not None and not activations,
+                layer=args.layer,
                 timeout=args.timeout,
             )
     except ValueError as exc:
@@ -209,12 +214,15 @@ def run_explain(args: argparse.Namespace) -> ExitCode:
 
 
 def _print_explanation(image: Path, explanation: Explanation) -> None:
-    saliency = explanation.saliency
-    height, width = saliency.shape
     print(
         f"{image}: {explanation.label} {explanation.probability:.3f} (model {explanation.model} version "
         f"{explanation.version})"
     )
+    saliency = explanation.saliency
+    if saliency is None:
+        print(f"{explanation.method}: {explanation.rows} forward passes, layer {explanation.layer}")
+        return
+    height, width = saliency.shape
     print(
         f"{explanation.method}: {explanation.rows} forward passes, saliency {height}x{width} from "
         f"{float(saliency.min()):.3g} to {float(saliency.max()):.3g}"
@@ -222,13 +230,17 @@ def _print_explanation(image: Path, explanation: Explanation) -> None:
 
 
 def _write_explanation(explanation: Explanation, *, png: Path | None, npy: Path | None) -> ExitCode:
-    """Write the map (exactly at `npy`: numpy.save would add a suffix to a bare path) and the overlay."""
+    """Write the map (exactly at `npy`: numpy.save would add a suffix to a bare path) and the overlay, or the
+    feature maps of an activations answer (which has no map, so `npy` is refused before the call)."""
     try:
-        if npy is not None:
+        if npy is not None and explanation.saliency is not None:
             with npy.open("wb") as file:
                 np.save(file, explanation.saliency)
             print(f"wrote {npy} (saliency, float32 {list(explanation.saliency.shape)})")
-        if png is not None:
+        if png is not None and explanation.activations_png is not None:
+            png.write_bytes(explanation.activations_png)
+            print(f"wrote {png} (feature maps of layer {explanation.layer})")
+        elif png is not None:
             if explanation.overlay_png is None:
                 _error("explain", "the server sent no overlay although one was asked for")
                 return ExitCode.SERVER_ERROR
@@ -254,7 +266,12 @@ def run_models(args: argparse.Namespace) -> ExitCode:
         for model in models:
             print(json.dumps(dataclasses.asdict(model)))
     else:
-        _table(("name", "ready", "versions", "input", "labels", "provider"), [_model_row(m) for m in models])
+        header: tuple[str, ...] = ("name", "ready", "versions", "input", "labels", "provider")
+        rows = [_model_row(m) for m in models]
+        if any(m.activation_layers for m in models):
+            header += ("activations",)
+            rows = [(*row, ",".join(m.activation_layers)) for row, m in zip(rows, models, strict=True)]
+        _table(header, rows)
     return ExitCode.OK
 
 

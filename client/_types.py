@@ -79,7 +79,8 @@ class HealthStatus(enum.Enum):
 
 @dataclass(frozen=True, eq=False)
 class Explanation:
-    """Where the model looked: a saliency map of one image for one label, from `Client.explain`.
+    """Where the model looked, from `Client.explain`: a saliency map of one image for one label, or (method
+    "activations") one convolution layer's feature maps for the image.
 
     `label`, `index` and `probability` are the label explained (the top-1 label unless one was asked for), its
     position in the model's labels and its probability for the unchanged image. Explanations compare by identity
@@ -93,16 +94,22 @@ class Explanation:
     index: int
     probability: float
     method: str
-    """How the map was made: "occlusion" or "rise"."""
+    """How it was made: "occlusion", "rise" or "activations"."""
     rows: int
     """The forward passes it took, the unchanged image included."""
-    saliency: np.ndarray = field(repr=False)
+    saliency: np.ndarray | None = field(repr=False)
     """float32 [H, W], the height and width of the image as sent (after its EXIF rotation), not the model's input
     size: higher where the pixel supports the label more, negative where it counts against it. What the values
-    measure, per method, is documented on ExplainMethod in the API's proto file."""
+    measure, per method, is documented on ExplainMethod in the API's proto file. None for "activations", which
+    makes no map."""
     overlay_png: bytes | None = field(default=None, repr=False)
     """The map's positive part blended over the image, as a PNG file's bytes, when `overlay_png=True` was asked
     for; else None."""
+    layer: str = ""
+    """For "activations": the layer drawn (the model's first when none was asked for); else empty."""
+    activations_png: bytes | None = field(default=None, repr=False)
+    """For "activations": the layer's feature maps as a PNG file's bytes, a grid of one tile per channel, each
+    scaled to its own range; else None."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +193,9 @@ class ModelInfo:
     output_kind: str
     batching: Batching
     versions: tuple[VersionInfo, ...]
+    activation_layers: tuple[str, ...] = ()
+    """The convolution layers whose feature maps `explain(method="activations", layer=...)` draws, first to
+    last; empty for models exported without activation outputs (and from servers older than the field)."""
 
 
 def classifications_from(response: pb.ClassifyResponse) -> list[Classification]:
@@ -204,24 +214,35 @@ _EXPLAIN_METHODS = {
     pb.EXPLAIN_METHOD_UNSPECIFIED: "occlusion",
     pb.OCCLUSION: "occlusion",
     pb.RISE: "rise",
+    pb.ACTIVATIONS: "activations",
 }
 
 
 def explanation_from(response: pb.ExplainResponse) -> Explanation:
-    """The Explanation of an answer; raises ProtocolError when the saliency map is not the FLOAT32 [H, W] tensor
-    the API promises, or the method is one this client never asks for."""
+    """The Explanation of an answer; raises ProtocolError when it breaks the API's promises: a saliency map that
+    is not a FLOAT32 [H, W] tensor, occlusion or RISE without one, activations without their PNG, or a method
+    this client never asks for."""
     if response.method not in _EXPLAIN_METHODS:
         raise ProtocolError(f"the server answered with explanation method {response.method}, which was not asked for")
+    method = _EXPLAIN_METHODS[response.method]
+    saliency = _saliency(response.saliency) if response.HasField("saliency") else None
+    if method == "activations":
+        if not response.activations_png:
+            raise ProtocolError("the server answered method activations without the feature maps' PNG")
+    elif saliency is None:
+        raise ProtocolError(f"the server answered method {method} without its saliency map")
     return Explanation(
         model=response.model,
         version=response.version,
         label=response.label,
         index=response.index,
         probability=response.probability,
-        method=_EXPLAIN_METHODS[response.method],
+        method=method,
         rows=response.rows,
-        saliency=_saliency(response.saliency),
+        saliency=saliency,
         overlay_png=response.overlay_png or None,
+        layer=response.layer,
+        activations_png=response.activations_png or None,
     )
 
 
@@ -284,6 +305,7 @@ def model_info_from(message: pb.ModelInfo) -> ModelInfo:
             )
             for v in message.versions
         ),
+        activation_layers=tuple(message.activation_layers),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -217,6 +218,44 @@ MobileNet); unit: x/255; raw: 0..255 as they are (every uint8 input, and graphs 
 
 
 @dataclass(frozen=True)
+class ActivationOutput:
+    """One convolution layer's feature maps, which the graph outputs after its classifier output.
+
+    Written by ``cnnserve train --activations`` and ``cnnserve export --activations`` so the server can draw what
+    each layer sees. The constructor raises ValueError for an empty name or a shape that is not three positive
+    integers.
+    """
+
+    layer: str
+    """``conv1``, ``conv2``, ...: the convolutions in graph order."""
+    output: str
+    """The graph output's name (``activation_conv1``, ...)."""
+    shape: tuple[int, int, int]
+    """One image's (channels, height, width) of that output; the graph's output has a batch axis before them."""
+
+    def __post_init__(self) -> None:
+        for name in ("layer", "output"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"an activation output's {name} must be a non-empty string, got {value!r}")
+        shape = tuple(self.shape)
+        if len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0 for v in shape):
+            raise ValueError(
+                f"activation output {self.output!r} needs a (channels, height, width) shape of three positive "
+                f"integers, got {list(shape)}"
+            )
+        object.__setattr__(self, "shape", tuple(int(v) for v in shape))
+
+    def to_document(self) -> dict[str, Any]:
+        return {"layer": self.layer, "output": self.output, "shape": list(self.shape)}
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> ActivationOutput:
+        """Parse what `to_document` wrote; raises KeyError, TypeError or ValueError for a malformed entry."""
+        return cls(layer=document["layer"], output=document["output"], shape=tuple(document["shape"]))
+
+
+@dataclass(frozen=True)
 class ModelMetadata:
     """Everything the server needs to know about a model beyond its graph."""
 
@@ -227,8 +266,16 @@ class ModelMetadata:
     description: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
     """Free-form facts recorded at export (training accuracy, dataset, commit); shown, never interpreted."""
+    activations: tuple[ActivationOutput, ...] = ()
+    """The graph's outputs after the classifier's, in order: one per convolution layer (``--activations``);
+    empty for every other model."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "activations", tuple(self.activations))
+        for field_name in ("layer", "output"):
+            names = [getattr(a, field_name) for a in self.activations]
+            if len(set(names)) != len(names):
+                raise ValueError(f"activation outputs must differ in {field_name}, got {names}")
         if not self.labels:
             raise ValueError("a classifier needs at least one label")
         if self.output_kind is OutputKind.SIGMOID and len(self.labels) != 2:
@@ -240,10 +287,15 @@ class ModelMetadata:
         return 1 if self.output_kind is OutputKind.SIGMOID else len(self.labels)
 
     def to_json(self) -> str:
+        """The document stored under `METADATA_KEY`; ``activations`` is written only when there are some, so the
+        documents of models without them are what earlier releases wrote."""
         document = asdict(self)
         document["preprocessing"] = self.preprocessing.to_document()
         document["schema_version"] = SCHEMA_VERSION
         document["extra"] = dict(self.extra)
+        del document["activations"]
+        if self.activations:
+            document["activations"] = [a.to_document() for a in self.activations]
         return json.dumps(document, sort_keys=True)
 
     @classmethod
@@ -261,6 +313,7 @@ class ModelMetadata:
                 output_kind=OutputKind(document["output_kind"]),
                 description=document.get("description", ""),
                 extra={str(k): str(v) for k, v in document.get("extra", {}).items()},
+                activations=tuple(ActivationOutput.from_document(a) for a in document.get("activations", ())),
             )
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
             raise ValueError(f"malformed cnnserve model metadata: {exc!r}") from exc

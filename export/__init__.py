@@ -43,6 +43,7 @@ def build_model(
     seed: int = 1,
     data_dir: Path | str | None = None,
     run_dir: Path | str | None = None,
+    activations: bool = False,
 ) -> Path:
     """Train ``name`` on its offline data, export it, and return its new model file (``<out_dir>/<name>/<v>/``).
 
@@ -50,7 +51,9 @@ def build_model(
     """
     from .pipeline import build_model as _build_model
 
-    return _build_model(name, out_dir, epochs=epochs, seed=seed, data_dir=data_dir, run_dir=run_dir)
+    return _build_model(
+        name, out_dir, epochs=epochs, seed=seed, data_dir=data_dir, run_dir=run_dir, activations=activations
+    )
 
 
 def train_and_export(settings: TrainSettings) -> RunOutcome:

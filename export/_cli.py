@@ -70,6 +70,11 @@ def _add_common(
     parser.add_argument(
         "--int8", action="store_true", help="also store a dynamic-int8 variant as NAME_int8 and compare it"
     )
+    parser.add_argument(
+        "--activations",
+        action="store_true",
+        help="also output each convolution layer's feature maps (activation_conv1, ...) for the server to draw",
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="model repository root")
     parser.add_argument(
         "--run-dir", type=Path, help=f"checkpoints, history, plots and report (default: {run_dir_default})"
@@ -97,6 +102,7 @@ def _run_train(args: argparse.Namespace) -> int:
             augment=args.augment,
             labels=labels,
             int8=args.int8,
+            activations=args.activations,
             resume=args.resume,
             threads=args.threads,
         )
@@ -119,6 +125,7 @@ def _run_export(args: argparse.Namespace) -> int:
             expected_model=args.architecture,
             name=args.name,
             int8=args.int8,
+            activations=args.activations,
         )
     except (ValueError, FileNotFoundError) as exc:
         return _fail("export", exc)

@@ -7,8 +7,9 @@ Opset 18 is the dynamo exporter's native opset (no down-conversion pass) and eve
 1.14 runs it.
 
 The graph has one float32 input ``input`` [batch, C, H, W] and one output ``output`` [batch, K] with the batch
-axis named ``batch`` and dynamic. The file is written whole (weights inline, no external data), and carries
-`ModelMetadata` under `METADATA_KEY`.
+axis named ``batch`` and dynamic; asked for, the convolutions' feature maps follow as further outputs
+(`cnnserve.export.activation_outputs`), listed in the metadata's ``activations``. The file is written whole
+(weights inline, no external data), and carries `ModelMetadata` under `METADATA_KEY`.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from cnnserve.metadata import METADATA_KEY, ModelMetadata
+from cnnserve.metadata import METADATA_KEY, ActivationOutput, ModelMetadata
+
+from .activation_outputs import add_activation_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +53,12 @@ class ParityReport:
     rtol: float = PARITY_RTOL
 
 
-def export_to_onnx(model: nn.Module, metadata: ModelMetadata) -> onnx.ModelProto:
-    """Trace ``model`` in eval mode and return the checked ONNX model with ``metadata`` attached."""
+def export_to_onnx(model: nn.Module, metadata: ModelMetadata, *, activations: bool = False) -> onnx.ModelProto:
+    """Trace ``model`` in eval mode and return the checked ONNX model with ``metadata`` attached.
+
+    With ``activations`` the graph also outputs each convolution's feature maps after its classifier output, and
+    the attached metadata lists them (`embedded_metadata` reads it back); without, the file is as it always was.
+    """
     pre = metadata.preprocessing
     example = torch.zeros(2, pre.channels, pre.height, pre.width)
     model.eval()
@@ -68,9 +75,12 @@ def export_to_onnx(model: nn.Module, metadata: ModelMetadata) -> onnx.ModelProto
             verbose=False,
         )
     proto = program.model_proto
+    if activations:
+        metadata = replace(metadata, activations=add_activation_outputs(proto, BATCH_AXIS))
+        logger.info("activation outputs: %s", ", ".join(f"{a.output} {list(a.shape)}" for a in metadata.activations))
     attach_metadata(proto, metadata)
     onnx.checker.check_model(proto, full_check=True)
-    _check_signature(proto, pre.channels, pre.height, pre.width)
+    _check_signature(proto, pre.channels, pre.height, pre.width, metadata.activations)
     return proto
 
 
@@ -97,11 +107,22 @@ def attach_metadata(proto: onnx.ModelProto, metadata: ModelMetadata) -> None:
     proto.metadata_props.add(key=METADATA_KEY, value=metadata.to_json())
 
 
-def _check_signature(proto: onnx.ModelProto, channels: int, height: int, width: int) -> None:
+def embedded_metadata(proto: onnx.ModelProto) -> ModelMetadata:
+    """The metadata attached to ``proto``; raises ValueError if it has none or it is malformed."""
+    return ModelMetadata.from_metadata_props({entry.key: entry.value for entry in proto.metadata_props})
+
+
+def _check_signature(
+    proto: onnx.ModelProto, channels: int, height: int, width: int, activations: tuple[ActivationOutput, ...] = ()
+) -> None:
+    """One image input, the classifier output first, then exactly the ``activations`` outputs (none unless asked
+    for), each [batch, C, H, W] as listed; raises ValueError otherwise."""
     graph = proto.graph
-    if len(graph.input) != 1 or len(graph.output) != 1:
-        raise ValueError(f"expected one input and one output, got {len(graph.input)} and {len(graph.output)}")
-    (graph_input,), (graph_output,) = graph.input, graph.output
+    if len(graph.input) != 1 or len(graph.output) != 1 + len(activations):
+        raise ValueError(
+            f"expected one input and {1 + len(activations)} outputs, got {len(graph.input)} and {len(graph.output)}"
+        )
+    (graph_input,), graph_output = graph.input, graph.output[0]
     dims = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
     if graph_input.name != INPUT_NAME or dims != [BATCH_AXIS, channels, height, width]:
         raise ValueError(f"unexpected input {graph_input.name} {dims}")
@@ -110,6 +131,10 @@ def _check_signature(proto: onnx.ModelProto, channels: int, height: int, width: 
     out_dims = [d.dim_param or d.dim_value for d in graph_output.type.tensor_type.shape.dim]
     if graph_output.name != OUTPUT_NAME or len(out_dims) != 2 or out_dims[0] != BATCH_AXIS:
         raise ValueError(f"unexpected output {graph_output.name} {out_dims}")
+    for activation, extra_output in zip(activations, graph.output[1:], strict=True):
+        dims = [d.dim_param or d.dim_value for d in extra_output.type.tensor_type.shape.dim]
+        if extra_output.name != activation.output or dims != [BATCH_AXIS, *activation.shape]:
+            raise ValueError(f"unexpected activation output {extra_output.name} {dims}, expected {activation}")
 
 
 def onnx_session(model_bytes: bytes):
@@ -126,7 +151,8 @@ def check_parity(
 ) -> ParityReport:
     """Run the same batches through PyTorch (eval) and ONNX Runtime; raises ParityError if they disagree.
 
-    Batches are taken from ``inputs`` (real preprocessed images), repeated if there are too few.
+    Compares the classifier output (`OUTPUT_NAME`), the graph's first, whatever outputs follow it. Batches are
+    taken from ``inputs`` (real preprocessed images), repeated if there are too few.
     """
     session = onnx_session(model_bytes)
     model.eval()

@@ -31,7 +31,7 @@ from .catalog import ModelSpec, get_spec
 from .checkpoint import load_checkpoint
 from .datasets import load_splits
 from .objective import Objective
-from .onnx_export import OPSET, check_parity, export_to_onnx, onnx_session
+from .onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME, check_parity, embedded_metadata, export_to_onnx, onnx_session
 from .quantize import INT8_SUFFIX, compare_int8, quantize_int8
 from .recipe import LossName, OptimizerName, TrainingRecipe
 from .report import CURVES_FILE, EvaluationReport, confusion_matrix, plot_curves, write_report
@@ -69,6 +69,8 @@ class TrainSettings:
     """A ``last.pt`` to continue from."""
     int8: bool = False
     """Also store a dynamic-int8 variant as ``<model>_int8`` and measure it against fp32."""
+    activations: bool = False
+    """Also output each convolution's feature maps (``activation_conv1``, ...) for the server to draw."""
     threads: int | None = None
     """Torch intra-op threads; default all cores (at most 4: these networks gain nothing beyond)."""
 
@@ -175,6 +177,7 @@ def train_and_export(settings: TrainSettings) -> RunOutcome:
         seed=settings.seed,
         name=name,
         int8=settings.int8,
+        activations=settings.activations,
     )
 
 
@@ -187,12 +190,14 @@ def export_checkpoint(
     expected_model: str | None = None,
     name: str | None = None,
     int8: bool = False,
+    activations: bool = False,
 ) -> RunOutcome:
     """Export an existing checkpoint as a new repository version, evaluated on the run's own test split.
 
     The network, repository name, classes, seed and data folder come from the checkpoint's ``args``;
-    ``data_dir`` overrides the folder (for a checkpoint trained elsewhere) and ``name`` the repository name.
-    Raises ValueError if the checkpoint holds another network than ``expected_model``.
+    ``data_dir`` overrides the folder (for a checkpoint trained elsewhere) and ``name`` the repository name;
+    ``activations`` adds the convolutions' feature maps as outputs (`TrainSettings.activations`). Raises
+    ValueError if the checkpoint holds another network than ``expected_model``.
     """
     set_threads(None)
     state = load_checkpoint(checkpoint)
@@ -220,6 +225,7 @@ def export_checkpoint(
         seed=int(args["seed"]),
         name=name,
         int8=int8,
+        activations=activations,
     )
 
 
@@ -255,6 +261,7 @@ def export_and_evaluate(
     epochs: int = 0,
     name: str | None = None,
     int8: bool = False,
+    activations: bool = False,
 ) -> RunOutcome:
     """Export ``model`` as the next version of ``name`` (default the network's name), check parity, and compare
     ONNX and PyTorch on the test split.
@@ -284,7 +291,8 @@ def export_and_evaluate(
     seed_model = name == spec.name and labels == get_spec(spec.name).labels
     description = spec.description if seed_model else f"the {spec.name} network trained on {splits.source}"
     metadata = model_metadata(spec, labels, extra, name=name, description=description)
-    proto = export_to_onnx(model, metadata)
+    proto = export_to_onnx(model, metadata, activations=activations)
+    metadata = embedded_metadata(proto)
     model_bytes = proto.SerializeToString()
     parity = check_parity(model, model_bytes, test.inputs)
     onnx_predictions = _onnx_predictions(model_bytes, test.inputs.numpy(), objective.loss_name)
@@ -330,7 +338,7 @@ def export_and_evaluate(
 def _onnx_predictions(model_bytes: bytes, inputs: np.ndarray, loss: LossName, batch: int = 256) -> np.ndarray:
     session = onnx_session(model_bytes)
     outputs = np.concatenate(
-        [session.run(None, {"input": inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)]
+        [session.run([OUTPUT_NAME], {INPUT_NAME: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)]
     )
     return Objective(loss).predict(torch.from_numpy(outputs)).numpy()
 
@@ -343,12 +351,14 @@ def build_model(
     seed: int = 1,
     data_dir: Path | str | None = None,
     run_dir: Path | str | None = None,
+    activations: bool = False,
 ) -> Path:
     """Train ``name`` on its offline data, export it, and return the new version's model file.
 
     Meant for tests and scripts that need a real model repository: with the default epochs ``xo`` takes about
     2 s and ``mnist_net`` about 10 s on two cores; pass ``epochs`` to go faster at lower accuracy. Without
-    ``run_dir`` the checkpoints and plots go to a temporary folder that is removed afterwards.
+    ``run_dir`` the checkpoints and plots go to a temporary folder that is removed afterwards. ``activations``
+    adds the convolutions' feature maps as outputs (`TrainSettings.activations`).
     """
     settings = TrainSettings(
         model=name,
@@ -357,6 +367,7 @@ def build_model(
         data_dir=Path(data_dir) if data_dir is not None else None,
         seed=seed,
         epochs=epochs,
+        activations=activations,
         threads=1,
     )
     if run_dir is not None:

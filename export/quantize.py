@@ -18,7 +18,7 @@ import onnx
 
 from cnnserve.metadata import ModelMetadata
 
-from .onnx_export import INPUT_NAME, attach_metadata, onnx_session
+from .onnx_export import INPUT_NAME, OUTPUT_NAME, attach_metadata, onnx_session
 
 INT8_SUFFIX = "_int8"
 QUANTIZED_OPS = ["MatMul", "Gemm"]
@@ -63,7 +63,7 @@ def _outputs_and_time(model_bytes: bytes, inputs: np.ndarray, batch_size: int) -
     for start in range(0, len(inputs), batch_size):
         batch = inputs[start : start + batch_size]
         began = time.perf_counter()
-        (out,) = session.run(None, {INPUT_NAME: batch})
+        (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
         if len(batch) == batch_size:
             seconds += time.perf_counter() - began
             batches += 1

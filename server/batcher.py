@@ -65,6 +65,8 @@ class _QueuedRequest:
     """True until the batcher takes it, or its caller gives up (cancelled, expired); its rows count till then."""
     batch_times: tuple[float, float, float] | None = None
     """When its batch started being assembled, started its session call and finished; set with its rows."""
+    output: str | None = None
+    """A background request's graph output other than the model's own (a layer's activations), or None."""
 
     @property
     def rows(self) -> int:
@@ -99,6 +101,8 @@ class BatchRecord:
 
 
 RunBatch = Callable[[np.ndarray], np.ndarray]
+RunOutput = Callable[[np.ndarray, str], np.ndarray]
+"""Runs a batch for one named graph output instead of the model's own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +128,10 @@ class DynamicBatcher:
         *,
         name: str,
         on_batch: Callable[[BatchRecord], None] | None = None,
+        run_output: RunOutput | None = None,
     ) -> None:
         self._run_batch = run_batch
+        self._run_output = run_output
         self._settings = settings
         self._name = name
         self._on_batch = on_batch
@@ -181,12 +187,20 @@ class DynamicBatcher:
         self._task = asyncio.get_running_loop().create_task(self._form_batches(), name=f"batcher-{self._name}")
 
     async def submit(
-        self, inputs: np.ndarray, deadline: float, priority: int = 0, *, background: bool = False
+        self,
+        inputs: np.ndarray,
+        deadline: float,
+        priority: int = 0,
+        *,
+        background: bool = False,
+        output: str | None = None,
     ) -> np.ndarray:
         """Queue `inputs` (n rows) and wait for its n output rows.
 
         `deadline` is on `time.monotonic()`; `priority` is 1 (first) .. priority_levels, 0 for the default.
-        `background` queues below every priority instead (see the module docstring; `priority` is ignored).
+        `background` queues below every priority instead (see the module docstring; `priority` is ignored); a
+        background request may name another graph `output` to compute (run by `run_output`, in batches of
+        requests for the same output only).
         Raises QueueFullError at once when the queue cannot take the rows, DeadlineExceededError when the
         deadline passes before the batch runs, UnavailableError once the batcher is closing, InvalidInputError
         for an unknown priority, and the batch's error when the batch fails.
@@ -194,7 +208,9 @@ class DynamicBatcher:
         if self._closed:
             raise UnavailableError(f"model {self._name} is unloading or the server is shutting down; retry")
         if background:
-            return await self._submit_background(inputs, deadline)
+            return await self._submit_background(inputs, deadline, output)
+        if output is not None:
+            raise ValueError("only background requests may ask for another graph output")
         settings = self._settings
         level = priority or settings.default_priority
         if not 1 <= level <= settings.priority_levels:
@@ -223,7 +239,7 @@ class DynamicBatcher:
                 self._instance_freed.set()
         return await self._answer_of(request, background=False)
 
-    async def _submit_background(self, inputs: np.ndarray, deadline: float) -> np.ndarray:
+    async def _submit_background(self, inputs: np.ndarray, deadline: float, output: str | None) -> np.ndarray:
         limit = self.background_rows
         if self._background_rows + len(inputs) > self._settings.max_queue_size:
             raise queue_full_error(
@@ -231,10 +247,10 @@ class DynamicBatcher:
             )
         if len(inputs) > limit:
             slices = [inputs[start : start + limit] for start in range(0, len(inputs), limit)]
-            parts = await asyncio.gather(*(self._submit_background(part, deadline) for part in slices))
+            parts = await asyncio.gather(*(self._submit_background(part, deadline, output) for part in slices))
             return np.concatenate(parts)
         loop = asyncio.get_running_loop()
-        request = _QueuedRequest(inputs, loop.create_future(), time.monotonic())
+        request = _QueuedRequest(inputs, loop.create_future(), time.monotonic(), output=output)
         request.timer = loop.call_at(_loop_time(loop, deadline), _expire, request.future, self._name)
         self._background.append(request)
         self._background_rows += request.rows
@@ -358,7 +374,8 @@ class DynamicBatcher:
         return None
 
     def _take_background(self) -> list[_QueuedRequest]:
-        """Whole live background requests, oldest first, up to `background_rows` rows (at least one request)."""
+        """Whole live background requests for the same graph output, oldest first, up to `background_rows` rows
+        (at least one request)."""
         batch: list[_QueuedRequest] = []
         rows = 0
         queue = self._background
@@ -367,7 +384,7 @@ class DynamicBatcher:
             if not request.queued:
                 queue.popleft()
                 continue
-            if batch and rows + request.rows > self.background_rows:
+            if batch and (rows + request.rows > self.background_rows or request.output != batch[0].output):
                 break
             queue.popleft()
             request.queued = False
@@ -462,7 +479,13 @@ class DynamicBatcher:
         try:
             inputs = live[0].inputs if len(live) == 1 else np.concatenate([r.inputs for r in live])
             assembled = time.monotonic()
-            outputs = self._run_batch(inputs)
+            output = live[0].output
+            if output is None:
+                outputs = self._run_batch(inputs)
+            elif self._run_output is None:
+                raise InferenceError(f"model {self._name} cannot compute graph output {output!r}")
+            else:
+                outputs = self._run_output(inputs, output)
         except Exception as exc:
             return _BatchRun(live, None, exc, started, assembled, time.monotonic())
         return _BatchRun(live, outputs, None, started, assembled, time.monotonic())

@@ -227,9 +227,15 @@ class Engine:
                 raise VersionRetiredError(str(exc)) from exc
             inputs = self._inputs_of(frontend, request)
             probabilities = await model.infer(
-                inputs, request.deadline, request.priority, background=request.background, raw=request.raw
+                inputs,
+                request.deadline,
+                request.priority,
+                background=request.background,
+                raw=request.raw,
+                output=request.output or None,
             )
             rows = len(inputs)
+            probabilities = probabilities.reshape(rows, -1)
             if probabilities.shape != (rows, request.output_width):
                 raise InferenceError(
                     f"model {request.model} answered shape {list(probabilities.shape)}, expected "

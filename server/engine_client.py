@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import os
 import pickle
 from dataclasses import dataclass, fields
@@ -41,7 +42,7 @@ from cnnserve.server.engine_protocol import (
     decode_to_frontend,
     encode,
 )
-from cnnserve.server.errors import QueueFullError, UnavailableError, error_named
+from cnnserve.server.errors import InvalidInputError, QueueFullError, UnavailableError, error_named
 from cnnserve.server.loop_socket import LoopSocket
 from cnnserve.server.model import ModelState, ModelVersion
 from cnnserve.server.preprocess import ImagePreprocessor
@@ -108,12 +109,15 @@ class EngineClient:
         priority: int,
         background: bool = False,
         raw: bool = False,
+        output: str | None = None,
     ) -> np.ndarray:
-        """The probabilities of `inputs` from the engine (one row each); raises what the engine raised."""
+        """The probabilities of `inputs` from the engine (one row each), or what `raw` or `output` ask for (see
+        `ModelVersion.infer`); raises what the engine raised."""
         if self.lost:
             raise UnavailableError(_ENGINE_GONE)
         rows = len(inputs)
-        width = version.raw_output_width if raw else version.output_width
+        shape = version.output_shape(output) if output else ()
+        width = math.prod(shape) if output else version.raw_output_width if raw else version.output_width
         place = self._shared_memory.locate(inputs) if self._shared_memory is not None else None
         input_bytes = 0 if place is not None else aligned(inputs.nbytes)
         try:
@@ -144,6 +148,7 @@ class EngineClient:
                 region,
                 background,
                 raw,
+                output or "",
             )
         )
         try:
@@ -158,7 +163,7 @@ class EngineClient:
         statistics.compute_infer += result.compute_infer
         statistics.compute_output += result.compute_output
         statistics.inferences += result.inferences
-        return probabilities
+        return probabilities.reshape(rows, *shape) if output else probabilities
 
     def finished(self, version: ModelVersion, seconds: float, request: RequestStatistics | None) -> None:
         """Forward a finished request's statistics to the engine: its figures when it succeeded, None when not."""
@@ -306,12 +311,27 @@ class FrontendModelVersion(ModelVersion):
     def raw_output_width(self) -> int:
         return self.metadata.output_width if self.metadata is not None else 0
 
+    def output_shape(self, output: str) -> tuple[int, ...]:
+        """One row's shape of the activation output `output`, as the metadata records it."""
+        assert self.metadata is not None
+        for activation in self.metadata.activations:
+            if activation.output == output:
+                return tuple(activation.shape)
+        raise InvalidInputError(f"model {self.name} has no graph output {output!r}")
+
     async def infer(
-        self, inputs: np.ndarray, deadline: float, priority: int = 0, *, background: bool = False, raw: bool = False
+        self,
+        inputs: np.ndarray,
+        deadline: float,
+        priority: int = 0,
+        *,
+        background: bool = False,
+        raw: bool = False,
+        output: str | None = None,
     ) -> np.ndarray:
         if self.state is not ModelState.READY or self.engine is None:
             raise UnavailableError(f"model {self.name} version {self.version} is {self.state.value}, not READY")
-        return await self.engine.infer(self, inputs, deadline, priority, background, raw)
+        return await self.engine.infer(self, inputs, deadline, priority, background, raw, output)
 
 
 class RemoteRepository(ServedVersions):

@@ -49,6 +49,9 @@ class Submit(msgspec.Struct, tag="submit", array_like=True):
     """Queue in the batcher's background lane (explanations' rows), below every priority level."""
     raw: bool = False
     """Answer the graph's own output (`output_width` columns of it) instead of probabilities."""
+    output: str = ""
+    """A background request's other graph output to answer (a layer's activations, flattened to
+    `output_width` values per row), instead of the model's own."""
 
 
 class Cancel(msgspec.Struct, tag="cancel", array_like=True):

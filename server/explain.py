@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from cnnserve.metadata import ActivationOutput
 from cnnserve.server.errors import InvalidInputError
 from cnnserve.server.model import ModelVersion
 from cnnserve.server.postprocess import log_odds, to_probabilities
@@ -42,6 +43,7 @@ from cnnserve.server.preprocess import ImageInput, PixelTensor
 
 OCCLUSION = "occlusion"
 RISE = "rise"
+ACTIVATIONS = "activations"
 DEFAULT_RISE_MASKS = 500
 DEFAULT_RISE_CELLS = 7
 DEFAULT_RISE_KEEP = 0.5
@@ -49,6 +51,8 @@ WORKING_SCALE = 2
 """Pictures are perturbed at no more than this many times the model's input size on each side."""
 OVERLAY_MIN_SIDE = 256
 """Overlays of smaller pictures are enlarged (nearest neighbour) until their shorter side reaches this."""
+FEATURE_TILE = 64
+"""Feature maps smaller than this (on their longer side) are enlarged to it in the activations grid."""
 _HEAT_ANCHORS = np.array([[20, 20, 120], [140, 30, 170], [230, 40, 40], [255, 150, 0], [255, 240, 40]], np.float32)
 
 
@@ -68,11 +72,20 @@ class Rise:
     seed: int = 0
 
 
-Method = Occlusion | Rise
+@dataclass(frozen=True)
+class Activations:
+    """One convolution layer's feature maps (models exported with activation outputs); "": the first layer."""
+
+    layer: str = ""
+
+
+Method = Occlusion | Rise | Activations
 
 
 def method_name(method: Method) -> str:
-    """The method's metric label: "occlusion" or "rise"."""
+    """The method's metric label: "occlusion", "rise" or "activations"."""
+    if isinstance(method, Activations):
+        return ACTIVATIONS
     return OCCLUSION if isinstance(method, Occlusion) else RISE
 
 
@@ -86,6 +99,9 @@ class Explanation:
     rows: int
     """Forward passes taken, the unchanged picture's included."""
     overlay_png: bytes | None
+    layer: str = ""
+    activations_png: bytes | None = None
+    """For `Activations`: the layer drawn and its feature maps as a PNG grid (and an empty saliency map)."""
 
 
 async def explain(
@@ -110,6 +126,8 @@ async def explain(
             "Explain needs the picture itself (encoded, or UINT8 pixels), not a preprocessed FLOAT32 tensor"
         )
     picture = await asyncio.to_thread(model.preprocessor.picture, image)
+    if isinstance(method, Activations):
+        return await _activations(model, picture, method.layer, label, deadline)
     pre = model.preprocessor.preprocessing
     working = _working_copy(picture, (pre.width, pre.height))
     pixels = np.asarray(working, dtype=np.float32)
@@ -140,6 +158,57 @@ async def explain(
         )
     png = await asyncio.to_thread(overlay_png, picture, saliency) if overlay else None
     return Explanation(metadata.labels[index], index, probability, saliency, plan.rows, png)
+
+
+async def _activations(
+    model: ModelVersion, picture: Image.Image, layer: str, label: str, deadline: float
+) -> Explanation:
+    """The picture as the model sees it, once for its label and once for the layer's feature maps."""
+    assert model.metadata is not None
+    metadata = model.metadata
+    found = _activation_output(metadata.activations, layer, model.name)
+    inputs = await asyncio.to_thread(_model_inputs, model, [np.asarray(picture, np.float32)])
+    outputs = await model.infer(inputs, deadline, background=True, raw=True)
+    probabilities = to_probabilities(outputs, metadata.output_kind)[0]
+    index = _label_index(label, metadata.labels, probabilities, model.name)
+    maps = await model.infer(inputs, deadline, background=True, output=found.output)
+    png = await asyncio.to_thread(feature_maps_png, maps[0])
+    empty = np.zeros((0, 0), np.float32)
+    return Explanation(metadata.labels[index], index, float(probabilities[index]), empty, 2, None, found.layer, png)
+
+
+def _activation_output(activations: tuple[ActivationOutput, ...], layer: str, model: str) -> ActivationOutput:
+    if not activations:
+        raise InvalidInputError(
+            f"model {model} was exported without activation outputs; export it again with "
+            "`cnnserve train ... --activations` or `cnnserve export ... --activations` to draw its feature maps"
+        )
+    for activation in activations:
+        if activation.layer == (layer or activations[0].layer):
+            return activation
+    layers = ", ".join(a.layer for a in activations)
+    raise InvalidInputError(f"model {model} has no layer {layer!r} with activations; its layers are: {layers}")
+
+
+def feature_maps_png(maps: np.ndarray) -> bytes:
+    """A (C, H, W) layer output as a PNG grid: one tile per channel, each scaled to its own range (a channel
+    that is constant everywhere stays dark), enlarged so that a tile is at least FEATURE_TILE pixels."""
+    channels, height, width = maps.shape
+    columns = math.ceil(math.sqrt(channels))
+    rows = math.ceil(channels / columns)
+    scale = max(1, math.ceil(FEATURE_TILE / max(height, width)))
+    gap = 2
+    sheet = np.full((rows * (height * scale + gap) + gap, columns * (width * scale + gap) + gap, 3), 255, np.uint8)
+    for channel, feature in enumerate(maps.astype(np.float32)):
+        low, high = float(feature.min()), float(feature.max())
+        strength = (feature - low) / (high - low) if high > low else np.zeros_like(feature)
+        tile = np.kron(_heat_colours(strength), np.ones((scale, scale, 1), np.float32))
+        top = gap + (channel // columns) * (height * scale + gap)
+        left = gap + (channel % columns) * (width * scale + gap)
+        sheet[top : top + height * scale, left : left + width * scale] = np.clip(tile, 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(sheet, mode="RGB").save(out, format="PNG")
+    return out.getvalue()
 
 
 class _Occlusion:

@@ -98,7 +98,11 @@ class ModelVersion:
             metrics.model_load_failed(self.name)
             return
         self.batcher = DynamicBatcher(
-            self._run, batching, name=self.name, on_batch=lambda record: self._on_batch(record, metrics)
+            self._run,
+            batching,
+            name=self.name,
+            on_batch=lambda record: self._on_batch(record, metrics),
+            run_output=self._run_output,
         )
         self.batcher.start()
         self.load_seconds = time.monotonic() - started
@@ -120,16 +124,24 @@ class ModelVersion:
             self.batcher.refuse_if_full(rows)
 
     async def infer(
-        self, inputs: np.ndarray, deadline: float, priority: int = 0, *, background: bool = False, raw: bool = False
+        self,
+        inputs: np.ndarray,
+        deadline: float,
+        priority: int = 0,
+        *,
+        background: bool = False,
+        raw: bool = False,
+        output: str | None = None,
     ) -> np.ndarray:
         """Probabilities, one row per input row, through the batcher (lower `priority` values run first;
         `background` rows only when nothing else waits: see server/batcher.py). With `raw`, the graph's own
-        output instead (metadata.output_width columns, as metadata.output_kind says)."""
+        output instead (metadata.output_width columns, as metadata.output_kind says); with `output` (background
+        only), that graph output as it is: a layer's activations, (rows, C, H, W)."""
         if self.state is not ModelState.READY or self.batcher is None:
             raise UnavailableError(f"model {self.name} version {self.version} is {self.state.value}, not READY")
-        outputs = await self.batcher.submit(inputs, deadline, priority, background=background)
+        outputs = await self.batcher.submit(inputs, deadline, priority, background=background, output=output)
         assert self.metadata is not None
-        if raw:
+        if raw or output is not None:
             return outputs
         started = time.perf_counter()
         probabilities = to_probabilities(outputs, self.metadata.output_kind)
@@ -144,6 +156,10 @@ class ModelVersion:
     def _run(self, batch: np.ndarray) -> np.ndarray:
         assert self.loaded is not None and self.spec is not None
         return run_graph(self.loaded.session, self.spec, batch)
+
+    def _run_output(self, batch: np.ndarray, output: str) -> np.ndarray:
+        assert self.loaded is not None and self.spec is not None
+        return run_graph(self.loaded.session, self.spec, batch, output)
 
     def _warm_up(self, sizes: set[int]) -> None:
         """One run at each size the batcher will form most, so the first requests do not pay for allocation; checks
@@ -167,10 +183,13 @@ class ModelVersion:
         metrics.batch_executed(self.name, self.version, record)
 
 
-def run_graph(session: ort.InferenceSession, spec: ModelSpec, batch: np.ndarray) -> np.ndarray:
-    """The graph's raw output for `batch`: cast to its input's element type (the Open Inference Protocol sends
-    float32 to uint8 models too, rounded and clipped to 0..255 here), and padded to its batch size when that is
-    fixed above the rows at hand (the padding's rows are dropped from the output)."""
+def run_graph(
+    session: ort.InferenceSession, spec: ModelSpec, batch: np.ndarray, output: str | None = None
+) -> np.ndarray:
+    """The graph's raw output for `batch` (its classifier output, or the graph output `output`): cast to its
+    input's element type (the Open Inference Protocol sends float32 to uint8 models too, rounded and clipped to
+    0..255 here), and padded to its batch size when that is fixed above the rows at hand (the padding's rows are
+    dropped from the output). Only the output asked for is computed."""
     rows = len(batch)
     dtype = np.dtype(np.uint8 if spec.preprocessing.dtype is InputType.UINT8 else np.float32)
     if batch.dtype != dtype:
@@ -178,4 +197,5 @@ def run_graph(session: ort.InferenceSession, spec: ModelSpec, batch: np.ndarray)
     fixed = spec.batch_dim
     if fixed is not None and rows < fixed:
         batch = np.concatenate([batch, np.zeros((fixed - rows, *batch.shape[1:]), dtype)])
-    return session.run(None, {spec.input_name: batch})[0][:rows]
+    wanted = output or spec.output_name
+    return session.run([wanted] if wanted else None, {spec.input_name: batch})[0][:rows]

@@ -66,6 +66,9 @@ class ModelSpec:
     """The graph's batch dimension when fixed (1: no batching), None when dynamic."""
     sources: Mapping[str, str] = field(default_factory=dict)
     """Field name -> where its value came from, for `cnnserve inspect` and `cnnserve import`."""
+    output_name: str | None = None
+    """The classifier output's name: the one output serving asks the session for (a model exported with
+    activation outputs has more, computed only when Explain asks for one). None: the graph's first."""
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -142,7 +145,7 @@ def resolve(
             explicit["output_kind"] = explicit.pop("kind")
         for key, value in explicit.items():
             found.put(key, value, origin)
-    if _check_signature(graph, found):
+    if _check_signature(graph, found, embedded):
         _settle_input(found, stated={EMBEDDED, *(origin for _, origin in layers)})
         _settle_output(graph, found)
     _settle_labels(found, labels, embedded)
@@ -162,8 +165,9 @@ def _embedded(graph: GraphSignature, found: Resolution) -> ModelMetadata | None:
         return None
 
 
-def _check_signature(graph: GraphSignature, found: Resolution) -> bool:
-    """One image input, one [batch, classes] output; records the problems and returns whether it is so."""
+def _check_signature(graph: GraphSignature, found: Resolution, embedded: ModelMetadata | None) -> bool:
+    """One image input, one [batch, classes] output (and, after it, the activation outputs that the embedded
+    metadata lists, if any); records the problems and returns whether it is so."""
     ok = True
     if len(graph.inputs) != 1:
         listed = ", ".join(t.describe() for t in graph.inputs) or "none"
@@ -179,7 +183,8 @@ def _check_signature(graph: GraphSignature, found: Resolution) -> bool:
                 "[batch, channels, height, width] or [batch, height, width, channels]"
             )
             ok = False
-    if len(graph.outputs) != 1:
+    activations = [a.output for a in embedded.activations] if embedded is not None else []
+    if len(graph.outputs) != 1 and [t.name for t in graph.outputs[1:]] != activations:
         listed = ", ".join(t.describe() for t in graph.outputs) or "none"
         found.problems.append(
             f"the graph has {len(graph.outputs)} outputs ({listed}); cnnserve serves a classifier's single "
@@ -331,11 +336,15 @@ def _build(found: Resolution, name: str, embedded: ModelMetadata | None) -> None
             output_kind=values["output_kind"],
             description=embedded.description if embedded is not None else "",
             extra=dict(embedded.extra) if embedded is not None else {},
+            activations=embedded.activations if embedded is not None else (),
         )
     except ValueError as exc:
         found.problems.append(str(exc))
         return
-    found.result = ModelSpec(metadata, found.input.name, found.batch_dim, dict(found.sources))
+    assert found.output is not None
+    found.result = ModelSpec(
+        metadata, found.input.name, found.batch_dim, dict(found.sources), output_name=found.output.name
+    )
 
 
 def _shown(value: Any) -> str:

@@ -18,12 +18,14 @@ class ExplainMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXPLAIN_METHOD_UNSPECIFIED: _ClassVar[ExplainMethod]
     OCCLUSION: _ClassVar[ExplainMethod]
     RISE: _ClassVar[ExplainMethod]
+    ACTIVATIONS: _ClassVar[ExplainMethod]
 DATA_TYPE_UNSPECIFIED: DataType
 UINT8: DataType
 FLOAT32: DataType
 EXPLAIN_METHOD_UNSPECIFIED: ExplainMethod
 OCCLUSION: ExplainMethod
 RISE: ExplainMethod
+ACTIVATIONS: ExplainMethod
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data")
@@ -211,7 +213,7 @@ class VersionInfo(_message.Message):
     def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., ready: _Optional[bool] = ..., reason: _Optional[str] = ..., execution_provider: _Optional[str] = ..., statistics: _Optional[_Union[ModelStatistics, _Mapping]] = ..., provider_fallback_reason: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "description", "input", "labels", "preprocessing", "output_kind", "batching", "versions", "ready", "runtime")
+    __slots__ = ("name", "description", "input", "labels", "preprocessing", "output_kind", "batching", "versions", "ready", "runtime", "activation_layers")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +224,7 @@ class ModelInfo(_message.Message):
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_LAYERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     input: InputSpec
@@ -232,7 +235,8 @@ class ModelInfo(_message.Message):
     versions: _containers.RepeatedCompositeFieldContainer[VersionInfo]
     ready: bool
     runtime: RuntimeSettings
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., output_kind: _Optional[str] = ..., batching: _Optional[_Union[BatchingSettings, _Mapping]] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., ready: _Optional[bool] = ..., runtime: _Optional[_Union[RuntimeSettings, _Mapping]] = ...) -> None: ...
+    activation_layers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., output_kind: _Optional[str] = ..., batching: _Optional[_Union[BatchingSettings, _Mapping]] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., ready: _Optional[bool] = ..., runtime: _Optional[_Union[RuntimeSettings, _Mapping]] = ..., activation_layers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OcclusionOptions(_message.Message):
     __slots__ = ("patch", "stride")
@@ -255,7 +259,7 @@ class RiseOptions(_message.Message):
     def __init__(self, masks: _Optional[int] = ..., cells: _Optional[int] = ..., keep: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "version", "image", "label", "method", "occlusion", "rise", "max_rows", "overlay_png")
+    __slots__ = ("model", "version", "image", "label", "method", "occlusion", "rise", "max_rows", "overlay_png", "layer")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -265,6 +269,7 @@ class ExplainRequest(_message.Message):
     RISE_FIELD_NUMBER: _ClassVar[int]
     MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     image: Image
@@ -274,10 +279,11 @@ class ExplainRequest(_message.Message):
     rise: RiseOptions
     max_rows: int
     overlay_png: bool
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., label: _Optional[str] = ..., method: _Optional[_Union[ExplainMethod, str]] = ..., occlusion: _Optional[_Union[OcclusionOptions, _Mapping]] = ..., rise: _Optional[_Union[RiseOptions, _Mapping]] = ..., max_rows: _Optional[int] = ..., overlay_png: _Optional[bool] = ...) -> None: ...
+    layer: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., label: _Optional[str] = ..., method: _Optional[_Union[ExplainMethod, str]] = ..., occlusion: _Optional[_Union[OcclusionOptions, _Mapping]] = ..., rise: _Optional[_Union[RiseOptions, _Mapping]] = ..., max_rows: _Optional[int] = ..., overlay_png: _Optional[bool] = ..., layer: _Optional[str] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "version", "label", "index", "probability", "saliency", "overlay_png", "method", "rows")
+    __slots__ = ("model", "version", "label", "index", "probability", "saliency", "overlay_png", "method", "rows", "layer", "activations_png")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +293,8 @@ class ExplainResponse(_message.Message):
     OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATIONS_PNG_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     label: str
@@ -296,4 +304,6 @@ class ExplainResponse(_message.Message):
     overlay_png: bytes
     method: ExplainMethod
     rows: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., index: _Optional[int] = ..., probability: _Optional[float] = ..., saliency: _Optional[_Union[Tensor, _Mapping]] = ..., overlay_png: _Optional[bytes] = ..., method: _Optional[_Union[ExplainMethod, str]] = ..., rows: _Optional[int] = ...) -> None: ...
+    layer: str
+    activations_png: bytes
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., index: _Optional[int] = ..., probability: _Optional[float] = ..., saliency: _Optional[_Union[Tensor, _Mapping]] = ..., overlay_png: _Optional[bytes] = ..., method: _Optional[_Union[ExplainMethod, str]] = ..., rows: _Optional[int] = ..., layer: _Optional[str] = ..., activations_png: _Optional[bytes] = ...) -> None: ...

@@ -1,10 +1,11 @@
-"""Draw docs/explain/explanations.png: what `cnnserve explain` returns for a digit, an X and an O.
+"""Draw docs/explain/explanations.png (what `cnnserve explain` returns for a digit, an X and an O) and, with
+`--activations-model`, docs/explain/activations.png (that model's feature maps of the same digit, layer by layer).
 
-    python docs/explain/draw.py --model-repository MODELS [--out docs/explain/explanations.png]
+    python docs/explain/draw.py --model-repository MODELS [--activations-model NAME] [--out-dir docs/explain]
 
-MODELS must hold `mnist_net` and `xo` (`make models`, or `cnnserve.export.build_model`). It starts a server on
-loopback, asks it for occlusion and RISE overlays (the same calls as `cnnserve explain --png`) and lays them out
-in one picture, each under its method, label and probability.
+MODELS must hold `mnist_net` and `xo` (`make models`, or `cnnserve.export.build_model`), and NAME a digit model
+exported with `--activations`. It starts a server on loopback, asks it for occlusion and RISE overlays and
+activation grids (the same calls as `cnnserve explain --png`) and lays them out, each under what it shows.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ CAPTION = 34
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-repository", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("explanations.png"))
+    parser.add_argument("--activations-model", help="a digit model exported with --activations")
+    parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent)
     args = parser.parse_args(argv)
     digits, _ = load_digit_images()
     cases = [
@@ -48,16 +50,34 @@ def main(argv: list[str] | None = None) -> int:
             overlay = Image.open(io.BytesIO(explanation.overlay_png)).convert("RGB").resize((TILE, TILE))
             caption = f"{model}, {method}: {explanation.label} (p = {explanation.probability:.2f})"
             tiles.append((overlay, caption))
-    sheet = Image.new("RGB", (len(tiles) * (TILE + 8) + 8, TILE + CAPTION + 8), "white")
-    draw = ImageDraw.Draw(sheet)
-    for position, (overlay, caption) in enumerate(tiles):
-        left = 8 + position * (TILE + 8)
-        sheet.paste(overlay, (left, CAPTION))
-        draw.text((left, 10), caption, fill="black")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(args.out)
-    print(f"wrote {args.out}")
+        grids = []
+        if args.activations_model:
+            layers = client.model(args.activations_model).activation_layers
+            for layer in layers:
+                explanation = client.explain(digits[0], model=args.activations_model, method="activations", layer=layer)
+                assert explanation.activations_png is not None
+                grid = Image.open(io.BytesIO(explanation.activations_png)).convert("RGB")
+                grids.append((grid, f"{args.activations_model}, {layer} feature maps: {explanation.label}"))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    save_sheet(tiles, args.out_dir / "explanations.png")
+    if grids:
+        save_sheet(grids, args.out_dir / "activations.png")
     return 0
+
+
+def save_sheet(panels: list[tuple[Image.Image, str]], path: Path) -> None:
+    """The panels side by side on white, each under its caption."""
+    width = sum(panel.width + 8 for panel, _ in panels) + 8
+    height = max(panel.height for panel, _ in panels) + CAPTION + 8
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    left = 8
+    for panel, caption in panels:
+        sheet.paste(panel, (left, CAPTION))
+        draw.text((left, 10), caption, fill="black")
+        left += panel.width + 8
+    sheet.save(path)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

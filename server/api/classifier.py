@@ -14,6 +14,7 @@ from cnnserve.server.explain import (
     DEFAULT_RISE_CELLS,
     DEFAULT_RISE_KEEP,
     DEFAULT_RISE_MASKS,
+    Activations,
     Explanation,
     Method,
     Occlusion,
@@ -54,6 +55,8 @@ def explain_method(request: pb.ExplainRequest) -> Method:
     """The request's method and options; unset options keep the method's defaults (see server/explain.py)."""
     if request.method in (pb.EXPLAIN_METHOD_UNSPECIFIED, pb.OCCLUSION):
         return Occlusion(patch=request.occlusion.patch, stride=request.occlusion.stride)
+    if request.method == pb.ACTIVATIONS:
+        return Activations(layer=request.layer)
     if request.method == pb.RISE:
         rise = request.rise
         return Rise(
@@ -62,7 +65,7 @@ def explain_method(request: pb.ExplainRequest) -> Method:
             keep=rise.keep or DEFAULT_RISE_KEEP,
             seed=rise.seed,
         )
-    raise InvalidInputError(f"unknown explanation method {request.method}; use OCCLUSION or RISE")
+    raise InvalidInputError(f"unknown explanation method {request.method}; use OCCLUSION, RISE or ACTIVATIONS")
 
 
 def classify_response(
@@ -109,6 +112,7 @@ def model_info(versions: list[ModelVersion]) -> pb.ModelInfo:
             )
         )
         info.output_kind = meta.output_kind.value
+        info.activation_layers.extend(activation.layer for activation in meta.activations)
     configured = next((v for v in versions if v.batching is not None), None)
     if configured is not None and configured.batching is not None:
         batching = configured.batching
@@ -213,17 +217,23 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
             API_EXPLAIN, request.model, request.version, run, model_statistics=False
         )
         saliency = explanation.saliency
-        return pb.ExplainResponse(
+        response = pb.ExplainResponse(
             model=model.name,
             version=model.version,
             label=explanation.label,
             index=explanation.index,
             probability=explanation.probability,
-            saliency=pb.Tensor(dtype=pb.FLOAT32, shape=saliency.shape, data=saliency.astype("<f4").tobytes()),
             overlay_png=explanation.overlay_png or b"",
             method=request.method or pb.OCCLUSION,
             rows=explanation.rows,
+            layer=explanation.layer,
+            activations_png=explanation.activations_png or b"",
         )
+        if saliency.size:
+            response.saliency.CopyFrom(
+                pb.Tensor(dtype=pb.FLOAT32, shape=saliency.shape, data=saliency.astype("<f4").tobytes())
+            )
+        return response
 
     @grpc_errors
     async def ListModels(

@@ -74,6 +74,10 @@ def explain_repository(model_repository: Path, tmp_path_factory: pytest.TempPath
     build_model("mnist_convnet", trained, data_dir=bars, epochs=5)
     (built,) = trained.iterdir()
     shutil.copytree(built, root / "bars")
+    with_activations = tmp_path_factory.mktemp("with-activations")
+    build_model("mnist_net", with_activations, activations=True)  # as the session's mnist_net, plus activations
+    shutil.copytree(model_repository / "mnist_net", root / "mnist_net")
+    shutil.copytree(with_activations / "mnist_net", root / "mnist_layers")
     return root
 
 
@@ -249,13 +253,79 @@ def test_explanations_leave_the_model_s_request_statistics_alone(stub) -> None:
     assert after == before
 
 
-def test_front_end_processes_explain_too(explain_repository: Path, tmp_path: Path) -> None:
+def test_front_end_processes_explain_too(explain_repository: Path, tmp_path: Path, digits) -> None:
     with (
         running_server(explain_repository, "--frontends", "2", workdir=tmp_path) as server,
         channel_to(server) as channel,
     ):
-        response = explain(pb_grpc.ImageClassifierStub(channel), "xo", pixels(render_x()))
+        stub = pb_grpc.ImageClassifierStub(channel)
+        response = explain(stub, "xo", pixels(render_x()))
+        layers = explain(stub, "mnist_layers", pixels(digits[0][0]), method=pb.ACTIVATIONS, layer="conv2")
     assert share_on(render_x() > 0, saliency_of(response)) >= 0.8
+    assert (
+        grid_tiles(layers, "mnist_layers", "conv2", explain_repository)
+        == activation_shape(explain_repository, "mnist_layers", "conv2")[0]
+    )
+
+
+def activation_shape(repository: Path, model: str, layer: str) -> tuple[int, int, int]:
+    from cnnserve.export.pipeline import read_metadata
+
+    metadata = read_metadata(repository / model / "1" / "model.onnx")
+    (found,) = [activation for activation in metadata.activations if activation.layer == layer]
+    return tuple(found.shape)
+
+
+def grid_tiles(response: pb.ExplainResponse, model: str, layer: str, repository: Path) -> int:
+    """How many tiles the activations PNG holds, counted from its size and the layer's map size."""
+    channels, height, width = activation_shape(repository, model, layer)
+    grid = Image.open(io.BytesIO(response.activations_png))
+    assert grid.format == "PNG"
+    scale = max(1, -(-64 // max(height, width)))
+    columns = (grid.width - 2) // (width * scale + 2)
+    rows = (grid.height - 2) // (height * scale + 2)
+    assert columns * rows >= channels > (rows - 1) * columns, (columns, rows, channels)
+    return channels
+
+
+def test_models_exported_with_activations_list_their_layers_and_classify_as_usual(stub, digits) -> None:
+    images, labels = digits
+    info = stub.GetModel(pb.GetModelRequest(name="mnist_layers"), timeout=10)
+    assert list(info.activation_layers) == ["conv1", "conv2"]
+    assert list(stub.GetModel(pb.GetModelRequest(name="xo"), timeout=10).activation_layers) == []
+    picks = list(range(0, 600, 30))
+    answers = {}
+    for model in ("mnist_net", "mnist_layers"):
+        request = pb.ClassifyRequest(model=model, images=[pixels(images[i]) for i in picks], return_probabilities=True)
+        answers[model] = np.array([r.probabilities for r in stub.Classify(request, timeout=10).results])
+    np.testing.assert_allclose(answers["mnist_layers"], answers["mnist_net"], atol=1e-5)
+    assert np.mean(answers["mnist_layers"].argmax(axis=1) == labels[picks]) >= 0.6
+
+
+@pytest.mark.parametrize("layer", ["", "conv1", "conv2"])
+def test_activations_come_back_as_a_grid_of_one_layer_s_feature_maps(
+    stub, digits, explain_repository: Path, layer
+) -> None:
+    response = explain(stub, "mnist_layers", pixels(digits[0][0]), method=pb.ACTIVATIONS, layer=layer)
+    drawn = layer or "conv1"
+    assert response.layer == drawn and response.method == pb.ACTIVATIONS
+    assert not response.HasField("saliency") and not response.overlay_png
+    assert grid_tiles(response, "mnist_layers", drawn, explain_repository) > 1
+    assert response.label in [str(d) for d in range(10)] and response.rows == 2
+
+
+@pytest.mark.parametrize(
+    ("model", "layer", "message"),
+    [
+        ("xo", "", r"exported without activation outputs; export it again with .*--activations"),
+        ("mnist_layers", "conv9", r"no layer 'conv9' with activations; its layers are: conv1, conv2"),
+    ],
+)
+def test_activations_of_a_model_or_layer_without_them_are_refused(stub, model, layer, message) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        explain(stub, model, pixels(render_x()), method=pb.ACTIVATIONS, layer=layer)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert re.search(message, refused.value.details()), refused.value.details()
 
 
 def test_the_client_library_explains_and_the_command_line_writes_the_png(

@@ -33,7 +33,7 @@ BATCHING = (
     "--max-queue-size",
     "6",
 )
-LABEL_NAMES = {"model", "version", "api", "code", "reason", "provider", "le"}
+LABEL_NAMES = {"model", "version", "api", "code", "reason", "provider", "method", "le"}
 
 
 class Scrape:
@@ -122,6 +122,7 @@ def test_metric_names_follow_prometheus_conventions_and_labels_are_bounded(batch
         "cnnserve_model_ready": "gauge",
         "cnnserve_model_load_seconds": "gauge",
         "cnnserve_model_load_failures": "counter",
+        "cnnserve_explanation_rows": "counter",
     }
     for family in families.values():
         for sample in family.samples:
