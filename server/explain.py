@@ -47,6 +47,7 @@ ACTIVATIONS = "activations"
 DEFAULT_RISE_MASKS = 500
 DEFAULT_RISE_CELLS = 7
 DEFAULT_RISE_KEEP = 0.5
+SMALL_PICTURE_SIDE = 16
 WORKING_SCALE = 2
 """Pictures are perturbed at no more than this many times the model's input size on each side."""
 OVERLAY_MIN_SIDE = 256
@@ -66,8 +67,11 @@ class Occlusion:
 
 @dataclass(frozen=True)
 class Rise:
+    """Masks, the side of their grid (0: DEFAULT_RISE_CELLS, or a cell per pixel for pictures whose working
+    copy is at most SMALL_PICTURE_SIDE on its longer side, which smoothing would blur), keep chance, seed."""
+
     masks: int = DEFAULT_RISE_MASKS
-    cells: int = DEFAULT_RISE_CELLS
+    cells: int = 0
     keep: float = DEFAULT_RISE_KEEP
     seed: int = 0
 
@@ -261,12 +265,14 @@ class _Rise:
     only until its score has been added in."""
 
     def __init__(self, options: Rise, shape: tuple[int, int]) -> None:
-        if options.masks < 1 or options.cells < 1 or not 0.0 < options.keep < 1.0:
+        if options.masks < 1 or options.cells < 0 or not 0.0 < options.keep < 1.0:
             raise InvalidInputError(
-                f"RISE needs masks >= 1, cells >= 1 and 0 < keep < 1; got masks {options.masks}, cells "
-                f"{options.cells}, keep {options.keep}"
+                f"RISE needs masks >= 1, cells >= 1 (or 0 for the default) and 0 < keep < 1; got masks "
+                f"{options.masks}, cells {options.cells}, keep {options.keep}"
             )
         self._options = options
+        small = max(shape) <= SMALL_PICTURE_SIDE
+        self._cells = options.cells or (max(shape) if small else DEFAULT_RISE_CELLS)
         self._shape = shape
         self._waiting: deque[np.ndarray] = deque()
         self._sum = np.zeros(shape, np.float64)
@@ -284,7 +290,7 @@ class _Rise:
 
     def _masks(self) -> Iterator[np.ndarray]:
         height, width = self._shape
-        cells, keep = self._options.cells, self._options.keep
+        cells, keep = self._cells, self._options.keep
         cell_h, cell_w = math.ceil(height / cells), math.ceil(width / cells)
         rng = np.random.default_rng(self._options.seed)
         for _ in range(self._options.masks):

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         ("mnist_net", digits[0], "occlusion", {}),
         ("mnist_net", digits[0], "rise", {"masks": 1000}),
         ("xo", render_x(), "occlusion", {}),
-        ("xo", render_o(), "rise", {"cells": 9, "masks": 1000}),
+        ("xo", render_o(), "rise", {"masks": 1000}),
     ]
     tiles = []
     with (

@@ -11,7 +11,6 @@ from cnnserve.server.api.errors import grpc_errors
 from cnnserve.server.dataplane import DataPlane
 from cnnserve.server.errors import InvalidInputError, ModelNotFoundError
 from cnnserve.server.explain import (
-    DEFAULT_RISE_CELLS,
     DEFAULT_RISE_KEEP,
     DEFAULT_RISE_MASKS,
     Activations,
@@ -61,7 +60,7 @@ def explain_method(request: pb.ExplainRequest) -> Method:
         rise = request.rise
         return Rise(
             masks=rise.masks or DEFAULT_RISE_MASKS,
-            cells=rise.cells or DEFAULT_RISE_CELLS,
+            cells=rise.cells,
             keep=rise.keep or DEFAULT_RISE_KEEP,
             seed=rise.seed,
         )
