@@ -65,6 +65,7 @@ class _QueuedRequest:
     """True until the batcher takes it, or its caller gives up (cancelled, expired); its rows count till then."""
     batch_times: tuple[float, float, float] | None = None
     """When its batch started being assembled, started its session call and finished; set with its rows."""
+    background: bool = False
     output: str | None = None
     """A background request's graph output other than the model's own (a layer's activations), or None."""
 
@@ -90,7 +91,9 @@ class BatchRecord:
     size: int
     requests: int
     queue_wait_seconds: tuple[float, ...]
-    """Per request: from enqueue to the start of its batch."""
+    """Per request: from enqueue to the start of its batch. Empty for a background batch: its requests wait for
+    idle capacity by design, and counting that would make the queue-wait metric (which autoscaling reads) say
+    the model is overloaded when explanations merely wait their turn."""
     compute_seconds: float
     """The session call."""
     failed: bool
@@ -250,7 +253,7 @@ class DynamicBatcher:
             parts = await asyncio.gather(*(self._submit_background(part, deadline, output) for part in slices))
             return np.concatenate(parts)
         loop = asyncio.get_running_loop()
-        request = _QueuedRequest(inputs, loop.create_future(), time.monotonic(), output=output)
+        request = _QueuedRequest(inputs, loop.create_future(), time.monotonic(), background=True, output=output)
         request.timer = loop.call_at(_loop_time(loop, deadline), _expire, request.future, self._name)
         self._background.append(request)
         self._background_rows += request.rows
@@ -457,7 +460,9 @@ class DynamicBatcher:
                 BatchRecord(
                     size=rows,
                     requests=len(run.requests),
-                    queue_wait_seconds=tuple(run.started - request.enqueued_at for request in run.requests),
+                    queue_wait_seconds=()
+                    if run.requests[0].background
+                    else tuple(run.started - request.enqueued_at for request in run.requests),
                     compute_seconds=run.finished - run.assembled,
                     failed=failure is not None,
                     input_seconds=run.assembled - run.started,

@@ -48,6 +48,12 @@ class DataPlane:
             timeout = min(timeout, max(time_remaining, 0.0))
         return time.monotonic() + timeout
 
+    def explanation_deadline(self, time_remaining: float | None) -> float:
+        """The monotonic deadline of an Explain call: its own, capped by `max_explanation_seconds` (which is also
+        the deadline of a call that sets none)."""
+        limit = self.settings.max_explanation_seconds
+        return time.monotonic() + (limit if time_remaining is None else min(limit, max(time_remaining, 0.0)))
+
     async def observe(
         self,
         api: str,

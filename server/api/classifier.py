@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import numpy as np
 
@@ -187,22 +185,19 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
     @grpc_errors
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
         dataplane = self._dataplane
-        settings = dataplane.settings
-        method = explain_method(request)
-        limit = settings.max_explanation_rows
-        if request.max_rows < 0 or request.max_rows > limit:
-            raise InvalidInputError(
-                f"max_rows must be between 0 (the server's limit) and {limit}, got {request.max_rows}"
-            )
-        images = image_inputs(pb.ClassifyRequest(images=[request.image]))
-        seconds = settings.max_explanation_seconds
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + (seconds if remaining is None else min(seconds, max(remaining, 0.0)))
+        deadline = dataplane.explanation_deadline(context.time_remaining())
 
         async def run(model: ModelVersion) -> Explanation:
+            method = explain_method(request)
+            limit = dataplane.settings.max_explanation_rows
+            if request.max_rows < 0 or request.max_rows > limit:
+                raise InvalidInputError(
+                    f"max_rows must be between 0 (the server's limit) and {limit}, got {request.max_rows}"
+                )
+            (image,) = image_inputs(pb.ClassifyRequest(images=[request.image]))
             explanation = await explain(
                 model,
-                images[0],
+                image,
                 method,
                 label=request.label,
                 max_rows=request.max_rows or limit,

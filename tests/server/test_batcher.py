@@ -435,3 +435,16 @@ async def test_cancelled_or_expired_background_rows_are_never_computed(
     await running
     await batcher.submit(rows(1), far())
     assert model.batch_sizes == [1, 1], "neither background request may have run"
+
+
+async def test_background_waits_stay_out_of_the_queue_wait_figures(
+    model: GatedModel, make_batcher: MakeBatcher
+) -> None:
+    model.gate.set()
+    records: list[BatchRecord] = []
+    batcher = make_batcher(on_batch=records.append, max_batch_size=4, max_queue_delay_ms=0)
+    await batcher.submit(rows(1), far(), background=True)
+    await batcher.submit(rows(2), far())
+    background, foreground = records
+    assert (background.size, background.queue_wait_seconds) == (1, ())
+    assert foreground.size == 1 and len(foreground.queue_wait_seconds) == 1
