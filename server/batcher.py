@@ -166,7 +166,8 @@ class DynamicBatcher:
 
     @property
     def background_rows(self) -> int:
-        return background_batch_rows(self._settings)
+        """The most rows of one background batch: a quarter of `max_batch_size`, at least 1."""
+        return max(1, self._settings.max_batch_size // 4)
 
     def publish_depth(self, cell: np.ndarray) -> None:
         """Keep `cell[0]` equal to the queued rows from now on: a slot of shared memory where the front-end
@@ -210,73 +211,76 @@ class DynamicBatcher:
         """
         if self._closed:
             raise UnavailableError(f"model {self._name} is unloading or the server is shutting down; retry")
-        if background:
-            return await self._submit_background(inputs, deadline, output)
-        if output is not None:
-            raise ValueError("only background requests may ask for another graph output")
         settings = self._settings
-        level = priority or settings.default_priority
-        if not 1 <= level <= settings.priority_levels:
-            raise InvalidInputError(
-                f"priority {priority} is out of range: model {self._name} has priority levels "
-                f"1..{settings.priority_levels}"
-            )
-        limit = settings.max_batch_size
-        self.refuse_if_full(len(inputs))
+        if background:
+            level, limit = 0, self.background_rows
+            if self._background_rows + len(inputs) > settings.max_queue_size:
+                raise queue_full_error(
+                    f"{self._name} (background work)", self._background_rows, settings.max_queue_size, len(inputs)
+                )
+        else:
+            if output is not None:
+                raise ValueError("only background requests may ask for another graph output")
+            level, limit = priority or settings.default_priority, settings.max_batch_size
+            if not 1 <= level <= settings.priority_levels:
+                raise InvalidInputError(
+                    f"priority {priority} is out of range: model {self._name} has priority levels "
+                    f"1..{settings.priority_levels}"
+                )
+            self.refuse_if_full(len(inputs))
         if len(inputs) > limit:
             slices = [inputs[start : start + limit] for start in range(0, len(inputs), limit)]
-            parts = await asyncio.gather(*(self.submit(part, deadline, level) for part in slices))
-            return np.concatenate(parts)
-        loop = asyncio.get_running_loop()
-        now = time.monotonic()
-        request = _QueuedRequest(inputs, loop.create_future(), now)
-        if self._delay_advisor is not None:
-            self._delay_advisor.arrived(now, joins_others=self._queued_rows > 0)
-        request.timer = loop.call_at(_loop_time(loop, deadline), _expire, request.future, self._name)
-        self._queues[level - 1].append(request)
-        self._add_queued(request.rows)
-        rows = self._queued_rows
-        if rows == request.rows or rows >= limit or rows in self._preferred:
-            self._wakeup.set()
-            if rows >= limit:
-                self._instance_freed.set()
-        return await self._answer_of(request, background=False)
-
-    async def _submit_background(self, inputs: np.ndarray, deadline: float, output: str | None) -> np.ndarray:
-        limit = self.background_rows
-        if self._background_rows + len(inputs) > self._settings.max_queue_size:
-            raise queue_full_error(
-                f"{self._name} (background work)", self._background_rows, self._settings.max_queue_size, len(inputs)
+            parts = await asyncio.gather(
+                *(self.submit(part, deadline, level, background=background, output=output) for part in slices)
             )
-        if len(inputs) > limit:
-            slices = [inputs[start : start + limit] for start in range(0, len(inputs), limit)]
-            parts = await asyncio.gather(*(self._submit_background(part, deadline, output) for part in slices))
             return np.concatenate(parts)
         loop = asyncio.get_running_loop()
-        request = _QueuedRequest(inputs, loop.create_future(), time.monotonic(), background=True, output=output)
+        if background:
+            request = self._enqueue_background(inputs, loop.create_future(), output)
+        else:
+            request = self._enqueue(inputs, loop.create_future(), level)
         request.timer = loop.call_at(_loop_time(loop, deadline), _expire, request.future, self._name)
-        self._background.append(request)
-        self._background_rows += request.rows
-        if self._queued_rows == 0:
-            self._wakeup.set()
-        return await self._answer_of(request, background=True)
-
-    async def _answer_of(self, request: _QueuedRequest, background: bool) -> np.ndarray:
-        """Wait for `request`'s rows; whatever ends the wait, stop its timer and, if it is still queued (its
-        caller gave up), take it out of its lane's count."""
-        assert request.timer is not None
         try:
             outputs = await request.future
         finally:
             request.timer.cancel()
             if request.queued:
-                request.queued = False
-                if background:
-                    self._background_rows -= request.rows
-                else:
-                    self._add_queued(-request.rows)
+                self._unqueue(request)
         request.add_to_request_statistics()
         return outputs
+
+    def _enqueue(self, inputs: np.ndarray, future: asyncio.Future[np.ndarray], level: int) -> _QueuedRequest:
+        """Queue a request at priority `level` and wake the batching task when it may want to act on it."""
+        now = time.monotonic()
+        request = _QueuedRequest(inputs, future, now)
+        if self._delay_advisor is not None:
+            self._delay_advisor.arrived(now, joins_others=self._queued_rows > 0)
+        self._queues[level - 1].append(request)
+        self._add_queued(request.rows)
+        rows, limit = self._queued_rows, self._settings.max_batch_size
+        if rows == request.rows or rows >= limit or rows in self._preferred:
+            self._wakeup.set()
+            if rows >= limit:
+                self._instance_freed.set()
+        return request
+
+    def _enqueue_background(
+        self, inputs: np.ndarray, future: asyncio.Future[np.ndarray], output: str | None
+    ) -> _QueuedRequest:
+        request = _QueuedRequest(inputs, future, time.monotonic(), background=True, output=output)
+        self._background.append(request)
+        self._background_rows += request.rows
+        if self._queued_rows == 0:
+            self._wakeup.set()
+        return request
+
+    def _unqueue(self, request: _QueuedRequest) -> None:
+        """Take a request out of its lane's count: the batcher took it, or its caller gave up."""
+        request.queued = False
+        if request.background:
+            self._background_rows -= request.rows
+        else:
+            self._add_queued(-request.rows)
 
     async def close(self, drain_seconds: float) -> None:
         """Refuse new requests, let queued and running batches finish for up to `drain_seconds`, then stop.
@@ -390,8 +394,7 @@ class DynamicBatcher:
             if batch and (rows + request.rows > self.background_rows or request.output != batch[0].output):
                 break
             queue.popleft()
-            request.queued = False
-            self._background_rows -= request.rows
+            self._unqueue(request)
             batch.append(request)
             rows += request.rows
         return batch
@@ -413,8 +416,7 @@ class DynamicBatcher:
                 if batch and rows + request.rows > target:
                     return batch
                 queue.popleft()
-                request.queued = False
-                self._add_queued(-request.rows)
+                self._unqueue(request)
                 batch.append(request)
                 rows += request.rows
         return batch
@@ -496,19 +498,11 @@ class DynamicBatcher:
         return _BatchRun(live, outputs, None, started, assembled, time.monotonic())
 
     def _fail_queued(self, error: CnnserveError) -> None:
-        while self._background:
-            request = self._background.popleft()
-            if request.queued:
-                request.queued = False
-                self._background_rows -= request.rows
-                if not request.future.done():
-                    request.future.set_exception(error)
-        for queue in self._queues:
+        for queue in (*self._queues, self._background):
             while queue:
                 request = queue.popleft()
                 if request.queued:
-                    request.queued = False
-                    self._add_queued(-request.rows)
+                    self._unqueue(request)
                     if not request.future.done():
                         request.future.set_exception(error)
 
@@ -552,11 +546,6 @@ class _AdaptiveDelay:
         if self._gap >= remaining:
             return None
         return min(remaining, 2 * self._gap - silence)
-
-
-def background_batch_rows(settings: BatchingSettings) -> int:
-    """The most rows of one background batch: a quarter of `max_batch_size`, at least 1."""
-    return max(1, settings.max_batch_size // 4)
 
 
 def queue_full_error(model: str, queued: int, limit: int, rows: int) -> QueueFullError:

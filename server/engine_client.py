@@ -116,8 +116,12 @@ class EngineClient:
         if self.lost:
             raise UnavailableError(_ENGINE_GONE)
         rows = len(inputs)
-        shape = version.output_shape(output) if output else ()
-        width = math.prod(shape) if output else version.raw_output_width if raw else version.output_width
+        shape: tuple[int, ...] = ()
+        if output:
+            shape = version.output_shape(output)
+            width = math.prod(shape)
+        else:
+            width = version.raw_output_width if raw else version.output_width
         place = self._shared_memory.locate(inputs) if self._shared_memory is not None else None
         input_bytes = 0 if place is not None else aligned(inputs.nbytes)
         try:

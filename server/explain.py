@@ -31,6 +31,7 @@ import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image
@@ -61,18 +62,21 @@ _HEAT_ANCHORS = np.array([[20, 20, 120], [140, 30, 170], [230, 40, 40], [255, 15
 class Occlusion:
     """Patch side and step in pixels of the picture as sent; 0: a seventh of its shorter side, half the patch."""
 
+    name: ClassVar[str] = OCCLUSION
     patch: int = 0
     stride: int = 0
 
 
 @dataclass(frozen=True)
 class Rise:
-    """Masks, the side of their grid (0: DEFAULT_RISE_CELLS, or a cell per pixel for pictures whose working
-    copy is at most SMALL_PICTURE_SIDE on its longer side, which smoothing would blur), keep chance, seed."""
+    """Masks, the side of their grid, the chance of keeping a cell, the seed. 0 means the default:
+    DEFAULT_RISE_MASKS, DEFAULT_RISE_KEEP, and DEFAULT_RISE_CELLS or, for pictures whose working copy is at most
+    SMALL_PICTURE_SIDE on its longer side (which smoothing would blur), a cell per pixel."""
 
-    masks: int = DEFAULT_RISE_MASKS
+    name: ClassVar[str] = RISE
+    masks: int = 0
     cells: int = 0
-    keep: float = DEFAULT_RISE_KEEP
+    keep: float = 0.0
     seed: int = 0
 
 
@@ -80,17 +84,11 @@ class Rise:
 class Activations:
     """One convolution layer's feature maps (models exported with activation outputs); "": the first layer."""
 
+    name: ClassVar[str] = ACTIVATIONS
     layer: str = ""
 
 
 Method = Occlusion | Rise | Activations
-
-
-def method_name(method: Method) -> str:
-    """The method's metric label: "occlusion", "rise" or "activations"."""
-    if isinstance(method, Activations):
-        return ACTIVATIONS
-    return OCCLUSION if isinstance(method, Occlusion) else RISE
 
 
 @dataclass(frozen=True)
@@ -98,14 +96,14 @@ class Explanation:
     label: str
     index: int
     probability: float
-    saliency: np.ndarray
-    """float32 [H, W], the picture's size."""
+    saliency: np.ndarray | None
+    """float32 [H, W], the picture's size; None for `Activations`."""
     rows: int
     """Forward passes taken, the unchanged picture's included."""
     overlay_png: bytes | None
     layer: str = ""
     activations_png: bytes | None = None
-    """For `Activations`: the layer drawn and its feature maps as a PNG grid (and an empty saliency map)."""
+    """For `Activations`: the layer drawn and its feature maps as a PNG grid."""
 
 
 async def explain(
@@ -177,8 +175,7 @@ async def _activations(
     index = _label_index(label, metadata.labels, probabilities, model.name)
     maps = await model.infer(inputs, deadline, background=True, output=found.output)
     png = await asyncio.to_thread(feature_maps_png, maps[0])
-    empty = np.zeros((0, 0), np.float32)
-    return Explanation(metadata.labels[index], index, float(probabilities[index]), empty, 2, None, found.layer, png)
+    return Explanation(metadata.labels[index], index, float(probabilities[index]), None, 2, None, found.layer, png)
 
 
 def _activation_output(activations: tuple[ActivationOutput, ...], layer: str, model: str) -> ActivationOutput:
@@ -255,9 +252,9 @@ class _Occlusion:
             self._scored += 1
 
     def saliency(self, base: float) -> np.ndarray:
-        """Mean drop: the unchanged score minus the mean over the patches covering each pixel."""
-        covered = np.maximum(self._covered, 1)
-        return np.where(self._covered > 0, base + self._total / covered, 0.0).astype(np.float32)
+        """Mean drop: the unchanged score minus the mean over the patches covering each pixel (every pixel is
+        covered: `_starts` ends flush with each edge)."""
+        return (base + self._total / self._covered).astype(np.float32)
 
 
 class _Rise:
@@ -265,35 +262,37 @@ class _Rise:
     only until its score has been added in."""
 
     def __init__(self, options: Rise, shape: tuple[int, int]) -> None:
-        if options.masks < 1 or options.cells < 0 or not 0.0 < options.keep < 1.0:
+        if options.masks < 0 or options.cells < 0 or not 0.0 <= options.keep < 1.0:
             raise InvalidInputError(
-                f"RISE needs masks >= 1, cells >= 1 (or 0 for the default) and 0 < keep < 1; got masks "
+                f"RISE needs masks >= 1, cells >= 1 and 0 < keep < 1 (0 for any of them: its default); got masks "
                 f"{options.masks}, cells {options.cells}, keep {options.keep}"
             )
-        self._options = options
         small = max(shape) <= SMALL_PICTURE_SIDE
+        self._masks = options.masks or DEFAULT_RISE_MASKS
         self._cells = options.cells or (max(shape) if small else DEFAULT_RISE_CELLS)
+        self._keep = options.keep or DEFAULT_RISE_KEEP
+        self._seed = options.seed
         self._shape = shape
         self._waiting: deque[np.ndarray] = deque()
         self._sum = np.zeros(shape, np.float64)
         self._kept = np.zeros(shape, np.float64)
         self._score_sum = 0.0
-        self.rows = options.masks + 1
-        self.description = f"RISE with {options.masks} masks"
+        self.rows = self._masks + 1
+        self.description = f"RISE with {self._masks} masks"
         self.advice = "ask for fewer masks"
 
     def copies(self, pixels: np.ndarray, fill: np.ndarray) -> Iterator[np.ndarray]:
-        for mask in self._masks():
+        for mask in self._draw():
             self._waiting.append(mask)
             kept = mask if pixels.ndim == 2 else mask[..., np.newaxis]
             yield pixels * kept + fill * (1.0 - kept)
 
-    def _masks(self) -> Iterator[np.ndarray]:
+    def _draw(self) -> Iterator[np.ndarray]:
         height, width = self._shape
-        cells, keep = self._cells, self._options.keep
+        cells, keep = self._cells, self._keep
         cell_h, cell_w = math.ceil(height / cells), math.ceil(width / cells)
-        rng = np.random.default_rng(self._options.seed)
-        for _ in range(self._options.masks):
+        rng = np.random.default_rng(self._seed)
+        for _ in range(self._masks):
             grid = (rng.random((cells, cells)) < keep).astype(np.float32)
             if cell_h == 1 and cell_w == 1:
                 yield grid[:height, :width]  # a cell per pixel: nothing to smooth, nowhere to shift
@@ -314,9 +313,8 @@ class _Rise:
     def saliency(self, base: float) -> np.ndarray:
         """sum_i (s_i - mean s) M_i(x) / (N keep): how much keeping x raised the score, 0 where x does not
         matter (the plain RISE sum, less the mean score times how often x was kept)."""
-        count = self._options.masks
-        centred = self._sum - (self._score_sum / count) * self._kept
-        return (centred / (count * self._options.keep)).astype(np.float32)
+        centred = self._sum - (self._score_sum / self._masks) * self._kept
+        return (centred / (self._masks * self._keep)).astype(np.float32)
 
 
 def _plan(method: Method, shape: tuple[int, int], size: tuple[int, int], scale: float) -> _Occlusion | _Rise:

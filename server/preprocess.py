@@ -125,14 +125,7 @@ class ImagePreprocessor:
                 array = array[:, :, 0]
             picture = Image.fromarray(np.ascontiguousarray(array), mode="L" if array.ndim == 2 else "RGB")
         else:
-            picture = self._open(image, 0)
-            try:
-                picture.load()
-                picture = normalize_picture(picture, self.preprocessing.background)
-            except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for malformed bytes
-                raise InvalidInputError(
-                    f"the image could not be decoded as {_FORMAT_NAMES} ({exc.__class__.__name__}: {exc})"
-                ) from exc
+            picture = self._decoded(0, self._open(image, 0), draft=False)
         mode = self.preprocessing.color.pillow_mode
         return picture if picture.mode == mode else picture.convert(mode)
 
@@ -183,19 +176,23 @@ class ImagePreprocessor:
         """Decode (when still encoded) and normalise one picture (`cnnserve.preprocessing.normalize_picture`:
         EXIF orientation, alpha onto the model's background, 16-bit and CMYK to 8-bit), then convert and resize it
         to the model's input size. Only the first frame of a multi-frame file is decoded."""
+        return fit_to_model(self._decoded(position, picture, draft=True), self.preprocessing)
+
+    def _decoded(self, position: int, picture: Image.Image, draft: bool) -> Image.Image:
+        """The picture decoded and normalised; with `draft`, a JPEG is decoded at the smallest scale that still
+        covers the model's input (its DCT scaling: far less work for a large photo)."""
         pre = self.preprocessing
         try:
-            if isinstance(picture, JpegImagePlugin.JpegImageFile):  # JPEG, and MPO (phone cameras)
+            if draft and isinstance(picture, JpegImagePlugin.JpegImageFile):  # JPEG, and MPO (phone cameras)
                 turned = picture.getexif().get(ExifTags.Base.Orientation, 1) in _QUARTER_TURNS
                 width, height = self._draft_size
                 picture.draft(pre.color.pillow_mode, (height, width) if turned else (width, height))
             picture.load()
-            picture = normalize_picture(picture, pre.background)
+            return normalize_picture(picture, pre.background)
         except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for malformed bytes
             raise InvalidInputError(
                 f"image {position} could not be decoded as {_FORMAT_NAMES} ({exc.__class__.__name__}: {exc})"
             ) from exc
-        return fit_to_model(picture, pre)
 
     def _open(self, data: bytes, position: int) -> Image.Image:
         """Read and check the header only; refuses decompression bombs before a pixel is decoded: pictures (the

@@ -20,7 +20,7 @@ import grpc
 from cnnserve.server import launcher
 from cnnserve.server.launcher import ServerProcess, serve_command
 
-__all__ = ["ServerProcess", "channel_to", "queue_depth", "running_server", "serve_command", "wait_until"]
+__all__ = ["ServerProcess", "channel_to", "metric", "queue_depth", "running_server", "serve_command", "wait_until"]
 
 
 def running_server(
@@ -46,12 +46,19 @@ def channel_to(server: ServerProcess) -> Iterator[grpc.Channel]:
         channel.close()
 
 
-def queue_depth(server: ServerProcess, model: str) -> float:
-    """Images queued for `model` version 1, as the server's queue-depth gauge says."""
+def metric(server: ServerProcess, name: str, **labels: str) -> float:
+    """One series' value from the server's /metrics, 0 when absent (labels in alphabetical order, as
+    prometheus_client writes them)."""
     with urllib.request.urlopen(server.metrics_url, timeout=5) as answer:
         text = answer.read().decode()
-    found = re.search(rf'^cnnserve_queue_depth{{model="{model}",version="1"}} (\S+)$', text, re.MULTILINE)
+    selector = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    found = re.search(rf"^{name}{{{selector}}} (\S+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
+
+
+def queue_depth(server: ServerProcess, model: str) -> float:
+    """Images queued for `model` version 1, as the server's queue-depth gauge says."""
+    return metric(server, "cnnserve_queue_depth", model=model, version="1")
 
 
 def wait_until(

@@ -9,15 +9,12 @@ from cnnserve.server.api.errors import grpc_errors
 from cnnserve.server.dataplane import DataPlane
 from cnnserve.server.errors import InvalidInputError, ModelNotFoundError
 from cnnserve.server.explain import (
-    DEFAULT_RISE_KEEP,
-    DEFAULT_RISE_MASKS,
     Activations,
     Explanation,
     Method,
     Occlusion,
     Rise,
     explain,
-    method_name,
 )
 from cnnserve.server.model import ModelVersion
 from cnnserve.server.postprocess import top_k
@@ -57,9 +54,9 @@ def explain_method(request: pb.ExplainRequest) -> Method:
     if request.method == pb.RISE:
         rise = request.rise
         return Rise(
-            masks=rise.masks or DEFAULT_RISE_MASKS,
+            masks=rise.masks,
             cells=rise.cells,
-            keep=rise.keep or DEFAULT_RISE_KEEP,
+            keep=rise.keep,
             seed=rise.seed,
         )
     raise InvalidInputError(f"unknown explanation method {request.method}; use OCCLUSION, RISE or ACTIVATIONS")
@@ -204,13 +201,12 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
                 deadline=deadline,
                 overlay=request.overlay_png,
             )
-            dataplane.metrics.explained(model, method_name(method), explanation.rows)
+            dataplane.metrics.explained(model, method.name, explanation.rows)
             return explanation
 
         model, explanation = await dataplane.observe(
             API_EXPLAIN, request.model, request.version, run, model_statistics=False
         )
-        saliency = explanation.saliency
         response = pb.ExplainResponse(
             model=model.name,
             version=model.version,
@@ -223,7 +219,7 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
             layer=explanation.layer,
             activations_png=explanation.activations_png or b"",
         )
-        if saliency.size:
+        if (saliency := explanation.saliency) is not None:
             response.saliency.CopyFrom(
                 pb.Tensor(dtype=pb.FLOAT32, shape=saliency.shape, data=saliency.astype("<f4").tobytes())
             )

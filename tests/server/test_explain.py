@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -27,7 +26,7 @@ from cnnserve.export import build_model, render_o, render_x
 from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 from tests.conftest import png_bytes
-from tests.servers import ServerProcess, channel_to, running_server, wait_until
+from tests.servers import ServerProcess, channel_to, metric, running_server, wait_until
 
 BAR_SIZE = 28
 
@@ -197,15 +196,6 @@ def test_an_unknown_model_is_not_found(stub) -> None:
     with pytest.raises(grpc.RpcError) as refused:
         explain(stub, "nope", pixels(render_x()))
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
-
-
-def metric(server: ServerProcess, name: str, **labels: str) -> float:
-    """One series' value from the server's /metrics (labels in alphabetical order, as Prometheus writes them)."""
-    with urllib.request.urlopen(server.metrics_url, timeout=5) as answer:
-        text = answer.read().decode()
-    selector = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    found = re.search(rf"^{name}{{{selector}}} (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 def explanation_rows(server: ServerProcess, model: str, method: str) -> float:
