@@ -20,6 +20,8 @@ from collections.abc import Callable
 import zmq
 
 _log = logging.getLogger(__name__)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+"""As plain integers: pyzmq's enum flags make each `&` a call into Python's enum module, on every drain."""
 
 
 class LoopSocket:
@@ -58,7 +60,7 @@ class LoopSocket:
     def _drain(self) -> None:
         self._drain_scheduled = False
         socket = self._socket
-        while not socket.closed and socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while not socket.closed and socket.getsockopt(_EVENTS) & _POLLIN:
             frames = socket.recv_multipart(zmq.NOBLOCK)
             try:
                 self._on_message(frames)

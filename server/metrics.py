@@ -90,6 +90,19 @@ class RequestSeries:
         self._metrics.request_failed(self.api, self.model, self.version, code)
 
 
+class _BatchSeries:
+    """The series one version updates on every executed batch: looked up once, then reused."""
+
+    __slots__ = ("compute", "executions", "inferences", "queue_wait", "size")
+
+    def __init__(self, metrics: ServerMetrics, model: str, version: str) -> None:
+        self.size = metrics.batch_size.labels(model, version)
+        self.compute = metrics.batch_compute.labels(model, version)
+        self.inferences = metrics.inferences.labels(model, version)
+        self.executions = metrics.executions.labels(model, version)
+        self.queue_wait = metrics.queue_wait.labels(model, version)
+
+
 class _ServedVersionsOnly(Collector):
     """Every process's metrics from the multiprocess files, without the series of versions no longer served.
 
@@ -243,6 +256,7 @@ class ServerMetrics:
         )
         self._series: dict[tuple[str, str, str], RequestSeries] = {}
         self._preprocess_series: dict[tuple[str, int], Any] = {}
+        self._batch_series: dict[tuple[str, int], _BatchSeries] = {}
 
     def model_load_started(self, name: str) -> None:
         """Export model `name`'s load-failure count from its first load on (at 0), so that increases show."""
@@ -303,14 +317,15 @@ class ServerMetrics:
 
     def batch_executed(self, model: str, version: int, record: BatchRecord) -> None:
         """Count one executed batch (failed ones too: they ran, and their callers waited)."""
-        labels = (model, str(version))
-        self.batch_size.labels(*labels).observe(record.size)
-        self.batch_compute.labels(*labels).observe(record.compute_seconds)
-        self.inferences.labels(*labels).inc(record.size)
-        self.executions.labels(*labels).inc()
-        queue_wait = self.queue_wait.labels(*labels)
+        series = self._batch_series.get((model, version))
+        if series is None:
+            series = self._batch_series[model, version] = _BatchSeries(self, model, str(version))
+        series.size.observe(record.size)
+        series.compute.observe(record.compute_seconds)
+        series.inferences.inc(record.size)
+        series.executions.inc()
         for wait in record.queue_wait_seconds:
-            queue_wait.observe(wait)
+            series.queue_wait.observe(wait)
 
     def model_loaded(self, model: ModelVersion) -> None:
         """Start the model's rejection counters at zero, so the first rejection shows in rate() and increase()."""
@@ -340,3 +355,4 @@ class ServerMetrics:
         for key in [key for key in self._series if key[1:] == (model.name, str(model.version))]:
             del self._series[key]
         self._preprocess_series.pop((model.name, model.version), None)
+        self._batch_series.pop((model.name, model.version), None)

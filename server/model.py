@@ -30,6 +30,10 @@ from cnnserve.server.settings import BatchingSettings, RuntimeSettings, ServerSe
 from cnnserve.server.statistics import ModelStatistics, current_request
 
 _log = logging.getLogger(__name__)
+INLINE_BATCH_SECONDS = 0.001
+"""In the engine of a multi-process server, whose event loop only feeds the batchers, batches that take less than
+this on average run on the loop's thread (see server/batcher.py), so that is about the longest one batch holds up
+the engine's messages and the other models' batchers."""
 
 
 class ModelState(StrEnum):
@@ -103,6 +107,7 @@ class ModelVersion:
             name=self.name,
             on_batch=lambda record: self._on_batch(record, metrics),
             run_output=self._run_output,
+            run_inline_below=INLINE_BATCH_SECONDS if server.frontends else 0.0,
         )
         self.batcher.start()
         self.load_seconds = time.monotonic() - started

@@ -79,6 +79,12 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         "these front-end counts (0: one process) and a bare grpc.aio server with as many processes, e.g. 0,1,2; "
         "writes h2load.json and h2load.png to --output (python -m load_tests.bench.h2load_compare has every option)",
     )
+    parser.add_argument(
+        "--h2load-rounds",
+        type=int,
+        default=1,
+        help="with --h2load-frontends: run the sweep this many times, alternating its order, and report medians",
+    )
     parser.add_argument("--check-targets", action="store_true", help="exit 1 when a measured target is not met")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.set_defaults(run=_run)
@@ -119,7 +125,7 @@ def _run_h2load(args: argparse.Namespace) -> int:
     output = args.output_dir or Path("load_tests/results/bench")
     output.mkdir(parents=True, exist_ok=True)
     argv = ["--frontends", args.h2load_frontends, "--json", str(output / "h2load.json")]
-    argv += ["--plot", str(output / "h2load.png")]
+    argv += ["--plot", str(output / "h2load.png"), "--rounds", str(args.h2load_rounds)]
     if args.duration_seconds is not None:
         argv += ["--duration", str(args.duration_seconds)]
     if args.model_repository is not None:

@@ -49,6 +49,9 @@ class Measurement:
 
     h2load: H2loadSummary
     server_successes: int
+    average_batch: float | None = None
+    """Images per executed batch over the run, from the server's ModelStatistics; None when it counted no
+    execution (the bare server runs no model)."""
 
     @property
     def requests_per_second(self) -> float:
@@ -91,11 +94,30 @@ def input_name(target: str, model: str) -> str:
     return metadata.inputs[0].name
 
 
-def success_count(target: str, model: str) -> int:
-    """The sum of `inference_stats.success.count` over `model`'s versions (OIP ModelStatistics)."""
+@dataclass(frozen=True)
+class ServerCounts:
+    """A server's ModelStatistics for one model, summed over its versions."""
+
+    successes: int
+    inferences: int
+    executions: int
+
+
+def server_counts(target: str, model: str) -> ServerCounts:
+    """`model`'s successful requests, inferred images and executed batches so far (OIP ModelStatistics)."""
     with grpc.insecure_channel(target) as channel:
         response = _stub(channel).ModelStatistics(_inference().ModelStatisticsRequest(name=model), timeout=10)
-    return sum(stats.inference_stats.success.count for stats in response.model_stats)
+    stats = response.model_stats
+    return ServerCounts(
+        sum(each.inference_stats.success.count for each in stats),
+        sum(each.inference_count for each in stats),
+        sum(each.execution_count for each in stats),
+    )
+
+
+def success_count(target: str, model: str) -> int:
+    """The sum of `inference_stats.success.count` over `model`'s versions (OIP ModelStatistics)."""
+    return server_counts(target, model).successes
 
 
 def parse_summary(text: str) -> H2loadSummary:
@@ -138,9 +160,12 @@ def measure(target: str, model: str, body: bytes, seconds: float, in_flight: int
     """
     if in_flight % connections:
         raise ValueError(f"in_flight {in_flight} is not a multiple of connections {connections}")
-    before = success_count(target, model)
+    before = server_counts(target, model)
     summary = run_h2load(f"http://{target}{MODEL_INFER_PATH}", body, seconds, connections, in_flight // connections)
-    return Measurement(summary, success_count(target, model) - before)
+    after = server_counts(target, model)
+    executions = after.executions - before.executions
+    average = (after.inferences - before.inferences) / executions if executions > 0 else None
+    return Measurement(summary, after.successes - before.successes, average)
 
 
 def _inference() -> Any:

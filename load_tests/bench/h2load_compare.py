@@ -1,18 +1,22 @@
 """cnnserve against a bare grpc.aio server, side by side, under h2load (a C load generator).
 
     python -m load_tests.bench.h2load_compare [--frontends 0[,1,2...]] [--model-repository R] [--duration 10]
-        [--in-flight 64] [--connections C] [--json PATH] [--plot PATH]
+        [--rounds 1] [--in-flight 64] [--connections C] [--json PATH] [--plot PATH]
 
 One run measures, one after the other on the same machine and for each front-end count listed in `--frontends`
 (default 0): `cnnserve serve` answering mnist_net's single-image ModelInfer (0: one process, as by default; N:
 `--frontends N`, N gRPC front-end processes sharing the port and one engine process), then
 load_tests.bench.bare_grpc answering the same calls with a fixed response from as many processes sharing the
 port (one for 0 and 1, N for N). Each server is measured for `--duration` seconds after a one-second warm-up.
+With `--rounds R` the whole sweep runs R times, every other round in reverse order, and the table gives each
+figure's median over the rounds: a small machine's speed drifts by up to 2x within minutes, so only figures
+measured side by side compare, and the ratios are taken within each round before their median.
 
 Requests/s come from each server's own success count: cnnserve's ModelStatistics (which covers all its
-processes), and the sum of what each bare process counted. It prints, per front-end count, both requests/s and
-their ratio, then a Markdown table: cnnserve, bare, cnnserve / bare, and cnnserve over the single-process
-cnnserve of the same run (when 0 is listed). `--json` writes every figure, `--plot` a PNG bar chart of
+processes), and the sum of what each bare process counted; cnnserve's average batch size comes from the same
+statistics. It prints, per front-end count, both requests/s and their ratio, then a Markdown table: cnnserve,
+its average batch, bare, cnnserve / bare, and cnnserve over the single-process cnnserve of the same round (when 0
+is listed). `--json` writes every figure, `--plot` a PNG bar chart of
 requests/s against front-ends. SO_REUSEPORT hands each connection to one of the processes sharing the port, so
 the default is 16 connections when a count above 1 is listed (4 otherwise), so that no process goes without.
 Exits 2, saying `apt-get install nghttp2-client`, when h2load is missing, and 1, with the server's log, when a
@@ -23,11 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,11 +63,12 @@ class BareMeasurement:
 
 @dataclass(frozen=True)
 class Row:
-    """One front-end count: cnnserve with it, and the bare server with as many processes."""
+    """One front-end count in one round: cnnserve with it, and the bare server with as many processes."""
 
     frontends: int
     cnnserve: h2load.Measurement
     bare: BareMeasurement
+    round: int = 0
 
     @property
     def processes(self) -> int:
@@ -76,20 +82,62 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Summary:
+    """One front-end count over every round: the medians of its figures."""
+
+    frontends: int
+    processes: int
+    cnnserve: float
+    """cnnserve's requests/s."""
+    average_batch: float | None
+    bare: float
+    """The bare server's requests/s."""
+    ratio: float
+    """cnnserve / bare, taken within each round."""
+    relative_to_single_process: float | None
+    """cnnserve / the single-process cnnserve, taken within each round; None when 0 was not run."""
+
+
+@dataclass(frozen=True)
 class Sweep:
-    """Every front-end count of one run, in the order measured, all at the same load."""
+    """Every front-end count of every round, in the order measured, all at the same load."""
 
     in_flight: int
     connections: int
     seconds: float
     rows: tuple[Row, ...]
 
+    @property
+    def rounds(self) -> int:
+        return len({row.round for row in self.rows})
+
+    @property
+    def frontend_counts(self) -> list[int]:
+        """The front-end counts measured, in the first round's order."""
+        return list(dict.fromkeys(row.frontends for row in self.rows))
+
     def relative_to_single_process(self, row: Row) -> float | None:
-        """`row`'s cnnserve requests/s over the single-process (0 front-ends) cnnserve's; None when 0 was not run."""
-        single = next((other for other in self.rows if other.frontends == 0), None)
+        """`row`'s cnnserve requests/s over the single-process (0 front-ends) cnnserve's of the same round; None
+        when 0 was not run."""
+        single = next((other for other in self.rows if other.frontends == 0 and other.round == row.round), None)
         if single is None:
             return None
         return row.cnnserve.requests_per_second / single.cnnserve.requests_per_second
+
+    def summary(self, frontends: int) -> Summary:
+        """The medians over the rounds of front-end count `frontends`."""
+        rows = [row for row in self.rows if row.frontends == frontends]
+        relative = [ratio for row in rows if (ratio := self.relative_to_single_process(row)) is not None]
+        batches = [row.cnnserve.average_batch for row in rows if row.cnnserve.average_batch is not None]
+        return Summary(
+            frontends=frontends,
+            processes=rows[0].processes,
+            cnnserve=statistics.median(row.cnnserve.requests_per_second for row in rows),
+            average_batch=statistics.median(batches) if batches else None,
+            bare=statistics.median(row.bare.measurement.requests_per_second for row in rows),
+            ratio=statistics.median(row.ratio for row in rows),
+            relative_to_single_process=statistics.median(relative) if relative else None,
+        )
 
     def to_dict(self) -> dict:
         rows = []
@@ -97,6 +145,7 @@ class Sweep:
             bare = row.bare.measurement
             rows.append(
                 {
+                    "round": row.round,
                     "frontends": row.frontends,
                     "bare_processes": row.processes,
                     "cnnserve": {**asdict(row.cnnserve), "requests_per_second": row.cnnserve.requests_per_second},
@@ -114,7 +163,9 @@ class Sweep:
             "in_flight": self.in_flight,
             "connections": self.connections,
             "seconds": self.seconds,
+            "rounds": self.rounds,
             "rows": rows,
+            "medians": [asdict(self.summary(count)) for count in self.frontend_counts],
         }
 
 
@@ -162,59 +213,78 @@ def measure_bare(server: BareServer, body: bytes, seconds: float, in_flight: int
 
 
 def sweep(
-    repository: Path, workdir: Path, frontends: Sequence[int], seconds: float, in_flight: int, connections: int
+    repository: Path,
+    workdir: Path,
+    frontends: Sequence[int],
+    seconds: float,
+    in_flight: int,
+    connections: int,
+    rounds: int = 1,
+    on_row: Callable[[Row], object] | None = None,
 ) -> Sweep:
     """For each front-end count, measure cnnserve (default settings, `--frontends N` unless N is 0) and then the
-    bare server with as many processes, each for `seconds` after a one-second warm-up at the same load.
+    bare server with as many processes, each for `seconds` after a one-second warm-up at the same load; `rounds`
+    times, every other round in reverse order. `on_row` hears of each row once measured (progress).
 
     Raises h2load.H2loadMissing, launcher.ServerStartError, RuntimeError.
     """
     h2load.h2load_executable()
     rows = []
-    for count in frontends:
-        flags = ("--frontends", str(count)) if count else ()
-        with launcher.running_server(repository, *flags, log_path=workdir / f"cnnserve-{count}.log") as server:
-            body = h2load.infer_body(MODEL, h2load.input_name(server.target, MODEL))
-            h2load.measure(server.target, MODEL, body, WARM_UP_SECONDS, in_flight, connections)
-            ours = h2load.measure(server.target, MODEL, body, seconds, in_flight, connections)
-        processes = max(1, count)
-        with running_bare_server(workdir / f"bare_grpc-{processes}.log", processes) as bare_server:
-            measure_bare(bare_server, body, WARM_UP_SECONDS, in_flight, connections)
-            bare = measure_bare(bare_server, body, seconds, in_flight, connections)
-        rows.append(Row(count, ours, bare))
+    for round_index in range(rounds):
+        for count in frontends if round_index % 2 == 0 else list(reversed(frontends)):
+            flags = ("--frontends", str(count)) if count else ()
+            with launcher.running_server(repository, *flags, log_path=workdir / f"cnnserve-{count}.log") as server:
+                body = h2load.infer_body(MODEL, h2load.input_name(server.target, MODEL))
+                h2load.measure(server.target, MODEL, body, WARM_UP_SECONDS, in_flight, connections)
+                ours = h2load.measure(server.target, MODEL, body, seconds, in_flight, connections)
+            processes = max(1, count)
+            with running_bare_server(workdir / f"bare_grpc-{processes}.log", processes) as bare_server:
+                measure_bare(bare_server, body, WARM_UP_SECONDS, in_flight, connections)
+                bare = measure_bare(bare_server, body, seconds, in_flight, connections)
+            rows.append(Row(count, ours, bare, round_index))
+            if on_row is not None:
+                on_row(rows[-1])
     return Sweep(in_flight, connections, seconds, tuple(rows))
 
 
-def report(result: Sweep) -> str:
-    """Each server's figures, the ratio per front-end count, then a Markdown table of the whole sweep."""
-    names = {row.frontends: _names(row) for row in result.rows}
-    width = max(22, *(len(name) for pair in names.values() for name in pair))
-    lines = []
-    for row in result.rows:
-        for name, side in zip(names[row.frontends], (row.cnnserve, row.bare.measurement), strict=True):
-            lines.append(
-                f"{name:<{width}} {side.requests_per_second:9.0f} requests/s  "
-                f"(server successes {side.server_successes}, h2load succeeded {side.h2load.succeeded}, "
-                f"failed {side.h2load.failed}, {side.h2load.seconds:.2f} s)"
-            )
-        if row.processes > 1:
-            lines.append(f"{'':<{width}} bare successes per process: {', '.join(map(str, row.bare.per_process))}")
-        lines.append(f"ratio cnnserve / bare: {row.ratio:.2f}  ({result.in_flight} in flight, {MODEL} single image)")
-    lines += [
-        "",
-        f"{MODEL} single image, {result.in_flight} in flight over {result.connections} connections, "
-        f"{result.seconds:g} s per server",
-        "",
-        "| front-ends | cnnserve (requests/s) | bare grpc.aio (requests/s) | bare processes | cnnserve / bare "
-        "| cnnserve / single process |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in result.rows:
-        relative = result.relative_to_single_process(row)
+def row_report(row: Row, in_flight: int) -> str:
+    """One measured row: each server's figures and their ratio."""
+    names = _names(row)
+    width = max(22, *(len(name) for name in names))
+    lines = [f"round {row.round + 1}:"]
+    for name, side in zip(names, (row.cnnserve, row.bare.measurement), strict=True):
+        batch = "" if side.average_batch is None else f", average batch {side.average_batch:.1f}"
         lines.append(
-            f"| {row.frontends if row.frontends else '0 (single process)'} "
-            f"| {row.cnnserve.requests_per_second:,.0f} | {row.bare.measurement.requests_per_second:,.0f} "
-            f"| {row.processes} | {row.ratio:.2f} | {'-' if relative is None else f'{relative:.2f}'} |"
+            f"{name:<{width}} {side.requests_per_second:9.0f} requests/s  "
+            f"(server successes {side.server_successes}, h2load succeeded {side.h2load.succeeded}, "
+            f"failed {side.h2load.failed}, {side.h2load.seconds:.2f} s{batch})"
+        )
+    if row.processes > 1:
+        lines.append(f"{'':<{width}} bare successes per process: {', '.join(map(str, row.bare.per_process))}")
+    lines.append(f"ratio cnnserve / bare: {row.ratio:.2f}  ({in_flight} in flight, {MODEL} single image)")
+    return "\n".join(lines)
+
+
+def report(result: Sweep) -> str:
+    """A Markdown table of the whole sweep: per front-end count, the medians over its rounds."""
+    rounds = result.rounds
+    lines = [
+        f"{MODEL} single image, {result.in_flight} in flight over {result.connections} connections, "
+        f"{result.seconds:g} s per server"
+        + (f"; medians of {rounds} rounds (ratios taken within each round)" if rounds > 1 else ""),
+        "",
+        "| front-ends | cnnserve (requests/s) | average batch | bare grpc.aio (requests/s) | bare processes "
+        "| cnnserve / bare | cnnserve / single process |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for count in result.frontend_counts:
+        summary = result.summary(count)
+        relative = summary.relative_to_single_process
+        batch = summary.average_batch
+        lines.append(
+            f"| {count if count else '0 (single process)'} | {summary.cnnserve:,.0f} "
+            f"| {'-' if batch is None else f'{batch:.1f}'} | {summary.bare:,.0f} | {summary.processes} "
+            f"| {summary.ratio:.2f} | {'-' if relative is None else f'{relative:.2f}'} |"
         )
     return "\n".join(lines)
 
@@ -226,19 +296,20 @@ def plot(result: Sweep, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(result.rows) + 2.5), 4.5))
-    positions = range(len(result.rows))
+    summaries = [result.summary(count) for count in result.frontend_counts]
+    figure, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(summaries) + 2.5), 4.5))
+    positions = range(len(summaries))
     bar_width = 0.38
-    ours = [row.cnnserve.requests_per_second for row in result.rows]
-    bare = [row.bare.measurement.requests_per_second for row in result.rows]
+    ours = [summary.cnnserve for summary in summaries]
+    bare = [summary.bare for summary in summaries]
     sides = (("cnnserve", "tab:blue", ours), ("bare grpc.aio, as many processes", "tab:gray", bare))
     for offset, (label, color, values) in zip((-bar_width / 2, bar_width / 2), sides, strict=True):
         bars = ax.bar([p + offset for p in positions], values, bar_width, label=label, color=color)
         ax.bar_label(bars, labels=[f"{value:,.0f}" for value in values], fontsize=8)
     ax.set_ylim(0, 1.25 * max(*ours, *bare))
-    ax.set_xticks(list(positions), [str(row.frontends) for row in result.rows])
+    ax.set_xticks(list(positions), [str(summary.frontends) for summary in summaries])
     ax.set_xlabel("cnnserve front-ends (0: a single process); bare grpc.aio: max(1, N) processes")
-    ax.set_ylabel("requests/s")
+    ax.set_ylabel("requests/s" + (f" (median of {result.rounds} rounds)" if result.rounds > 1 else ""))
     ax.set_title(f"{MODEL} single image, {result.in_flight} in flight, h2load, {result.seconds:g} s each")
     ax.legend(loc="upper left")
     figure.tight_layout()
@@ -279,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-repository", type=Path, help=f"holding {MODEL} (else exported with random weights)")
     parser.add_argument("--cache-dir", type=Path, default=Path("load_tests/results/models"))
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per server (default 10)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the sweep this many times, alternating its order (default 1)"
+    )
     parser.add_argument("--in-flight", type=int, default=64, help="calls in flight (default 64)")
     parser.add_argument(
         "--connections", type=int, help="HTTP/2 connections (default 4, or 16 when a server runs several processes)"
@@ -287,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="also draw requests/s against front-ends here (PNG)")
     args = parser.parse_args(argv)
     connections = args.connections if args.connections is not None else 16 if max(args.frontends) > 1 else 4
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
     if connections <= 0 or args.in_flight <= 0 or args.in_flight % connections:
         parser.error(f"--in-flight {args.in_flight} must be a positive multiple of {connections} connections")
     try:
@@ -299,10 +375,20 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(scratch)
         repository = single_model_repository(model, workdir / "repository")
         try:
-            result = sweep(repository, workdir, args.frontends, args.duration, args.in_flight, connections)
+            result = sweep(
+                repository,
+                workdir,
+                args.frontends,
+                args.duration,
+                args.in_flight,
+                connections,
+                args.rounds,
+                on_row=lambda row: print(row_report(row, args.in_flight), flush=True),
+            )
         except (launcher.ServerStartError, RuntimeError) as exc:
             print(exc, file=sys.stderr)
             return 1
+    print()
     print(report(result))
     if args.json is not None:
         args.json.write_text(json.dumps(result.to_dict(), indent=2))

@@ -178,7 +178,6 @@ def input_batch(
         )
     element = model_input.element
     expected_bytes = element.item_size * math.prod(shape)
-    described = f"{model_input.datatype} {_shape_text(shape)}"
     place = SharedMemoryPlace.of(tensor.parameters, name)
     if place is not None:
         if request.raw_input_contents or tensor.HasField("contents"):
@@ -189,7 +188,7 @@ def input_batch(
         if place.byte_size != expected_bytes:
             raise InvalidInputError(
                 f"unexpected shared memory byte size {place.byte_size} for input '{name}', expecting "
-                f"{expected_bytes} ({described})"
+                f"{expected_bytes} ({model_input.datatype} {_shape_text(shape)})"
             )
         data = place.view(shared_memory, f"input '{name}'")
         return np.frombuffer(data, dtype=element.dtype).reshape(shape)
@@ -206,7 +205,8 @@ def input_batch(
         data = request.raw_input_contents[0]
         if len(data) != expected_bytes:
             raise InvalidInputError(
-                f"unexpected total byte size {len(data)} for input '{name}', expecting {expected_bytes} ({described})"
+                f"unexpected total byte size {len(data)} for input '{name}', expecting {expected_bytes} "
+                f"({model_input.datatype} {_shape_text(shape)})"
             )
         return np.frombuffer(data, dtype=element.dtype).reshape(shape)
     return _typed_contents(tensor, model_input, shape)

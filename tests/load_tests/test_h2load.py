@@ -18,7 +18,7 @@ import pytest
 
 from load_tests.bench import h2load_compare
 from load_tests.bench.h2load import INSTALL_HINT, H2loadSummary, Measurement, grpc_frame, parse_summary
-from load_tests.bench.h2load_compare import BareMeasurement, Row, Sweep, report
+from load_tests.bench.h2load_compare import BareMeasurement, Row, Sweep, report, row_report
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 needs_h2load = pytest.mark.skipif(shutil.which("h2load") is None, reason=f"h2load is not installed: {INSTALL_HINT}")
@@ -36,8 +36,8 @@ def test_parse_summary_reads_succeeded_and_rate() -> None:
     assert (summary.succeeded, summary.failed, summary.seconds, summary.requests_per_second) == (6760, 5, 3.0, 2255.0)
 
 
-def _measured(successes: int) -> Measurement:
-    return Measurement(H2loadSummary(successes, 0, 1.0, float(successes)), successes)
+def _measured(successes: int, average_batch: float | None = None) -> Measurement:
+    return Measurement(H2loadSummary(successes, 0, 1.0, float(successes)), successes, average_batch)
 
 
 def test_sweep_table_relates_each_count_to_the_single_process_and_to_bare() -> None:
@@ -46,8 +46,8 @@ def test_sweep_table_relates_each_count_to_the_single_process_and_to_bare() -> N
         connections=16,
         seconds=1.0,
         rows=(
-            Row(0, _measured(1000), BareMeasurement(_measured(2500), (2500,))),
-            Row(2, _measured(2200), BareMeasurement(_measured(4000), (2100, 1900))),
+            Row(0, _measured(1000, 6.0), BareMeasurement(_measured(2500), (2500,))),
+            Row(2, _measured(2200, 8.5), BareMeasurement(_measured(4000), (2100, 1900))),
         ),
     )
     assert [sweep.relative_to_single_process(row) for row in sweep.rows] == [1.0, 2.2]
@@ -55,10 +55,38 @@ def test_sweep_table_relates_each_count_to_the_single_process_and_to_bare() -> N
     assert sweep.rows[1].ratio == pytest.approx(0.55)
 
     text = report(sweep)
-    assert "| 0 (single process) | 1,000 | 2,500 | 1 | 0.40 | 1.00 |" in text
-    assert "| 2 | 2,200 | 4,000 | 2 | 0.55 | 2.20 |" in text
-    assert "bare successes per process: 2100, 1900" in text
+    assert "| 0 (single process) | 1,000 | 6.0 | 2,500 | 1 | 0.40 | 1.00 |" in text
+    assert "| 2 | 2,200 | 8.5 | 4,000 | 2 | 0.55 | 2.20 |" in text
+    assert "bare successes per process: 2100, 1900" in row_report(sweep.rows[1], 64)
     assert Sweep(64, 16, 1.0, sweep.rows[1:]).to_dict()["rows"][0]["relative_to_single_process"] is None
+
+
+def test_rounds_are_summarised_by_medians_of_ratios_taken_within_each_round() -> None:
+    """The machine drifts between rounds: round 2 runs everything twice as fast, and the ratios still hold."""
+    bare = BareMeasurement(_measured(3000), (3000,))
+    fast_bare = BareMeasurement(_measured(6000), (6000,))
+    sweep = Sweep(
+        in_flight=64,
+        connections=16,
+        seconds=1.0,
+        rows=(
+            Row(0, _measured(1000, 6.0), bare, round=0),
+            Row(2, _measured(1500, 8.0), bare, round=0),
+            Row(2, _measured(3000, 9.0), fast_bare, round=1),
+            Row(0, _measured(2000, 7.0), fast_bare, round=1),
+            Row(0, _measured(1100, 5.0), bare, round=2),
+            Row(2, _measured(1650, 10.0), bare, round=2),
+        ),
+    )
+    assert sweep.rounds == 3 and sweep.frontend_counts == [0, 2]
+    split = sweep.summary(2)
+    assert split.relative_to_single_process == pytest.approx(1.5)
+    assert (split.cnnserve, split.average_batch, split.bare) == (1650, 9.0, 3000)
+    assert split.ratio == pytest.approx(0.5)
+    assert "medians of 3 rounds" in report(sweep)
+    figures = sweep.to_dict()
+    assert [row["round"] for row in figures["rows"]] == [0, 0, 1, 1, 2, 2]
+    assert figures["medians"][1]["relative_to_single_process"] == pytest.approx(1.5)
 
 
 @pytest.mark.parametrize("frontends", ["0,-1", "1,1", "two"])
@@ -114,7 +142,7 @@ def test_the_front_end_sweep_measures_both_servers_and_counts_what_h2load_saw(
             "-m",
             "cnnserve",
             "bench",
-            *("--h2load-frontends", "0,2", "--duration", "1", "--output", str(tmp_path)),
+            *("--h2load-frontends", "0,2", "--h2load-rounds", "2", "--duration", "1", "--output", str(tmp_path)),
             *("--model-repository", str(model_repository), "--cache-dir", str(tmp_path / "cache")),
         ],
         capture_output=True,
@@ -125,13 +153,17 @@ def test_the_front_end_sweep_measures_both_servers_and_counts_what_h2load_saw(
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-3000:]
     assert "ratio cnnserve / bare" in completed.stdout
     assert "| 0 (single process) |" in completed.stdout and "| 2 |" in completed.stdout
+    assert "medians of 2 rounds" in completed.stdout
     assert (tmp_path / "h2load.png").read_bytes().startswith(b"\x89PNG")
 
     result = json.loads((tmp_path / "h2load.json").read_text())
-    assert (result["in_flight"], result["connections"]) == (64, 16)
-    single, split = result["rows"]
+    assert (result["in_flight"], result["connections"], result["rounds"]) == (64, 16, 2)
+    single, split, split_again, single_again = result["rows"]
     assert (single["frontends"], single["bare_processes"], split["frontends"], split["bare_processes"]) == (0, 1, 2, 2)
+    assert [row["frontends"] for row in (split_again, single_again)] == [2, 0], "the second round runs in reverse"
     for row in (single, split):
+        assert row["cnnserve"]["average_batch"] >= 1.0
+        assert row["bare_grpc_aio"]["average_batch"] is None
         for side in ("cnnserve", "bare_grpc_aio"):
             assert row[side]["requests_per_second"] > 0
             assert row[side]["h2load"]["failed"] == 0

@@ -68,6 +68,7 @@ async def make_batcher(model: GatedModel) -> AsyncIterator[MakeBatcher]:
     def make(
         run: Callable[[np.ndarray], np.ndarray] | None = None,
         on_batch: Callable[[BatchRecord], None] | None = None,
+        run_inline_below: float = 0.0,
         **settings: object,
     ) -> DynamicBatcher:
         defaults: dict[str, object] = {
@@ -77,7 +78,9 @@ async def make_batcher(model: GatedModel) -> AsyncIterator[MakeBatcher]:
             "adaptive_queue_delay": False,
         }
         batching = BatchingSettings(**{**defaults, **settings})
-        batcher = DynamicBatcher(run or model, batching, name="gated", on_batch=on_batch)
+        batcher = DynamicBatcher(
+            run or model, batching, name="gated", on_batch=on_batch, run_inline_below=run_inline_below
+        )
         batcher.start()
         made.append(batcher)
         return batcher
@@ -265,6 +268,43 @@ async def test_two_instances_run_two_batches_at_once(make_batcher: MakeBatcher) 
     batcher = make_batcher(concurrent, max_batch_size=1, max_queue_delay_ms=0, instances=2)
     await asyncio.gather(batcher.submit(rows(1), far()), batcher.submit(rows(2), far()))
     assert peak == 2
+
+
+def thread_recording(threads: list[int], seconds: float = 0.0) -> Callable[[np.ndarray], np.ndarray]:
+    """A model that notes the thread each batch runs on, taking `seconds` per batch."""
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        threads.append(threading.get_ident())
+        time.sleep(seconds)
+        return batch
+
+    return run
+
+
+async def test_fast_batches_run_on_the_event_loop_once_their_time_is_known(make_batcher: MakeBatcher) -> None:
+    threads: list[int] = []
+    batcher = make_batcher(thread_recording(threads), run_inline_below=1.0, max_queue_delay_ms=0)
+    for value in range(4):
+        assert (await batcher.submit(rows(value), far())).ravel().tolist() == [value]
+    loop_thread = threading.get_ident()
+    assert threads[0] != loop_thread, "the first batch has no measured time yet and runs in a worker thread"
+    assert threads[1:] == [loop_thread] * 3
+
+
+async def test_batches_slower_than_the_inline_bound_stay_off_the_event_loop(make_batcher: MakeBatcher) -> None:
+    threads: list[int] = []
+    batcher = make_batcher(thread_recording(threads, seconds=0.02), run_inline_below=0.005, max_queue_delay_ms=0)
+    for value in range(3):
+        await batcher.submit(rows(value), far())
+    assert threading.get_ident() not in threads
+
+
+async def test_without_an_inline_bound_every_batch_runs_in_a_worker_thread(make_batcher: MakeBatcher) -> None:
+    threads: list[int] = []
+    batcher = make_batcher(thread_recording(threads), max_queue_delay_ms=0)
+    for value in range(3):
+        await batcher.submit(rows(value), far())
+    assert threading.get_ident() not in threads
 
 
 async def until(condition: Callable[[], bool]) -> None:
