@@ -127,7 +127,11 @@ def test_sigterm_mid_stream_loses_no_request(draining_server: ServerProcess, dig
     channel.close()
     assert exit_code == 0, server.log()
     assert SERVING not in health_seen, "health must never say SERVING again once SIGTERM arrived"
-    assert health_seen <= {NOT_SERVING, grpc.StatusCode.UNAVAILABLE}, health_seen
+    # A probe that reaches the transport in the instant between gRPC's stop (it hands no new call to a handler)
+    # and the client reading GOAWAY is cancelled when the server exits; a probe fails on it as on UNAVAILABLE.
+    # Health checks are not inference calls: the drain's promise (UNAVAILABLE, never CANCELLED) is asserted on
+    # the stream's calls below.
+    assert health_seen <= {NOT_SERVING, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}, health_seen
     assert [f.result().results[0].top[0].label for f in queued] == expected_digits, "queued requests finish"
 
     outcomes = stream.outcomes
