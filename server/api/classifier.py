@@ -27,22 +27,22 @@ API_EXPLAIN = "explain"
 
 
 def image_inputs(request: pb.ClassifyRequest) -> list[ImageInput]:
-    images: list[ImageInput] = []
-    for position, image in enumerate(request.images):
-        kind = image.WhichOneof("content")
-        if kind == "encoded":
-            images.append(image.encoded)
-        elif kind == "tensor":
-            tensor = image.tensor
-            if tensor.dtype == pb.FLOAT32:
-                images.append(FloatTensor(tuple(tensor.shape), tensor.data))
-            elif tensor.dtype == pb.UINT8:
-                images.append(PixelTensor(tuple(tensor.shape), tensor.data))
-            else:
-                raise InvalidInputError(f"image {position}: tensor dtype must be UINT8 or FLOAT32")
-        else:
-            raise InvalidInputError(f"image {position} is empty: set `encoded` or `tensor`")
-    return images
+    return [image_input(image, position) for position, image in enumerate(request.images)]
+
+
+def image_input(image: pb.Image, position: int) -> ImageInput:
+    """One image of a request as the preprocessor takes it (the message's bytes, not a copy)."""
+    kind = image.WhichOneof("content")
+    if kind == "encoded":
+        return image.encoded
+    if kind == "tensor":
+        tensor = image.tensor
+        if tensor.dtype == pb.FLOAT32:
+            return FloatTensor(tuple(tensor.shape), tensor.data)
+        if tensor.dtype == pb.UINT8:
+            return PixelTensor(tuple(tensor.shape), tensor.data)
+        raise InvalidInputError(f"image {position}: tensor dtype must be UINT8 or FLOAT32")
+    raise InvalidInputError(f"image {position} is empty: set `encoded` or `tensor`")
 
 
 def explain_method(request: pb.ExplainRequest) -> Method:
@@ -191,7 +191,7 @@ class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):
                 raise InvalidInputError(
                     f"max_rows must be between 0 (the server's limit) and {limit}, got {request.max_rows}"
                 )
-            (image,) = image_inputs(pb.ClassifyRequest(images=[request.image]))
+            image = image_input(request.image, 0)
             explanation = await explain(
                 model,
                 image,
