@@ -281,7 +281,13 @@ def _model_row(model: ModelInfo) -> tuple[str, ...]:
         (spec.height, spec.width, spec.channels) if spec.layout == "NHWC" else (spec.channels, spec.height, spec.width)
     )
     shape = f"{'x'.join(str(side) for side in sides)} {spec.color}"
-    providers = sorted({v.execution_provider for v in model.versions if v.execution_provider})
+    providers = sorted(
+        {
+            f"{v.execution_provider} ({v.precision})" if v.precision == "fp16" else v.execution_provider
+            for v in model.versions
+            if v.execution_provider
+        }
+    )
     versions = ",".join(str(v.version) for v in model.versions)
     return model.name, "yes" if model.ready else "no", versions, shape, str(len(model.labels)), ",".join(providers)
 

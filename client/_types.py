@@ -178,6 +178,8 @@ class VersionInfo:
     """Why the version is not ready; empty when it is."""
     execution_provider: str
     statistics: ModelStatistics
+    precision: str = ""
+    """What the version computes in, "fp32" or "fp16"; empty from servers older than the field."""
 
 
 @dataclass(frozen=True)
@@ -302,6 +304,7 @@ def model_info_from(message: pb.ModelInfo) -> ModelInfo:
                     execution_count=v.statistics.execution_count,
                     batch_size_counts=dict(v.statistics.batch_size_counts),
                 ),
+                precision=v.run.precision,
             )
             for v in message.versions
         ),

@@ -60,7 +60,7 @@ from cnnserve.server.http_port import serve_health_and_metrics
 from cnnserve.server.launcher import write_port_file
 from cnnserve.server.loop_socket import LoopSocket
 from cnnserve.server.metrics import ServerMetrics
-from cnnserve.server.model import ModelVersion
+from cnnserve.server.model import ModelVersion, RunInfo
 from cnnserve.server.readiness import Readiness
 from cnnserve.server.repository import ModelRepository
 from cnnserve.server.runtime import quiet_onnxruntime
@@ -94,6 +94,7 @@ class VersionCard:
     spec: object
     batching: BatchingSettings | None
     runtime: RuntimeSettings | None
+    run_info: RunInfo | None
     queue_slot: int
     """Where the queue board holds this version's queued rows; -1: nowhere (the engine still refuses)."""
 
@@ -112,6 +113,7 @@ class VersionCard:
             spec=version.spec,
             batching=version.batching,
             runtime=version.runtime,
+            run_info=version.run_info,
             queue_slot=queue_slot,
         )
 

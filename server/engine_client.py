@@ -419,6 +419,7 @@ class RemoteRepository(ServedVersions):
             spec=card.spec,
             batching=card.batching,
             runtime=card.runtime,
+            run_info=card.run_info,
             load_seconds=card.load_seconds,
             engine=self._engine,
             provider_name=card.provider,

@@ -14,19 +14,20 @@ from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from cnnserve.metadata import InputType, ModelMetadata
+from cnnserve.metadata import ModelMetadata
 from cnnserve.repository_layout import MODEL_FILE
 from cnnserve.server.batcher import BatchRecord, DynamicBatcher
-from cnnserve.server.errors import ExecutionProviderError, ModelLoadError, UnavailableError
+from cnnserve.server.errors import ExecutionProviderError, UnavailableError
 from cnnserve.server.metrics import ServerMetrics
 from cnnserve.server.model_config import ModelConfig
 from cnnserve.server.model_spec import ModelSpec, load_spec
 from cnnserve.server.postprocess import to_probabilities
+from cnnserve.server.precision import Fp16Agreement, check_images, compare_top1, fp16_model, refuse_if_disagreeing
 from cnnserve.server.preprocess import ImagePreprocessor
 from cnnserve.server.runtime import LoadedSession, create_session
-from cnnserve.server.settings import BatchingSettings, RuntimeSettings, ServerSettings
+from cnnserve.server.session_runner import RunPlan, SessionRunner, plain_runner, resolve_plan
+from cnnserve.server.settings import BatchingSettings, Precision, RuntimeSettings, ServerSettings
 from cnnserve.server.statistics import ModelStatistics, current_request
 
 _log = logging.getLogger(__name__)
@@ -34,6 +35,19 @@ INLINE_BATCH_SECONDS = 0.001
 """In the engine of a multi-process server, whose event loop only feeds the batchers, batches that take less than
 this on average run on the loop's thread (see server/batcher.py), so that is about the longest one batch holds up
 the engine's messages and the other models' batchers."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """How a loaded version's batches really run, for GetModel: what its settings asked for, as resolved on the
+    provider it got."""
+
+    precision: Precision
+    plan: RunPlan
+    warmed_sizes: tuple[int, ...]
+    """The batch sizes run before the version was READY (every bucket, with buckets)."""
+    fp16_agreement: Fp16Agreement | None = None
+    """With fp16: how its top-1 labels compared with float32's at load."""
 
 
 class ModelState(StrEnum):
@@ -59,6 +73,8 @@ class ModelVersion:
     batcher: DynamicBatcher | None = None
     batching: BatchingSettings | None = None
     runtime: RuntimeSettings | None = None
+    runner: SessionRunner | None = None
+    run_info: RunInfo | None = None
     statistics: ModelStatistics = field(default_factory=ModelStatistics)
     load_seconds: float = 0.0
 
@@ -85,14 +101,21 @@ class ModelVersion:
         """
         started = time.monotonic()
         try:
-            self.runtime = config.runtime(server)
+            self.runtime = runtime = config.runtime(server)
             model_file = self.path / MODEL_FILE
-            self.loaded = await asyncio.to_thread(create_session, model_file, self.runtime)
+            self.loaded = await asyncio.to_thread(create_session, model_file, runtime)
             self.spec = await asyncio.to_thread(load_spec, self.loaded.session, model_file, config, self.name)
             self.metadata = self.spec.metadata
             self.batching = batching = config.batching(server, self.spec.batch_dim)
             self.preprocessor = ImagePreprocessor(self.metadata.preprocessing, server.max_image_pixels)
-            await asyncio.to_thread(self._warm_up, {1, *batching.preferred_batch_sizes, batching.max_batch_size})
+            agreement = None
+            if runtime.precision is Precision.FP16:
+                agreement = await asyncio.to_thread(self._switch_to_fp16, model_file, runtime)
+            plan = resolve_plan(batching, runtime, self.loaded.provider, self.spec.batch_dim)
+            self.runner = SessionRunner(self.loaded.session, self.spec, plan, batching.instances)
+            warm_sizes = {1, *batching.preferred_batch_sizes, batching.max_batch_size}
+            warmed = await asyncio.to_thread(self.runner.warm_up, warm_sizes)
+            self.run_info = RunInfo(runtime.precision, plan, warmed, agreement)
         except ExecutionProviderError:
             raise
         except Exception as exc:
@@ -113,14 +136,19 @@ class ModelVersion:
         self.load_seconds = time.monotonic() - started
         self.state = ModelState.READY
         metrics.model_loaded(self)
+        plan = self.runner.plan
         _log.info(
-            "model %s version %d ready on %s in %.2fs (batch up to %d, delay %.1f ms)",
+            "model %s version %d ready on %s in %.2fs (batch up to %d, delay %.1f ms; %s, %s%s%s)",
             self.name,
             self.version,
             self.provider,
             self.load_seconds,
             batching.max_batch_size,
             batching.max_queue_delay_ms,
+            self.runtime.precision.value,
+            "IO binding" if plan.io_binding else "plain runs",
+            f", buckets {list(plan.buckets)}" if plan.buckets else "",
+            ", CUDA graphs" if plan.cuda_graphs else "",
         )
 
     def refuse_if_full(self, rows: int) -> None:
@@ -159,26 +187,26 @@ class ModelVersion:
             await self.batcher.close(drain_seconds)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        assert self.loaded is not None and self.spec is not None
-        return run_graph(self.loaded.session, self.spec, batch)
+        assert self.runner is not None
+        return self.runner.run(batch)
 
     def _run_output(self, batch: np.ndarray, output: str) -> np.ndarray:
-        assert self.loaded is not None and self.spec is not None
-        return run_graph(self.loaded.session, self.spec, batch, output)
+        assert self.runner is not None
+        return self.runner.run_output(batch, output)
 
-    def _warm_up(self, sizes: set[int]) -> None:
-        """One run at each size the batcher will form most, so the first requests do not pay for allocation; checks
-        that the output has a row per input and a column per label (a graph with open dimensions says so only
-        now)."""
-        assert self.preprocessor is not None and self.metadata is not None
-        width = self.metadata.output_width
-        for size in sorted(sizes):
-            outputs = self._run(np.zeros((size, *self.preprocessor.input_shape), self.preprocessor.dtype))
-            if outputs.shape != (size, width):
-                raise ModelLoadError(
-                    f"a warm-up batch of {size} returned shape {list(outputs.shape)}, expected [{size}, {width}] "
-                    f"({len(self.metadata.labels)} labels, {self.metadata.output_kind.value} out)"
-                )
+    def _switch_to_fp16(self, model_file: Path, runtime: RuntimeSettings) -> Fp16Agreement:
+        """Replace the float32 session by one of the graph converted to fp16, once the fp16 graph's top-1 labels
+        agree with float32's on generated images (server/precision.py). Raises ModelLoadError when they do not,
+        or when the graph cannot be converted."""
+        assert self.loaded is not None and self.spec is not None
+        images = check_images(self.spec.preprocessing)
+        expected = plain_runner(self.loaded.session, self.spec).run_all(images)
+        fp16 = create_session(model_file, runtime, fp16_model(model_file))
+        found = plain_runner(fp16.session, self.spec).run_all(images)
+        agreement = compare_top1(expected, found, self.spec.metadata.output_kind)
+        refuse_if_disagreeing(agreement, runtime.fp16_max_disagreement)
+        self.loaded = fp16
+        return agreement
 
     def _on_batch(self, record: BatchRecord, metrics: ServerMetrics) -> None:
         if not record.failed:
@@ -186,21 +214,3 @@ class ModelVersion:
                 record.size, record.input_seconds, record.compute_seconds, record.output_seconds
             )
         metrics.batch_executed(self.name, self.version, record)
-
-
-def run_graph(
-    session: ort.InferenceSession, spec: ModelSpec, batch: np.ndarray, output: str | None = None
-) -> np.ndarray:
-    """The graph's raw output for `batch` (its classifier output, or the graph output `output`): cast to its
-    input's element type (the Open Inference Protocol sends float32 to uint8 models too, rounded and clipped to
-    0..255 here), and padded to its batch size when that is fixed above the rows at hand (the padding's rows are
-    dropped from the output). Only the output asked for is computed."""
-    rows = len(batch)
-    dtype = np.dtype(np.uint8 if spec.preprocessing.dtype is InputType.UINT8 else np.float32)
-    if batch.dtype != dtype:
-        batch = np.clip(np.rint(batch), 0, 255).astype(dtype) if dtype == np.uint8 else batch.astype(dtype)
-    fixed = spec.batch_dim
-    if fixed is not None and rows < fixed:
-        batch = np.concatenate([batch, np.zeros((fixed - rows, *batch.shape[1:]), dtype)])
-    wanted = output or spec.output_name
-    return session.run([wanted] if wanted else None, {spec.input_name: batch})[0][:rows]

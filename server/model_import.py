@@ -27,12 +27,12 @@ from cnnserve.metadata import InputType, OutputKind, Preprocessing, ResizeMode
 from cnnserve.repository_layout import MODEL_FILE, check_model_name, newest_model_file, next_version
 from cnnserve.server.errors import ExecutionProviderError, InvalidInputError, ModelLoadError
 from cnnserve.server.graph import GraphSignature
-from cnnserve.server.model import run_graph
 from cnnserve.server.model_config import CONFIG_FILE_NAME, ModelConfig
 from cnnserve.server.model_spec import GRAPH, ModelSpec, Resolution, resolve
 from cnnserve.server.postprocess import to_probabilities
 from cnnserve.server.preprocess import ImagePreprocessor, PixelTensor
 from cnnserve.server.runtime import LoadedSession, create_session
+from cnnserve.server.session_runner import plain_runner
 from cnnserve.server.settings import ExecutionProvider, RuntimeSettings
 from cnnserve.server.spec_files import LABELS_FILE, Labels, SpecTables, read_labels
 
@@ -162,11 +162,10 @@ def trial_run(loaded: LoadedSession, spec: ModelSpec) -> list[str]:
         raise ImportRefused(f"the server's preprocessing failed on a test picture: {exc}") from exc
     width = spec.metadata.output_width
     slice_rows = spec.batch_dim or len(batch)
+    runner = plain_runner(loaded.session, spec)
     try:
-        alone = [run_graph(loaded.session, spec, batch[row : row + 1]) for row in range(len(batch))]
-        together = [
-            run_graph(loaded.session, spec, batch[i : i + slice_rows]) for i in range(0, len(batch), slice_rows)
-        ]
+        alone = [runner.run(batch[row : row + 1]) for row in range(len(batch))]
+        together = [runner.run(batch[i : i + slice_rows]) for i in range(0, len(batch), slice_rows)]
     except Exception as exc:  # onnxruntime's own exception types
         raise ImportRefused(f"the model failed on a batch of test pictures: {exc}") from exc
     for rows, output in [*((1, a) for a in alone), *((len(t), t) for t in together)]:

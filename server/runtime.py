@@ -14,7 +14,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from cnnserve.server.errors import ExecutionProviderError
-from cnnserve.server.settings import ExecutionProvider, GraphOptimization, RuntimeSettings
+from cnnserve.server.settings import ConvAlgoSearch, ExecutionProvider, GraphOptimization, RuntimeSettings
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -25,6 +25,12 @@ _OPTIMIZATION_LEVELS = {
     GraphOptimization.BASIC: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     GraphOptimization.EXTENDED: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     GraphOptimization.ALL: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+_CONV_ALGO_SEARCH = {
+    ConvAlgoSearch.EXHAUSTIVE: "EXHAUSTIVE",
+    ConvAlgoSearch.HEURISTIC: "HEURISTIC",
+    ConvAlgoSearch.DEFAULT: "DEFAULT",
 }
 
 
@@ -54,8 +60,9 @@ def requested_providers(preference: ExecutionProvider, available: list[str]) -> 
     return [CPU]
 
 
-def create_session(model_path: Path, options: RuntimeSettings) -> LoadedSession:
-    """Create a session on the best provider allowed, and report what it really got.
+def create_session(model_path: Path, options: RuntimeSettings, model: bytes | None = None) -> LoadedSession:
+    """Create a session on the best provider allowed, and report what it really got. The graph is read from
+    `model_path`, or taken from `model` (a converted copy of it, such as its fp16 form) when given.
 
     Raises ExecutionProviderError when CUDA was required but could not be initialised, and whatever ONNX
     Runtime raises for an unreadable model.
@@ -72,7 +79,8 @@ def create_session(model_path: Path, options: RuntimeSettings) -> LoadedSession:
     provider_list: list[str | tuple[str, dict[str, str]]] = [
         (CUDA, cuda_options(options)) if name == CUDA else name for name in providers
     ]
-    session = ort.InferenceSession(str(model_path), session_options, providers=provider_list)
+    source = str(model_path) if model is None else model
+    session = ort.InferenceSession(source, session_options, providers=provider_list)
     in_use = session.get_providers()[0]
     fallback_reason = ""
     if CUDA in providers and in_use != CUDA:
@@ -90,8 +98,15 @@ def create_session(model_path: Path, options: RuntimeSettings) -> LoadedSession:
 
 
 def cuda_options(options: RuntimeSettings) -> dict[str, str]:
-    """CUDAExecutionProvider options: the device, and the memory arena limit when one is set."""
-    cuda = {"device_id": str(options.cuda_device_id)}
+    """CUDAExecutionProvider options: the device, cuDNN's convolution algorithm search, TF32 (ONNX Runtime turns it
+    on unless told), CUDA graphs when asked for, and the memory arena limit when one is set."""
+    cuda = {
+        "device_id": str(options.cuda_device_id),
+        "cudnn_conv_algo_search": _CONV_ALGO_SEARCH[options.cudnn_conv_algo_search],
+        "use_tf32": "1" if options.cuda_tf32 else "0",
+    }
+    if options.cuda_graphs:
+        cuda["enable_cuda_graph"] = "1"
     if options.cuda_memory_limit_bytes:
         cuda["gpu_mem_limit"] = str(options.cuda_memory_limit_bytes)
     return cuda

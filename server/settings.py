@@ -44,6 +44,26 @@ class GraphOptimization(StrEnum):
     ALL = "all"
 
 
+class Precision(StrEnum):
+    """The element type a model's graph computes in."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    """The float32 graph converted to float16 at load (inputs and outputs stay float32 for callers), after its
+    top-1 answers were checked against float32's (server/precision.py)."""
+
+
+class ConvAlgoSearch(StrEnum):
+    """How cuDNN picks a convolution algorithm, once per input shape (CUDA's `cudnn_conv_algo_search`)."""
+
+    EXHAUSTIVE = "exhaustive"
+    """Time every algorithm (ONNX Runtime's default): the fastest kernels, a slower first call per shape."""
+    HEURISTIC = "heuristic"
+    """cuDNN's guess, without timing."""
+    DEFAULT = "default"
+    """cuDNN's default algorithm."""
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -100,12 +120,17 @@ class BatchingFields(BaseModel):
     """Request priorities 1 (first) .. priority_levels; priority 0 means default_priority_level."""
     default_priority_level: int = Field(0, ge=0, le=16)
     """The level of requests without a priority; 0 means the lowest (= priority_levels)."""
+    batch_buckets: tuple[int, ...] = ()
+    """Batch sizes the session runs at: a batch is padded with zero rows up to the smallest bucket that holds it
+    (the padding's rows never reach a caller), so the session sees few shapes (each warmed up before the model is
+    ready, each its own CUDA graph with cuda_graphs). None: each batch runs at its own size, except that
+    cuda_graphs then uses the powers of two up to max_batch_size. The largest must be at least max_batch_size."""
 
-    @field_validator("preferred_batch_sizes")
+    @field_validator("preferred_batch_sizes", "batch_buckets")
     @classmethod
     def _sorted_and_positive(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
         if any(size < 1 for size in sizes):
-            raise ValueError(f"preferred batch sizes must be at least 1, got {list(sizes)}")
+            raise ValueError(f"batch sizes must be at least 1, got {list(sizes)}")
         return tuple(sorted(set(sizes)))
 
 
@@ -119,6 +144,12 @@ class BatchingSettings(BatchingFields):
             raise ValueError(
                 f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}; "
                 "raise max_batch_size or leave those sizes out"
+            )
+        if self.batch_buckets and self.batch_buckets[-1] < self.max_batch_size:
+            raise ValueError(
+                f"the largest of batch_buckets {list(self.batch_buckets)} is below max_batch_size "
+                f"{self.max_batch_size}, so a full batch would fit no bucket; add a bucket of {self.max_batch_size} "
+                "or lower max_batch_size"
             )
         if self.default_priority_level > self.priority_levels:
             raise ValueError(
@@ -156,6 +187,37 @@ class RuntimeSettings(BaseModel):
     thread_spinning: bool = False
     """Let ONNX Runtime's threads spin-wait between calls (lower latency on dedicated cores); off by default
     because spinning threads take CPU from the event loop that feeds them."""
+    io_binding: bool = True
+    """Run batches through ONNX Runtime's IO binding: each instance keeps input and output buffers per batch size
+    on the session's device (the GPU for CUDA), and only the classifier's output is copied back."""
+    precision: Precision = Precision.FP32
+    """fp16: convert the float32 graph to float16 at load (callers still send and get float32), after checking
+    its top-1 answers against float32's on generated images. Worth it on GPUs with tensor cores."""
+    fp16_max_disagreement: float = Field(0.02, ge=0.0, le=1.0)
+    """With precision fp16: the share of generated images on which the fp16 graph's top-1 label may differ from
+    float32's before the load is refused."""
+    cuda_graphs: bool = False
+    """On CUDA: capture each batch bucket's run as a CUDA graph at warm-up and replay it (one launch instead of a
+    kernel launch per layer). Needs instances = 1 and IO binding; on the CPU it does nothing."""
+    cuda_tf32: bool = False
+    """Let CUDA run float32 convolutions and matrix products in TF32 (10-bit mantissa) on GPUs with tensor cores:
+    faster, but answers then differ from the CPU's by about 1e-3; off, fp32 means float32 (use precision fp16 for
+    the fast path, whose answers are checked at load)."""
+    cudnn_conv_algo_search: ConvAlgoSearch = ConvAlgoSearch.EXHAUSTIVE
+    """How cuDNN picks convolution algorithms: exhaustive (timed, fastest kernels), heuristic or default."""
+
+
+def cuda_graph_conflicts(instances: int, io_binding: bool) -> str:
+    """Why CUDA graphs cannot run with these settings; empty when they can. A captured graph replays on fixed
+    buffers that only IO binding keeps, and one session cannot replay its graphs from two threads at once."""
+    if not io_binding:
+        return "cuda_graphs needs io_binding (a captured graph replays on buffers kept at fixed addresses)"
+    if instances != 1:
+        return (
+            f"cuda_graphs needs instances = 1, not {instances} (one session replays its graphs one batch at a "
+            "time; a GPU is kept busy by one instance whose launches cost next to nothing)"
+        )
+    return ""
 
 
 _config_file: ContextVar[Path | None] = ContextVar("cnnserve_config_file", default=None)
@@ -265,6 +327,14 @@ class ServerSettings(BaseSettings, BatchingSettings, RuntimeSettings):
         for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file, self.auth_token_file):
             if path is not None and not path.is_file():
                 raise ValueError(f"file {str(path)!r} does not exist")
+        return self
+
+    @model_validator(mode="after")
+    def _cuda_graphs_can_run(self) -> ServerSettings:
+        if self.cuda_graphs:
+            conflict = cuda_graph_conflicts(self.instances, self.io_binding)
+            if conflict:
+                raise ValueError(conflict)
         return self
 
     @field_validator("model_repository")

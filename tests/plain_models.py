@@ -118,3 +118,25 @@ def export_torch_classifier(path: Path, classes: int = 5, size: int = 32) -> Pat
     example = (torch.zeros(2, 3, size, size),)
     torch.onnx.export(network, example, str(path), dynamic_shapes=({0: torch.export.Dim("batch")},))
     return path
+
+
+def near_tie_graph(*, gap: float = 1e-3) -> onnx.ModelProto:
+    """A 1x8x8 two-class classifier whose second logit is always the first plus `gap`: float32 tells them apart,
+    float16 (about 0.004 apart near 4) cannot, so in fp16 every answer flips to the first class."""
+    weights = np.full((64, 2), 1.0 / 64, np.float32)
+    bias = np.array([4.0, 4.0 + gap], np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["pixels"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "weights"], ["product"]),
+            helper.make_node("Add", ["product", "bias"], ["logits"]),
+        ],
+        "near_tie",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

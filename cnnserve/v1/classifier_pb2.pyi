@@ -138,7 +138,7 @@ class Preprocessing(_message.Message):
     def __init__(self, scale: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., invert: _Optional[bool] = ..., resize: _Optional[str] = ..., crop_ratio: _Optional[float] = ..., background: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BatchingSettings(_message.Message):
-    __slots__ = ("max_batch_size", "max_queue_delay_microseconds", "max_queue_size", "preferred_batch_sizes", "default_timeout_microseconds", "instances", "priority_levels", "default_priority_level", "adaptive_queue_delay")
+    __slots__ = ("max_batch_size", "max_queue_delay_microseconds", "max_queue_size", "preferred_batch_sizes", "default_timeout_microseconds", "instances", "priority_levels", "default_priority_level", "adaptive_queue_delay", "batch_buckets")
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_DELAY_MICROSECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +148,7 @@ class BatchingSettings(_message.Message):
     PRIORITY_LEVELS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_PRIORITY_LEVEL_FIELD_NUMBER: _ClassVar[int]
     ADAPTIVE_QUEUE_DELAY_FIELD_NUMBER: _ClassVar[int]
+    BATCH_BUCKETS_FIELD_NUMBER: _ClassVar[int]
     max_batch_size: int
     max_queue_delay_microseconds: int
     max_queue_size: int
@@ -157,23 +158,36 @@ class BatchingSettings(_message.Message):
     priority_levels: int
     default_priority_level: int
     adaptive_queue_delay: bool
-    def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_microseconds: _Optional[int] = ..., max_queue_size: _Optional[int] = ..., preferred_batch_sizes: _Optional[_Iterable[int]] = ..., default_timeout_microseconds: _Optional[int] = ..., instances: _Optional[int] = ..., priority_levels: _Optional[int] = ..., default_priority_level: _Optional[int] = ..., adaptive_queue_delay: _Optional[bool] = ...) -> None: ...
+    batch_buckets: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_microseconds: _Optional[int] = ..., max_queue_size: _Optional[int] = ..., preferred_batch_sizes: _Optional[_Iterable[int]] = ..., default_timeout_microseconds: _Optional[int] = ..., instances: _Optional[int] = ..., priority_levels: _Optional[int] = ..., default_priority_level: _Optional[int] = ..., adaptive_queue_delay: _Optional[bool] = ..., batch_buckets: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RuntimeSettings(_message.Message):
-    __slots__ = ("execution_provider", "cuda_device_id", "cuda_memory_limit_bytes", "intra_op_threads", "inter_op_threads", "graph_optimization")
+    __slots__ = ("execution_provider", "cuda_device_id", "cuda_memory_limit_bytes", "intra_op_threads", "inter_op_threads", "graph_optimization", "io_binding", "precision", "fp16_max_disagreement", "cuda_graphs", "cudnn_conv_algo_search", "cuda_tf32")
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     CUDA_DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     CUDA_MEMORY_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     INTRA_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
     INTER_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
     GRAPH_OPTIMIZATION_FIELD_NUMBER: _ClassVar[int]
+    IO_BINDING_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    FP16_MAX_DISAGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    CUDA_GRAPHS_FIELD_NUMBER: _ClassVar[int]
+    CUDNN_CONV_ALGO_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    CUDA_TF32_FIELD_NUMBER: _ClassVar[int]
     execution_provider: str
     cuda_device_id: int
     cuda_memory_limit_bytes: int
     intra_op_threads: int
     inter_op_threads: int
     graph_optimization: str
-    def __init__(self, execution_provider: _Optional[str] = ..., cuda_device_id: _Optional[int] = ..., cuda_memory_limit_bytes: _Optional[int] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., graph_optimization: _Optional[str] = ...) -> None: ...
+    io_binding: bool
+    precision: str
+    fp16_max_disagreement: float
+    cuda_graphs: bool
+    cudnn_conv_algo_search: str
+    cuda_tf32: bool
+    def __init__(self, execution_provider: _Optional[str] = ..., cuda_device_id: _Optional[int] = ..., cuda_memory_limit_bytes: _Optional[int] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., graph_optimization: _Optional[str] = ..., io_binding: _Optional[bool] = ..., precision: _Optional[str] = ..., fp16_max_disagreement: _Optional[float] = ..., cuda_graphs: _Optional[bool] = ..., cudnn_conv_algo_search: _Optional[str] = ..., cuda_tf32: _Optional[bool] = ...) -> None: ...
 
 class ModelStatistics(_message.Message):
     __slots__ = ("request_count", "inference_count", "execution_count", "batch_size_counts")
@@ -195,7 +209,7 @@ class ModelStatistics(_message.Message):
     def __init__(self, request_count: _Optional[int] = ..., inference_count: _Optional[int] = ..., execution_count: _Optional[int] = ..., batch_size_counts: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
-    __slots__ = ("version", "state", "ready", "reason", "execution_provider", "statistics", "provider_fallback_reason")
+    __slots__ = ("version", "state", "ready", "reason", "execution_provider", "statistics", "provider_fallback_reason", "run")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +217,7 @@ class VersionInfo(_message.Message):
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     STATISTICS_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     version: int
     state: str
     ready: bool
@@ -210,7 +225,24 @@ class VersionInfo(_message.Message):
     execution_provider: str
     statistics: ModelStatistics
     provider_fallback_reason: str
-    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., ready: _Optional[bool] = ..., reason: _Optional[str] = ..., execution_provider: _Optional[str] = ..., statistics: _Optional[_Union[ModelStatistics, _Mapping]] = ..., provider_fallback_reason: _Optional[str] = ...) -> None: ...
+    run: RunInfo
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., ready: _Optional[bool] = ..., reason: _Optional[str] = ..., execution_provider: _Optional[str] = ..., statistics: _Optional[_Union[ModelStatistics, _Mapping]] = ..., provider_fallback_reason: _Optional[str] = ..., run: _Optional[_Union[RunInfo, _Mapping]] = ...) -> None: ...
+
+class RunInfo(_message.Message):
+    __slots__ = ("precision", "io_binding", "cuda_graphs", "batch_buckets", "warmed_batch_sizes", "fp16_top1_agreement")
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    IO_BINDING_FIELD_NUMBER: _ClassVar[int]
+    CUDA_GRAPHS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    WARMED_BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    FP16_TOP1_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    precision: str
+    io_binding: bool
+    cuda_graphs: bool
+    batch_buckets: _containers.RepeatedScalarFieldContainer[int]
+    warmed_batch_sizes: _containers.RepeatedScalarFieldContainer[int]
+    fp16_top1_agreement: float
+    def __init__(self, precision: _Optional[str] = ..., io_binding: _Optional[bool] = ..., cuda_graphs: _Optional[bool] = ..., batch_buckets: _Optional[_Iterable[int]] = ..., warmed_batch_sizes: _Optional[_Iterable[int]] = ..., fp16_top1_agreement: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "description", "input", "labels", "preprocessing", "output_kind", "batching", "versions", "ready", "runtime", "activation_layers")

@@ -16,7 +16,7 @@ from cnnserve.server.explain import (
     Rise,
     explain,
 )
-from cnnserve.server.model import ModelVersion
+from cnnserve.server.model import ModelVersion, RunInfo
 from cnnserve.server.postprocess import top_k
 from cnnserve.server.preprocess import FloatTensor, ImageInput, PixelTensor
 from cnnserve.v1 import classifier_pb2 as pb
@@ -121,6 +121,7 @@ def model_info(versions: list[ModelVersion]) -> pb.ModelInfo:
                 priority_levels=batching.priority_levels,
                 default_priority_level=batching.default_priority,
                 adaptive_queue_delay=batching.adaptive_queue_delay,
+                batch_buckets=batching.batch_buckets,
             )
         )
     with_runtime = next((v for v in versions if v.runtime is not None), None)
@@ -134,6 +135,12 @@ def model_info(versions: list[ModelVersion]) -> pb.ModelInfo:
                 intra_op_threads=runtime.intra_op_threads,
                 inter_op_threads=runtime.inter_op_threads,
                 graph_optimization=runtime.graph_optimization.value,
+                io_binding=runtime.io_binding,
+                precision=runtime.precision.value,
+                fp16_max_disagreement=runtime.fp16_max_disagreement,
+                cuda_graphs=runtime.cuda_graphs,
+                cudnn_conv_algo_search=runtime.cudnn_conv_algo_search.value,
+                cuda_tf32=runtime.cuda_tf32,
             )
         )
     for v in versions:
@@ -153,10 +160,23 @@ def model_info(versions: list[ModelVersion]) -> pb.ModelInfo:
                 execution_provider=v.provider,
                 statistics=stats,
                 provider_fallback_reason=v.fallback_reason,
+                run=run_info(v.run_info) if v.run_info is not None else None,
             )
         )
     info.ready = any(v.ready for v in versions)
     return info
+
+
+def run_info(info: RunInfo) -> pb.RunInfo:
+    plan = info.plan
+    return pb.RunInfo(
+        precision=info.precision.value,
+        io_binding=plan.io_binding,
+        cuda_graphs=plan.cuda_graphs,
+        batch_buckets=plan.buckets,
+        warmed_batch_sizes=info.warmed_sizes,
+        fp16_top1_agreement=info.fp16_agreement.agreement if info.fp16_agreement is not None else 0.0,
+    )
 
 
 class ImageClassifierServicer(pb_grpc.ImageClassifierServicer):

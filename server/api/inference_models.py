@@ -146,8 +146,24 @@ def model_config(model: ModelVersion) -> mc.ModelConfig:
             "labels": mc.ModelParameter(string_value=json.dumps(list(model.metadata.labels))),
             "output_kind": mc.ModelParameter(string_value=model.metadata.output_kind.value),
             "execution_provider": mc.ModelParameter(string_value=model.provider),
+            **run_parameters(model),
         },
     )
+
+
+def run_parameters(model: ModelVersion) -> dict[str, mc.ModelParameter]:
+    """How the version's batches really run, as string parameters (Triton's configuration has no fields for
+    cnnserve's precision conversion, IO binding or batch buckets)."""
+    info = model.run_info
+    if info is None:
+        return {}
+    plan = info.plan
+    return {
+        "precision": mc.ModelParameter(string_value=info.precision.value),
+        "io_binding": mc.ModelParameter(string_value=str(plan.io_binding).lower()),
+        "cuda_graphs": mc.ModelParameter(string_value=str(plan.cuda_graphs).lower()),
+        "batch_buckets": mc.ModelParameter(string_value=json.dumps(list(plan.buckets))),
+    }
 
 
 def _duration(statistic: DurationStatistic) -> pb.StatisticDuration:

@@ -108,6 +108,7 @@ def test_models_and_model_describe_the_repository(client: Client) -> None:
     assert (xo.preprocessing.resize, xo.preprocessing.background) == ("stretch", (255, 255, 255))
     (version,) = xo.versions
     assert version.ready and version.execution_provider == "CPUExecutionProvider"
+    assert version.precision == "fp32"
     client.classify([X], model="xo")
     client.classify([O, X], model="xo")
     (after,) = client.model("xo").versions

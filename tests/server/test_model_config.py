@@ -101,3 +101,12 @@ def test_a_malformed_file_is_a_model_load_error_naming_it(tmp_path: Path) -> Non
         config(tmp_path, "max_batch_size = 'many'\n")
     with pytest.raises(ModelLoadError, match="not a valid model config"):
         config(tmp_path, "max_queue_delay_seconds = 0.001\n")
+
+
+def test_a_model_may_run_in_fp16_with_buckets_of_its_own(tmp_path: Path) -> None:
+    model = config(tmp_path, 'precision = "fp16"\nfp16_max_disagreement = 0.1\nbatch_buckets = [8, 1, 32]\n')
+    runtime = model.runtime(server(tmp_path))
+    assert (runtime.precision, runtime.fp16_max_disagreement, runtime.io_binding) == ("fp16", 0.1, True)
+    assert model.batching(server(tmp_path), graph_batch_dim=None).batch_buckets == (1, 8, 32)
+    with pytest.raises(ModelLoadError, match="batch_buckets"):
+        config(tmp_path, "batch_buckets = [4]\n").batching(server(tmp_path), graph_batch_dim=None)

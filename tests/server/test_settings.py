@@ -16,7 +16,8 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from cnnserve.server import _cli as server_cli
-from cnnserve.server.settings import ServerSettings, spellings
+from cnnserve.server.runtime import cuda_options
+from cnnserve.server.settings import RuntimeSettings, ServerSettings, spellings
 from tests.servers import running_server
 
 
@@ -87,6 +88,8 @@ def sample(name: str, files: dict[str, Path]) -> Any:
         "port_file": files["repository"].parent / "ports.json",
         "preferred_batch_sizes": (2, 4),
         "required_models": ("xo", "mnist_net"),
+        "batch_buckets": (4, 32),
+        "fp16_max_disagreement": 0.25,
     }
     if name in special:
         return special[name]
@@ -223,6 +226,40 @@ def test_other_inconsistent_settings_are_refused_with_the_setting_named(tmp_path
         ServerSettings.load(model_repository=tmp_path, max_batch_size=0)
     with pytest.raises(ValueError, match="does not exist"):
         ServerSettings.load(tmp_path / "missing.toml", model_repository=tmp_path)
+
+
+def test_settings_cuda_graphs_cannot_run_with_are_refused_with_the_reason(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="cuda_graphs needs instances = 1, not 2"):
+        ServerSettings.load(model_repository=tmp_path, cuda_graphs=True, instances=2)
+    with pytest.raises(ValidationError, match="cuda_graphs needs io_binding"):
+        ServerSettings.load(model_repository=tmp_path, cuda_graphs=True, io_binding=False)
+    assert ServerSettings.load(model_repository=tmp_path, cuda_graphs=True).cuda_graphs
+
+
+def test_batch_buckets_must_hold_a_full_batch(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"the largest of batch_buckets \[4, 16\] is below max_batch_size 32"):
+        ServerSettings.load(model_repository=tmp_path, batch_buckets=(16, 4))
+    assert ServerSettings.load(model_repository=tmp_path, batch_buckets=(32, 4, 4)).batch_buckets == (4, 32)
+
+
+def test_cuda_provider_options_follow_the_settings() -> None:
+    options = cuda_options(
+        RuntimeSettings(
+            cuda_device_id=1, cudnn_conv_algo_search="heuristic", cuda_graphs=True, cuda_memory_limit_bytes=2**30
+        )
+    )
+    assert options == {
+        "device_id": "1",
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "use_tf32": "0",
+        "enable_cuda_graph": "1",
+        "gpu_mem_limit": str(2**30),
+    }
+    assert cuda_options(RuntimeSettings(cuda_tf32=True)) == {
+        "device_id": "0",
+        "cudnn_conv_algo_search": "EXHAUSTIVE",
+        "use_tf32": "1",
+    }
 
 
 def test_preferred_batch_sizes_are_sorted_once(tmp_path: Path) -> None:

@@ -1,0 +1,130 @@
+"""Prepare the folder the GPU check runs from, on a machine with network and PyTorch (this checkout's venv).
+
+    python load_tests/gpu_wheels.py --out gpu-wheels --split-mb 60      # or: make gpu-wheels
+
+The GPU host has Python 3.12 and no network, so everything it lacks comes in one folder:
+
+- the cnnserve wheel built from this checkout (`pip wheel --no-deps .`);
+- Python 3.12 manylinux x86_64 wheels (`pip download --only-binary=:all:`) of onnxruntime-gpu at the version
+  this venv has, of cnnserve's runtime dependencies as pyproject.toml lists them, of what the check itself
+  needs (load_tests/gpu/environment.py, CHECK_REQUIREMENTS) and of pip, which installs them there;
+- `models/`: the six seed models with random weights and one imported plain ONNX model
+  (load_tests/gpu/model_repository.py);
+- with `--split-mb N`, every wheel over N MiB cut into `NAME.part-aa`, `NAME.part-ab`, ... (the check joins
+  them), and CARRY.txt: the folder's files grouped so that each group fits one transfer.
+
+Run again, it reuses what is there (joined parts included) and downloads only what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+if not __package__:  # run as a file: the checkout's `load_tests`, after the installed packages
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from load_tests.gpu.environment import CHECK_REQUIREMENTS
+from load_tests.gpu.wheelhouse import MEBIBYTE, carry_batches, join_parts, split_file, tree_size
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON_VERSION = "3.12"
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+CARRY_LIMIT_MIB = 63
+"""One transfer to the GPU host carries at most 64 MiB; a MiB is left for what travels beside the files."""
+CARRY_MAX_PATHS = 8
+CARRY_FILE = "CARRY.txt"
+
+
+def project_dependencies(pyproject: Path) -> list[str]:
+    """cnnserve's runtime requirements, markers included, exactly as pyproject.toml's [project] lists them."""
+    return list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
+
+
+def onnxruntime_gpu_version() -> str:
+    """The onnxruntime-gpu version installed here: the GPU host gets the one the suite ran with."""
+    return importlib.metadata.version("onnxruntime-gpu")
+
+
+def download_command(folder: Path, requirements: list[str], python_version: str = PYTHON_VERSION) -> list[str]:
+    command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:"]
+    command += ["--python-version", python_version, "--implementation", "cp"]
+    for platform in PLATFORMS:
+        command += ["--platform", platform]
+    return [*command, "-d", str(folder), *requirements]
+
+
+def build_cnnserve_wheel(folder: Path) -> Path:
+    for old in folder.glob("cnnserve-*.whl"):
+        old.unlink()
+    command = [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-deps", "-w", str(folder)]
+    subprocess.run([*command, str(ROOT)], check=True)
+    return next(folder.glob("cnnserve-*.whl"))
+
+
+def write_carry_plan(folder: Path, limit_mib: float, max_paths: int) -> list[list[str]]:
+    """Group the folder's wheels, parts and model repository into transfers; write them to CARRY.txt, one line
+    of space-separated paths (relative to the checkout when the folder is inside it) per transfer."""
+    skipped = {CARRY_FILE, "venv"}
+    entries = [path for path in folder.iterdir() if path.name not in skipped and path.suffix != ".joining"]
+    batches = carry_batches(entries, int(limit_mib * MEBIBYTE), max_paths)
+    lines = [[_shown(path) for path in batch.paths] for batch in batches]
+    header = (
+        f"# {len(lines)} transfers of at most {limit_mib:g} MiB and {max_paths} paths each; the GPU check joins "
+        "the .part-* files itself.\n"
+    )
+    (folder / CARRY_FILE).write_text(header + "".join(" ".join(line) + "\n" for line in lines))
+    return lines
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parse = argparse.ArgumentParser(prog="gpu_wheels", description=__doc__.split("\n\n")[0])
+    parse.add_argument("--out", type=Path, default=ROOT / "gpu-wheels", help="the folder to fill")
+    parse.add_argument("--split-mb", type=float, default=0, help="split wheels over this many MiB into parts")
+    parse.add_argument("--python-version", default=PYTHON_VERSION, help="the GPU host's Python (default 3.12)")
+    parse.add_argument("--no-models", dest="models", action="store_false", help="leave out the model repository")
+    parse.add_argument("--no-download", dest="download", action="store_false", help="only build, write, split")
+    args = parse.parse_args(argv)
+    folder: Path = args.out.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    join_parts(folder)  # so that pip sees the wheels it downloaded last time
+    print(f"building the cnnserve wheel into {folder}", flush=True)
+    build_cnnserve_wheel(folder)
+    if args.download:
+        requirements = [
+            *project_dependencies(ROOT / "pyproject.toml"),
+            f"onnxruntime-gpu=={onnxruntime_gpu_version()}",
+            *CHECK_REQUIREMENTS,
+            "pip",
+        ]
+        print(f"downloading Python {args.python_version} wheels: {' '.join(requirements)}", flush=True)
+        subprocess.run(download_command(folder, requirements, args.python_version), check=True)
+    if args.models:
+        from load_tests.gpu.model_repository import write_model_repository
+
+        names = write_model_repository(folder / "models")
+        print(f"model repository {folder / 'models'}: {', '.join(names)}", flush=True)
+    if args.split_mb:
+        for wheel in sorted(folder.glob("*.whl")):
+            parts = split_file(wheel, int(args.split_mb * MEBIBYTE))
+            if len(parts) > 1:
+                print(f"split {wheel.name} into {len(parts)} parts", flush=True)
+        lines = write_carry_plan(folder, CARRY_LIMIT_MIB, CARRY_MAX_PATHS)
+        print(f"{len(lines)} transfers, listed in {folder / CARRY_FILE}", flush=True)
+    print(f"{folder}: {tree_size(folder) / MEBIBYTE:.0f} MiB", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

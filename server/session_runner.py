@@ -1,0 +1,261 @@
+"""How a batch goes through a version's ONNX Runtime session.
+
+A batch is first cast to the input's element type (the Open Inference Protocol sends float32 to uint8 models too)
+and padded with zero rows up to the size the session runs it at: the smallest of the batch buckets that holds it,
+or the graph's fixed batch size. The padding's output rows are dropped here, so no caller ever sees them. Then
+one of two ways, chosen at load (`RunPlan`):
+
+- `session.run` with the batch as a numpy array (`io_binding` off): ONNX Runtime copies it to the device and
+  allocates every output afresh on each call;
+- IO binding (the default): each instance keeps, per batch size, an input and an output buffer on the session's
+  device (host memory for the CPU provider, GPU memory for CUDA), bound to the session once. A batch is copied
+  into its size's input buffer, the session writes the classifier output (and computes nothing else) into the
+  output buffer, and only the rows asked for are copied back. The CPU provider runs the very same code, so it is
+  tested without a GPU.
+
+With CUDA graphs, every batch runs at a bucket's size, and each bucket's run is captured as a CUDA graph during
+warm-up (ONNX Runtime captures a graph id's run after a few ordinary ones) and replayed from then on: one launch
+instead of one per kernel. A replayed graph reads and writes the very addresses it was captured with, which the
+kept buffers guarantee.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from cnnserve.metadata import InputType
+from cnnserve.server.errors import ModelLoadError
+from cnnserve.server.model_spec import ModelSpec
+from cnnserve.server.runtime import CUDA
+from cnnserve.server.settings import BatchingSettings, RuntimeSettings, cuda_graph_conflicts
+
+CAPTURE_RUNS = 3
+"""Warm-up runs per bucket with CUDA graphs: ONNX Runtime runs a graph id normally before it captures it (its
+allocations must settle first), then replays it."""
+KEPT_SIZES = 8
+"""Batch sizes whose buffers an instance keeps when there are no buckets (most recently used first); a batch of
+another size allocates its own, evicting the least recently used."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How a version's batches run, as resolved at load from its settings and the provider it got."""
+
+    io_binding: bool = True
+    buckets: tuple[int, ...] = ()
+    """Ascending sizes a batch is padded up to; empty: each batch runs at its own size."""
+    cuda_graphs: bool = False
+    device: str = "cpu"
+    """Where the IO-bound buffers live, as ONNX Runtime names devices: "cpu" or "cuda"."""
+    device_id: int = 0
+
+    def size_for(self, rows: int) -> int:
+        """The size a batch of `rows` runs at."""
+        for bucket in self.buckets:
+            if bucket >= rows:
+                return bucket
+        return rows
+
+
+def resolve_plan(
+    batching: BatchingSettings, runtime: RuntimeSettings, provider: str, fixed_batch: int | None
+) -> RunPlan:
+    """The run plan of a version on `provider`; `fixed_batch` is the graph's batch dimension when fixed.
+
+    A fixed batch dimension is the one bucket there can be. CUDA graphs apply only on CUDA (a version that fell
+    back to the CPU runs without them) and default their buckets to the powers of two up to max_batch_size.
+    Raises ModelLoadError when CUDA graphs are asked for with settings they cannot work with.
+    """
+    on_cuda = provider == CUDA
+    graphs = runtime.cuda_graphs and on_cuda
+    buckets = batching.batch_buckets
+    if fixed_batch is not None:
+        buckets = (fixed_batch,)
+    elif graphs and not buckets:
+        buckets = powers_of_two_through(batching.max_batch_size)
+    if graphs:
+        conflict = cuda_graph_conflicts(batching.instances, runtime.io_binding)
+        if conflict:
+            raise ModelLoadError(conflict)
+    return RunPlan(runtime.io_binding, buckets, graphs, "cuda" if on_cuda else "cpu", runtime.cuda_device_id)
+
+
+def plain_runner(session: ort.InferenceSession, spec: ModelSpec) -> SessionRunner:
+    """A runner of plain session calls, padding only to a fixed batch dimension: for checks made at load and
+    import, outside serving."""
+    fixed = spec.batch_dim
+    return SessionRunner(session, spec, RunPlan(io_binding=False, buckets=(fixed,) if fixed else ()), 1)
+
+
+def powers_of_two_through(largest: int) -> tuple[int, ...]:
+    """1, 2, 4, ... up to `largest`, and `largest` itself when it is not a power of two."""
+    sizes = [1 << shift for shift in range(largest.bit_length()) if 1 << shift <= largest]
+    return (*sizes, largest) if sizes[-1] != largest else tuple(sizes)
+
+
+@dataclass(frozen=True)
+class _Io:
+    """What the kept buffers are made for: the input's name, element type and per-image shape, and the classifier
+    output's name and width."""
+
+    input: str
+    dtype: np.dtype
+    item_shape: tuple[int, ...]
+    output: str
+    width: int
+
+
+class SessionRunner:
+    """Runs batches of model input through one session as its `RunPlan` says. Thread-safe for up to `instances`
+    concurrent calls (the batcher never makes more); each takes one instance's buffers for the call."""
+
+    def __init__(self, session: ort.InferenceSession, spec: ModelSpec, plan: RunPlan, instances: int) -> None:
+        self.plan = plan
+        self._session = session
+        self._io = io = _Io(
+            input=spec.input_name,
+            dtype=np.dtype(np.uint8 if spec.preprocessing.dtype is InputType.UINT8 else np.float32),
+            item_shape=tuple(spec.preprocessing.input_shape),
+            output=spec.output_name or session.get_outputs()[0].name,
+            width=spec.metadata.output_width,
+        )
+        self._labels = len(spec.metadata.labels)
+        self._output_kind = spec.metadata.output_kind
+        # Plain calls (a numpy feed, at no fixed address) must never be captured into a CUDA graph, the fp16 check's
+        # and Explain's included; graph id -1 says so, and sessions without CUDA graphs ignore it.
+        self._plain_options = ort.RunOptions()
+        self._plain_options.add_run_config_entry("gpu_graph_id", "-1")
+        self._free: queue.SimpleQueue[_BoundBuffers] = queue.SimpleQueue()
+        if plan.io_binding:
+            keep = len(plan.buckets) or KEPT_SIZES
+            for _ in range(instances):
+                self._free.put(_BoundBuffers(session, io, plan, keep))
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The classifier output, one row per row of `batch` (the padding's rows dropped)."""
+        rows = len(batch)
+        batch = self._as_input_type(batch)
+        size = self.plan.size_for(rows)
+        if not self.plan.io_binding:
+            feed = {self._io.input: self._padded(batch, size)}
+            return self._session.run([self._io.output], feed, self._plain_options)[0][:rows]
+        buffers = self._free.get()
+        try:
+            return buffers.run(batch, size)
+        finally:
+            self._free.put(buffers)
+
+    def run_all(self, images: np.ndarray) -> np.ndarray:
+        """`run` over any number of images, in slices the graph takes (its fixed batch size, if it has one)."""
+        step = self.plan.buckets[-1] if self.plan.buckets else len(images)
+        return np.concatenate([self.run(images[start : start + step]) for start in range(0, len(images), step)])
+
+    def run_output(self, batch: np.ndarray, output: str) -> np.ndarray:
+        """The graph output `output` (a layer's activations, for Explain) for `batch`, by a plain session call:
+        rare, and of shapes the kept buffers are not made for."""
+        rows = len(batch)
+        batch = self._padded(self._as_input_type(batch), self.plan.size_for(rows))
+        return self._session.run([output], {self._io.input: batch}, self._plain_options)[0][:rows]
+
+    def warm_up(self, sizes: Iterable[int]) -> tuple[int, ...]:
+        """Run each size the session will see before the version serves, so that no caller pays for the first
+        allocation, cuDNN's algorithm search or a graph capture; returns the sizes run. With buckets those are
+        every bucket (whatever `sizes` says), else `sizes`. Raises ModelLoadError when the output is not one
+        row per image and one column per label (a graph with open dimensions says so only now)."""
+        run_sizes = self.plan.buckets or tuple(sorted(set(sizes)))
+        repeats = CAPTURE_RUNS if self.plan.cuda_graphs else 1
+        for size in run_sizes:
+            for _ in range(repeats):
+                outputs = self.run(np.zeros((size, *self._io.item_shape), self._io.dtype))
+            if outputs.shape != (size, self._io.width):
+                raise ModelLoadError(
+                    f"a warm-up batch of {size} returned shape {list(outputs.shape)}, expected [{size}, "
+                    f"{self._io.width}] ({self._labels} labels, {self._output_kind.value} out)"
+                )
+        return run_sizes
+
+    def _as_input_type(self, batch: np.ndarray) -> np.ndarray:
+        dtype = self._io.dtype
+        if batch.dtype == dtype:
+            return batch
+        if dtype == np.uint8:
+            return np.clip(np.rint(batch), 0, 255).astype(np.uint8)
+        return batch.astype(dtype)
+
+    def _padded(self, batch: np.ndarray, size: int) -> np.ndarray:
+        rows = len(batch)
+        if rows == size:
+            return batch
+        return np.concatenate([batch, np.zeros((size - rows, *batch.shape[1:]), batch.dtype)])
+
+
+class _BoundBuffers:
+    """One instance's IO bindings, one per batch size: an input and an output buffer on the session's device,
+    bound once, so a run only copies the batch in and the answer out (and a CUDA graph finds the addresses it was
+    captured with)."""
+
+    def __init__(self, session: ort.InferenceSession, io: _Io, plan: RunPlan, keep: int) -> None:
+        self._session = session
+        self._io = io
+        self._plan = plan
+        self._keep = keep
+        self._by_size: OrderedDict[int, _Binding] = OrderedDict()
+
+    def run(self, batch: np.ndarray, size: int) -> np.ndarray:
+        binding = self._by_size.get(size)
+        if binding is None:
+            graph_id = len(self._by_size) + 1
+            binding = self._by_size[size] = _Binding(self._session, self._io, self._plan, size, graph_id)
+            if len(self._by_size) > self._keep:
+                self._by_size.popitem(last=False)
+        else:
+            self._by_size.move_to_end(size)
+        return binding.run(batch)
+
+
+class _Binding:
+    """The buffers and IO binding of one batch size. On the CPU, the buffers are numpy arrays that ONNX Runtime
+    reads and writes in place; on CUDA, GPU memory filled from a host staging array."""
+
+    def __init__(self, session: ort.InferenceSession, io: _Io, plan: RunPlan, size: int, graph_id: int) -> None:
+        input_shape = (size, *io.item_shape)
+        output_shape = (size, io.width)
+        self._on_host = plan.device == "cpu"
+        self._staging = np.zeros(input_shape, io.dtype)
+        if self._on_host:
+            self._outputs = np.empty(output_shape, np.float32)
+            self._input_value = ort.OrtValue.ortvalue_from_numpy(self._staging)
+            self._output_value = ort.OrtValue.ortvalue_from_numpy(self._outputs)
+        else:
+            make = ort.OrtValue.ortvalue_from_shape_and_type
+            self._input_value = make(input_shape, io.dtype, plan.device, plan.device_id)
+            self._output_value = make(output_shape, np.float32, plan.device, plan.device_id)
+        self._binding = session.io_binding()
+        self._binding.bind_ortvalue_input(io.input, self._input_value)
+        self._binding.bind_ortvalue_output(io.output, self._output_value)
+        self._run_options: ort.RunOptions | None = None
+        if plan.cuda_graphs:
+            self._run_options = ort.RunOptions()
+            self._run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        self._session = session
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        rows = len(batch)
+        staging = self._staging
+        if self._on_host or rows < len(staging):
+            staging[:rows] = batch
+            staging[rows:] = 0
+            if not self._on_host:
+                self._input_value.update_inplace(staging)
+        else:
+            self._input_value.update_inplace(np.ascontiguousarray(batch))
+        self._session.run_with_iobinding(self._binding, self._run_options)
+        if self._on_host:
+            return self._outputs[:rows].copy()
+        return self._output_value.numpy()[:rows]

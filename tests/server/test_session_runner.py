@@ -1,0 +1,171 @@
+"""How batches go through a session: IO binding on kept buffers, padding to buckets, warm-up of every bucket.
+
+IO binding runs on the CPU provider through the same code as on CUDA (only where the buffers live differs), so
+every answer here is compared with a plain `session.run` of the same graph on the same rows.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnserve.repository_layout import MODEL_FILE
+from cnnserve.server.errors import ModelLoadError
+from cnnserve.server.model_config import ModelConfig
+from cnnserve.server.model_import import import_model
+from cnnserve.server.model_spec import ModelSpec, load_spec
+from cnnserve.server.runtime import CPU, CUDA, LoadedSession, create_session
+from cnnserve.server.session_runner import (
+    KEPT_SIZES,
+    RunPlan,
+    SessionRunner,
+    plain_runner,
+    powers_of_two_through,
+    resolve_plan,
+)
+from cnnserve.server.settings import BatchingSettings, ExecutionProvider, RuntimeSettings
+from cnnserve.server.spec_files import SpecTables
+from tests.plain_models import classifier_graph, save, write_labels
+
+ON_CPU = RuntimeSettings(execution_provider=ExecutionProvider.CPU)
+
+
+def opened(model_dir: Path) -> tuple[LoadedSession, ModelSpec]:
+    model_file = sorted(model_dir.glob(f"*/{MODEL_FILE}"))[-1]
+    loaded = create_session(model_file, ON_CPU)
+    return loaded, load_spec(loaded.session, model_file, ModelConfig.read(model_dir), model_dir.name)
+
+
+@pytest.fixture(scope="module")
+def mnist_net(model_repository: Path) -> tuple[LoadedSession, ModelSpec]:
+    return opened(model_repository / "mnist_net")
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Plain graphs as other tools write them: NHWC uint8 pixels, and a batch dimension fixed at 1."""
+    folder = tmp_path_factory.mktemp("plain")
+    root = folder / "repository"
+    root.mkdir()
+    labels = write_labels(folder / "labels.txt", 4)
+    save(classifier_graph(layout="NHWC", dtype="uint8", size=(16, 16), seed=2), folder / "uint8.onnx")
+    save(classifier_graph(channels=1, size=(14, 14), batch=1, final="LogSoftmax", seed=4), folder / "fixed.onnx")
+    import_model(folder / "uint8.onnx", root, "pixels_uint8", labels, SpecTables())
+    import_model(folder / "fixed.onnx", root, "fixed_batch", labels, SpecTables())
+    return root
+
+
+def digits_like(rows: int, spec: ModelSpec, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((rows, *spec.preprocessing.input_shape)).astype(np.float32)
+
+
+def reference(loaded: LoadedSession, spec: ModelSpec, batch: np.ndarray) -> np.ndarray:
+    """The graph's output for each row alone, by plain session calls."""
+    return np.concatenate([plain_runner(loaded.session, spec).run(batch[row : row + 1]) for row in range(len(batch))])
+
+
+def test_io_binding_answers_as_plain_runs_do_at_every_batch_size(mnist_net: tuple[LoadedSession, ModelSpec]) -> None:
+    loaded, spec = mnist_net
+    runner = SessionRunner(loaded.session, spec, RunPlan(io_binding=True), instances=1)
+    sizes = [*range(1, KEPT_SIZES + 3), 5, 1, 32]  # more sizes than an instance keeps buffers for, then old ones
+    for seed, rows in enumerate(sizes):
+        batch = digits_like(rows, spec, seed)
+        np.testing.assert_allclose(runner.run(batch), reference(loaded, spec, batch), rtol=1e-5, atol=1e-6)
+
+
+def test_an_answer_is_the_callers_own_copy_not_a_view_of_a_kept_buffer(
+    mnist_net: tuple[LoadedSession, ModelSpec],
+) -> None:
+    loaded, spec = mnist_net
+    runner = SessionRunner(loaded.session, spec, RunPlan(io_binding=True), instances=1)
+    first_batch = digits_like(4, spec, seed=1)
+    first = runner.run(first_batch)
+    kept = first.copy()
+    runner.run(digits_like(4, spec, seed=2))
+    np.testing.assert_array_equal(first, kept)
+
+
+def test_a_batch_padded_to_its_bucket_answers_only_its_own_rows(mnist_net: tuple[LoadedSession, ModelSpec]) -> None:
+    loaded, spec = mnist_net
+    for io_binding in (True, False):
+        runner = SessionRunner(loaded.session, spec, RunPlan(io_binding=io_binding, buckets=(4, 8)), instances=1)
+        runner.run(digits_like(8, spec, seed=3))  # fills the size-8 buffer; a later batch of 5 must not see it
+        batch = digits_like(5, spec, seed=4)
+        outputs = runner.run(batch)
+        assert outputs.shape == (5, 10)
+        np.testing.assert_allclose(outputs, reference(loaded, spec, batch), rtol=1e-5, atol=1e-6)
+
+
+def test_warm_up_runs_every_bucket_whatever_sizes_were_asked_for(mnist_net: tuple[LoadedSession, ModelSpec]) -> None:
+    loaded, spec = mnist_net
+    buckets = (1, 2, 4, 8, 16, 32)
+    runner = SessionRunner(loaded.session, spec, RunPlan(buckets=buckets), instances=1)
+    assert runner.warm_up({1, 32}) == buckets
+    unbucketed = SessionRunner(loaded.session, spec, RunPlan(), instances=1)
+    assert unbucketed.warm_up({32, 1, 8}) == (1, 8, 32)
+
+
+def test_the_cuda_graph_run_options_change_nothing_on_the_cpu(mnist_net: tuple[LoadedSession, ModelSpec]) -> None:
+    """The graph ids ride on run options that only the CUDA provider reads; the rest of the path runs here."""
+    loaded, spec = mnist_net
+    runner = SessionRunner(loaded.session, spec, RunPlan(buckets=(2, 4), cuda_graphs=True), instances=1)
+    assert runner.warm_up({1}) == (2, 4)
+    batch = digits_like(3, spec, seed=5)
+    np.testing.assert_allclose(runner.run(batch), reference(loaded, spec, batch), rtol=1e-5, atol=1e-6)
+    assert runner.run_output(batch, spec.output_name or "output").shape == (3, 10)
+
+
+def test_instances_never_share_buffers(mnist_net: tuple[LoadedSession, ModelSpec]) -> None:
+    loaded, spec = mnist_net
+    runner = SessionRunner(loaded.session, spec, RunPlan(buckets=(8,)), instances=2)
+    batches = [digits_like(rows, spec, seed) for seed, rows in enumerate([3, 8, 5, 1, 7, 2])]
+    expected = [reference(loaded, spec, batch) for batch in batches]
+    failures: list[str] = []
+
+    def caller(offset: int) -> None:
+        for round_ in range(30):
+            index = (offset + round_) % len(batches)
+            if not np.allclose(runner.run(batches[index]), expected[index], rtol=1e-5, atol=1e-6):
+                failures.append(f"batch {index} in round {round_}")
+
+    threads = [threading.Thread(target=caller, args=(offset,)) for offset in (0, 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+def test_uint8_and_fixed_batch_graphs_run_bound_as_well(imported: Path) -> None:
+    for name in ("pixels_uint8", "fixed_batch"):
+        loaded, spec = opened(imported / name)
+        plan = resolve_plan(BatchingSettings(max_batch_size=8), ON_CPU, loaded.provider, spec.batch_dim)
+        runner = SessionRunner(loaded.session, spec, plan, instances=1)
+        runner.warm_up({1})
+        shape = spec.preprocessing.input_shape
+        rows = 1 if spec.batch_dim == 1 else 3
+        batch = np.random.default_rng(0).uniform(0, 255, (rows, *shape)).astype(np.float32)  # float32 to uint8
+        np.testing.assert_allclose(runner.run(batch), reference(loaded, spec, batch), rtol=1e-5, atol=1e-6)
+
+
+def test_the_run_plan_follows_the_settings_and_the_provider_got() -> None:
+    batching = BatchingSettings(max_batch_size=24)
+    graphs = RuntimeSettings(cuda_graphs=True)
+    assert resolve_plan(batching, graphs, CUDA, None).buckets == (1, 2, 4, 8, 16, 24)
+    assert resolve_plan(batching, graphs, CUDA, None).cuda_graphs
+    on_cpu = resolve_plan(batching, graphs, CPU, None)
+    assert (on_cpu.cuda_graphs, on_cpu.buckets, on_cpu.device) == (False, (), "cpu"), "CUDA graphs need CUDA"
+    assert resolve_plan(batching, RuntimeSettings(), CPU, 1).buckets == (1,), "a fixed batch is the one bucket"
+    chosen = BatchingSettings(max_batch_size=24, batch_buckets=(8, 24))
+    assert resolve_plan(chosen, graphs, CUDA, None).buckets == (8, 24)
+    with pytest.raises(ModelLoadError, match="instances = 1"):
+        resolve_plan(BatchingSettings(instances=2), graphs, CUDA, None)
+    assert powers_of_two_through(32) == (1, 2, 4, 8, 16, 32)
+    assert powers_of_two_through(1) == (1,)
+    assert RunPlan(buckets=(4, 8)).size_for(5) == 8
+    assert RunPlan(buckets=(4, 8)).size_for(3) == 4
+    assert RunPlan().size_for(3) == 3
