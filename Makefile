@@ -97,14 +97,14 @@ fashion: $(RUN_STAMP)
 		--command "make fashion   # runs: $(FASHION_TRAIN)" --intro "$(FASHION_INTRO)"
 
 # The GPU check (docs/gpu.md). `make gpu-wheels` runs here (network, PyTorch): it fills $(GPU_WHEELS) with the
-# cnnserve wheel, Python 3.12 wheels of onnxruntime-gpu and every dependency (split into 60 MiB parts) and a model
+# cnnserve wheel, Python 3.12 wheels of onnxruntime-gpu and every dependency (split into 56 MiB parts) and a model
 # repository. `make gpu-check` runs on the GPU host, offline, with its own python3 (no .venv there): it installs
 # from $(GPU_WHEELS), checks and measures, and writes gpu_check.json, gpu_check.md and plots to $(OUT).
 GPU_WHEELS ?= gpu-wheels
 OUT ?= docs/benchmarks/gpu
 .PHONY: gpu-wheels gpu-check
 gpu-wheels: $(RUN_STAMP)
-	$(PY) load_tests/gpu_wheels.py --out $(GPU_WHEELS) --split-mb 60
+	$(PY) load_tests/gpu_wheels.py --out $(GPU_WHEELS) --split-mb 56
 
 gpu-check:
 	$(PYTHON) load_tests/gpu_check.py --wheels $(GPU_WHEELS) --out $(OUT) $(GPU_CHECK_ARGS)
