@@ -85,7 +85,7 @@ def write_carry_plan(folder: Path, limit_mib: float, max_paths: int) -> list[lis
     batches = carry_batches(entries, int(limit_mib * MEBIBYTE), max_paths)
     lines = [[_shown(path) for path in batch.paths] for batch in batches]
     header = (
-        f"# {len(lines)} transfers of at most {limit_mib:g} MiB and {max_paths} paths each; the GPU check joins "
+        f"# {len(lines)} transfers of at most {limit_mib:.1f} MiB and {max_paths} paths each; the GPU check joins "
         "the .part-* files itself.\n"
     )
     (folder / CARRY_FILE).write_text(header + "".join(" ".join(line) + "\n" for line in lines))
