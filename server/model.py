@@ -26,7 +26,7 @@ from cnnserve.server.postprocess import to_probabilities
 from cnnserve.server.precision import Fp16Agreement, check_images, compare_top1, fp16_model, refuse_if_disagreeing
 from cnnserve.server.preprocess import ImagePreprocessor
 from cnnserve.server.runtime import LoadedSession, create_session
-from cnnserve.server.session_runner import RunPlan, SessionRunner, plain_runner, resolve_plan
+from cnnserve.server.session_runner import RunPlan, SessionRunner, plain_runner, resolve_plan, warm_up_sizes
 from cnnserve.server.settings import BatchingSettings, Precision, RuntimeSettings, ServerSettings
 from cnnserve.server.statistics import ModelStatistics, current_request
 
@@ -113,8 +113,7 @@ class ModelVersion:
                 agreement = await asyncio.to_thread(self._switch_to_fp16, model_file, runtime)
             plan = resolve_plan(batching, runtime, self.loaded.provider, self.spec.batch_dim)
             self.runner = SessionRunner(self.loaded.session, self.spec, plan, batching.instances)
-            warm_sizes = {1, *batching.preferred_batch_sizes, batching.max_batch_size}
-            warmed = await asyncio.to_thread(self.runner.warm_up, warm_sizes)
+            warmed = await asyncio.to_thread(self.runner.warm_up, warm_up_sizes(plan, batching))
             self.run_info = RunInfo(runtime.precision, plan, warmed, agreement)
         except ExecutionProviderError:
             raise

@@ -86,6 +86,18 @@ def resolve_plan(
     return RunPlan(runtime.io_binding, buckets, graphs, "cuda" if on_cuda else "cpu", runtime.cuda_device_id)
 
 
+def warm_up_sizes(plan: RunPlan, batching: BatchingSettings) -> set[int]:
+    """The batch sizes to run before a version serves: with buckets, every bucket (the only sizes the session
+    sees); on CUDA, every size up to max_batch_size, because cuDNN picks its convolution algorithms per input
+    shape, and the first batch of a size not seen yet would wait for that search; on the CPU, which keeps no
+    per-shape state worth warming, the sizes the batcher forms most (1, the preferred sizes, the largest)."""
+    if plan.buckets:
+        return set(plan.buckets)
+    if plan.device == "cuda":
+        return set(range(1, batching.max_batch_size + 1))
+    return {1, *batching.preferred_batch_sizes, batching.max_batch_size}
+
+
 def plain_runner(session: ort.InferenceSession, spec: ModelSpec) -> SessionRunner:
     """A runner of plain session calls, padding only to a fixed batch dimension: for checks made at load and
     import, outside serving."""
@@ -164,9 +176,9 @@ class SessionRunner:
         return self._session.run([output], {self._io.input: batch}, self._plain_options)[0][:rows]
 
     def warm_up(self, sizes: Iterable[int]) -> tuple[int, ...]:
-        """Run each size the session will see before the version serves, so that no caller pays for the first
-        allocation, cuDNN's algorithm search or a graph capture; returns the sizes run. With buckets those are
-        every bucket (whatever `sizes` says), else `sizes`. Raises ModelLoadError when the output is not one
+        """Run each of `sizes` (see `warm_up_sizes`) before the version serves, so that no caller pays for the
+        first allocation, cuDNN's algorithm search or a graph capture; returns the sizes run, ascending. With
+        buckets those are every bucket, whatever `sizes` says. Raises ModelLoadError when the output is not one
         row per image and one column per label (a graph with open dimensions says so only now)."""
         run_sizes = self.plan.buckets or tuple(sorted(set(sizes)))
         repeats = CAPTURE_RUNS if self.plan.cuda_graphs else 1

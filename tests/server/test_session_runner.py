@@ -25,6 +25,7 @@ from cnnserve.server.session_runner import (
     plain_runner,
     powers_of_two_through,
     resolve_plan,
+    warm_up_sizes,
 )
 from cnnserve.server.settings import BatchingSettings, ExecutionProvider, RuntimeSettings
 from cnnserve.server.spec_files import SpecTables
@@ -107,6 +108,13 @@ def test_warm_up_runs_every_bucket_whatever_sizes_were_asked_for(mnist_net: tupl
     assert runner.warm_up({1, 32}) == buckets
     unbucketed = SessionRunner(loaded.session, spec, RunPlan(), instances=1)
     assert unbucketed.warm_up({32, 1, 8}) == (1, 8, 32)
+
+
+def test_cuda_warms_every_batch_size_because_cudnn_searches_per_shape() -> None:
+    batching = BatchingSettings(max_batch_size=8, preferred_batch_sizes=(4,))
+    assert warm_up_sizes(RunPlan(device="cuda"), batching) == set(range(1, 9))
+    assert warm_up_sizes(RunPlan(device="cpu"), batching) == {1, 4, 8}
+    assert warm_up_sizes(RunPlan(device="cuda", buckets=(2, 8)), batching) == {2, 8}
 
 
 def test_the_cuda_graph_run_options_change_nothing_on_the_cpu(mnist_net: tuple[LoadedSession, ModelSpec]) -> None:
