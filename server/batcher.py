@@ -13,8 +13,8 @@ rows. A single asyncio task forms batches:
    wait only while waiting can pay off: a lone caller's request runs at once instead of waiting out the whole
    delay, while concurrent callers still batch;
 4. take whole requests, highest priority first and oldest first within a priority, up to `max_batch_size` rows
-   (or the largest preferred size that the queue can fill), concatenate them once, run the session in a worker
-   thread, and hand each caller exactly its rows.
+   (or the largest preferred size that the queue can fill), hand their inputs to the model in one call in a
+   worker thread (it joins them straight into its own input buffer), and hand each caller exactly its rows.
 
 Background requests (`submit(..., background=True)`: the perturbed images of explanations) queue in a lane below
 every priority level. They are taken only when no other request is queued, never share a batch with one, and
@@ -104,12 +104,14 @@ class BatchRecord:
     """The session call."""
     failed: bool
     input_seconds: float = 0.0
-    """Assembling the batch from its requests' inputs."""
+    """Assembling the batch's requests (their inputs are joined by the model's run, counted in compute)."""
     output_seconds: float = 0.0
     """Handing each request its rows."""
 
 
-RunBatch = Callable[[np.ndarray], np.ndarray]
+RunBatch = Callable[[list[np.ndarray]], np.ndarray]
+"""Runs a batch given as its requests' inputs, in order: the batch is their concatenation, left to the model so
+that it can write them straight into a buffer of its own (one copy instead of two)."""
 RunOutput = Callable[[np.ndarray, str], np.ndarray]
 """Runs a batch for one named graph output instead of the model's own."""
 
@@ -509,15 +511,15 @@ class DynamicBatcher:
         if not live:
             return _BatchRun(live, None, None, started, started, started)
         try:
-            inputs = live[0].inputs if len(live) == 1 else np.concatenate([r.inputs for r in live])
+            parts = [request.inputs for request in live]
             assembled = time.monotonic()
             output = live[0].output
             if output is None:
-                outputs = self._run_batch(inputs)
+                outputs = self._run_batch(parts)
             elif self._run_output is None:
                 raise InferenceError(f"model {self._name} cannot compute graph output {output!r}")
             else:
-                outputs = self._run_output(inputs, output)
+                outputs = self._run_output(parts[0] if len(parts) == 1 else np.concatenate(parts), output)
         except Exception as exc:
             return _BatchRun(live, None, exc, started, assembled, time.monotonic())
         return _BatchRun(live, outputs, None, started, assembled, time.monotonic())

@@ -185,9 +185,9 @@ class ModelVersion:
         if self.batcher is not None:
             await self.batcher.close(drain_seconds)
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, parts: list[np.ndarray]) -> np.ndarray:
         assert self.runner is not None
-        return self.runner.run(batch)
+        return self.runner.run_parts(parts)
 
     def _run_output(self, batch: np.ndarray, output: str) -> np.ndarray:
         assert self.runner is not None

@@ -30,7 +30,8 @@ class GatedModel:
         self.batch_sizes: list[int] = []
         self.fail_when: int | None = None
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, parts: list[np.ndarray]) -> np.ndarray:
+        batch = np.concatenate(parts)
         self.batch_sizes.append(len(batch))
         self.started.set()
         self.gate.wait(timeout=10)
@@ -66,7 +67,7 @@ async def make_batcher(model: GatedModel) -> AsyncIterator[MakeBatcher]:
     made: list[DynamicBatcher] = []
 
     def make(
-        run: Callable[[np.ndarray], np.ndarray] | None = None,
+        run: Callable[[list[np.ndarray]], np.ndarray] | None = None,
         on_batch: Callable[[BatchRecord], None] | None = None,
         run_inline_below: float = 0.0,
         **settings: object,
@@ -222,9 +223,9 @@ async def test_the_largest_preferred_size_the_queue_can_fill_is_taken(
 async def test_higher_priority_requests_run_first(model: GatedModel, make_batcher: MakeBatcher) -> None:
     seen: list[list[float]] = []
 
-    def recording(batch: np.ndarray) -> np.ndarray:
-        seen.append(batch.ravel().tolist())
-        return model(batch)
+    def recording(parts: list[np.ndarray]) -> np.ndarray:
+        seen.append(np.concatenate(parts).ravel().tolist())
+        return model(parts)
 
     batcher = make_batcher(recording, max_batch_size=2, max_queue_delay_ms=0, priority_levels=2)
     running = asyncio.ensure_future(batcher.submit(rows(0), far(), priority=1))
@@ -253,7 +254,7 @@ async def test_two_instances_run_two_batches_at_once(make_batcher: MakeBatcher) 
     both_running = threading.Event()
     lock = threading.Lock()
 
-    def concurrent(batch: np.ndarray) -> np.ndarray:
+    def concurrent(parts: list[np.ndarray]) -> np.ndarray:
         nonlocal running_now, peak
         with lock:
             running_now += 1
@@ -263,20 +264,20 @@ async def test_two_instances_run_two_batches_at_once(make_batcher: MakeBatcher) 
         both_running.wait(timeout=5)
         with lock:
             running_now -= 1
-        return batch
+        return np.concatenate(parts)
 
     batcher = make_batcher(concurrent, max_batch_size=1, max_queue_delay_ms=0, instances=2)
     await asyncio.gather(batcher.submit(rows(1), far()), batcher.submit(rows(2), far()))
     assert peak == 2
 
 
-def thread_recording(threads: list[int], seconds: float = 0.0) -> Callable[[np.ndarray], np.ndarray]:
+def thread_recording(threads: list[int], seconds: float = 0.0) -> Callable[[list[np.ndarray]], np.ndarray]:
     """A model that notes the thread each batch runs on, taking `seconds` per batch."""
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    def run(parts: list[np.ndarray]) -> np.ndarray:
         threads.append(threading.get_ident())
         time.sleep(seconds)
-        return batch
+        return np.concatenate(parts)
 
     return run
 
@@ -416,9 +417,9 @@ async def test_background_rows_wait_for_every_queued_request_and_never_share_its
 ) -> None:
     seen: list[list[float]] = []
 
-    def recording(batch: np.ndarray) -> np.ndarray:
-        seen.append(batch.ravel().tolist())
-        return model(batch)
+    def recording(parts: list[np.ndarray]) -> np.ndarray:
+        seen.append(np.concatenate(parts).ravel().tolist())
+        return model(parts)
 
     batcher = make_batcher(recording, max_batch_size=8, max_queue_delay_ms=0, priority_levels=2)
     running = asyncio.ensure_future(batcher.submit(rows(0), far()))

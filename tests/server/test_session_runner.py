@@ -101,6 +101,17 @@ def test_a_batch_padded_to_its_bucket_answers_only_its_own_rows(mnist_net: tuple
         np.testing.assert_allclose(outputs, reference(loaded, spec, batch), rtol=1e-5, atol=1e-6)
 
 
+def test_the_requests_of_a_batch_are_copied_straight_into_the_kept_buffer(
+    mnist_net: tuple[LoadedSession, ModelSpec],
+) -> None:
+    loaded, spec = mnist_net
+    parts = [digits_like(rows, spec, seed) for seed, rows in enumerate([2, 1, 3])]
+    batch = np.concatenate(parts)
+    for plan in (RunPlan(), RunPlan(buckets=(8,)), RunPlan(io_binding=False, buckets=(8,))):
+        runner = SessionRunner(loaded.session, spec, plan, instances=1)
+        np.testing.assert_allclose(runner.run_parts(parts), reference(loaded, spec, batch), rtol=1e-5, atol=1e-6)
+
+
 def test_warm_up_runs_every_bucket_whatever_sizes_were_asked_for(mnist_net: tuple[LoadedSession, ModelSpec]) -> None:
     loaded, spec = mnist_net
     buckets = (1, 2, 4, 8, 16, 32)
