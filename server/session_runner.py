@@ -21,6 +21,7 @@ kept buffers guarantee.
 
 from __future__ import annotations
 
+import itertools
 import queue
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -225,11 +226,14 @@ class _BoundBuffers:
         self._plan = plan
         self._keep = keep
         self._by_size: OrderedDict[int, _Binding] = OrderedDict()
+        self._graph_ids = itertools.count(1)
+        """Each binding's CUDA graph id, never reused (a replay must find the buffers its capture used); 0 is
+        ONNX Runtime's own."""
 
     def run(self, parts: list[np.ndarray], rows: int, size: int) -> np.ndarray:
         binding = self._by_size.get(size)
         if binding is None:
-            graph_id = len(self._by_size) + 1
+            graph_id = next(self._graph_ids)
             binding = self._by_size[size] = _Binding(self._session, self._io, self._plan, size, graph_id)
             if len(self._by_size) > self._keep:
                 self._by_size.popitem(last=False)

@@ -53,9 +53,11 @@ class MeasurePlan:
     def for_provider(cls, provider: str, device_id: int) -> MeasurePlan:
         if provider == CUDA:
             serving = ServingPlan(
+                # Buckets keep each server's warm-up to 8 sizes: without them a CUDA version warms every size up
+                # to the max batch size, each with cuDNN's exhaustive algorithm search.
                 base_flags=(
                     *("--execution-provider", "cuda", "--cuda-device-id", str(device_id)),
-                    *("--max-batch-size", "128"),
+                    *("--max-batch-size", "128", "--batch-buckets", *(str(2**power) for power in range(8))),
                 ),
                 configurations=configurations(frontends=(2, 4)),
                 shapes=(RequestShape(CLASSIFY_METHOD, 1, 256), RequestShape(INFER_METHOD, 16, 32)),
