@@ -249,6 +249,8 @@ class ModelRepository(ServedVersions):
         except ModelLoadError as exc:
             self._signatures[name] = signature
             self._metrics.model_load_failed(name)
+            if not self._models.get(name):
+                self._hold_failed(name, model_dir, str(exc))
             raise ModelLoadFailedError(f"model {name!r} was not (re)loaded: {exc}") from exc
         on_disk = model_versions(model_dir)
         wanted = config.version_policy.select(list(on_disk))
@@ -284,6 +286,16 @@ class ModelRepository(ServedVersions):
             raise ModelLoadFailedError(
                 f"model {name!r} failed to load ({reasons}); versions serving before still serve"
             )
+
+    def _hold_failed(self, name: str, model_dir: Path, reason: str) -> None:
+        """Hold a model that could not even be configured as its newest version, FAILED with `reason`: GetModel
+        and the repository index then say why, and a strict readiness stays off, as for a model whose session
+        failed (rather than the model silently missing while the replica reports ready)."""
+        on_disk = model_versions(model_dir)
+        newest = max(on_disk)
+        failed = ModelVersion(name=name, version=newest, path=on_disk[newest])
+        failed.state, failed.reason = ModelState.FAILED, reason
+        self._models[name] = {newest: failed}
 
     async def _drain(self, versions: list[ModelVersion], drain_seconds: float | None = None) -> None:
         seconds = self._settings.drain_timeout_seconds if drain_seconds is None else drain_seconds

@@ -85,7 +85,30 @@ def test_a_broken_model_fails_alone_says_why_and_keeps_the_server_unready(
             stub.Classify(pb.ClassifyRequest(model="broken", images=X_REQUEST.images), timeout=10)
         assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "bad_config" not in [m.name for m in stub.ListModels(pb.ListModelsRequest()).models if m.ready]
+        misconfigured = stub.GetModel(pb.GetModelRequest(name="bad_config"))
+        assert not misconfigured.ready and misconfigured.versions[0].state == "FAILED"
+        assert "config.toml is not a valid model config" in misconfigured.versions[0].reason
     assert "config.toml is not a valid model config" in server.log()
+
+
+def test_a_model_whose_config_cannot_be_read_keeps_the_server_unready_and_says_why(
+    model_repository: Path, xo_only: Path, tmp_path: Path
+) -> None:
+    """Not left out as if it were not there: a replica missing a model must not report ready."""
+    shutil.copytree(model_repository / "xo", xo_only / "misconfigured")
+    (xo_only / "misconfigured" / "config.toml").write_text("[output]\nkind = 'logits'\nmax_batch_size = 8\n")
+    with running_server(xo_only, workdir=tmp_path) as server, channel_to(server) as channel:
+        stub = pb_grpc.ImageClassifierStub(channel)
+        assert overall_health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+        (version,) = stub.GetModel(pb.GetModelRequest(name="misconfigured")).versions
+        assert version.state == "FAILED" and "max_batch_size" in version.reason
+        assert stub.Classify(X_REQUEST, timeout=10).results[0].top[0].label == "X", "the other models serve"
+    (tmp_path / "required").mkdir()
+    with (
+        running_server(xo_only, "--required-models", "xo", workdir=tmp_path / "required") as server,
+        channel_to(server) as channel,
+    ):
+        assert overall_health(channel) == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_hot_reload_swaps_versions_without_failing_a_request(xo_only: Path, tmp_path: Path) -> None:
