@@ -40,9 +40,8 @@ the engine's messages and the other models' batchers."""
 @dataclass(frozen=True)
 class RunInfo:
     """How a loaded version's batches really run, for GetModel: what its settings asked for, as resolved on the
-    provider it got."""
+    provider it got (its precision is its settings': an fp16 version that failed its check is not loaded)."""
 
-    precision: Precision
     plan: RunPlan
     warmed_sizes: tuple[int, ...]
     """The batch sizes run before the version was READY (every bucket, with buckets)."""
@@ -114,7 +113,7 @@ class ModelVersion:
             plan = resolve_plan(batching, runtime, self.loaded.provider, self.spec.batch_dim)
             self.runner = SessionRunner(self.loaded.session, self.spec, plan, batching.instances)
             warmed = await asyncio.to_thread(self.runner.warm_up, warm_up_sizes(plan, batching))
-            self.run_info = RunInfo(runtime.precision, plan, warmed, agreement)
+            self.run_info = RunInfo(plan, warmed, agreement)
         except ExecutionProviderError:
             raise
         except Exception as exc:

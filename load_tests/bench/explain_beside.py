@@ -192,11 +192,9 @@ def summary(rounds: list[list[Point]]) -> dict[str, float]:
 
 
 def plot(figures: dict[str, float], path: Path, title: str) -> None:
-    import matplotlib
+    from load_tests.bench.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     positions = np.arange(2)
     for offset, (name, label, colour) in enumerate(

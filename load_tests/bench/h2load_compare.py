@@ -291,11 +291,9 @@ def report(result: Sweep) -> str:
 
 def plot(result: Sweep, path: Path) -> Path:
     """A PNG bar chart: requests/s against front-ends, cnnserve and the bare server side by side."""
-    import matplotlib
+    from load_tests.bench.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     summaries = [result.summary(count) for count in result.frontend_counts]
     figure, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(summaries) + 2.5), 4.5))
     positions = range(len(summaries))

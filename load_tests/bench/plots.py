@@ -20,7 +20,9 @@ from load_tests.bench.settings import BATCHING_OFF, BATCHING_ON
 _STYLE = {BATCHING_OFF: ("batching off", "tab:orange", "s"), BATCHING_ON: ("batching on", "tab:blue", "o")}
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display): every plot of the load tools draws with
+    it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,7 +32,7 @@ def _pyplot():
 
 
 def _panels(count: int):
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, count, figsize=(6 * count, 4.5), squeeze=False)
     return plt, figure, list(axes[0])
 
@@ -123,7 +125,7 @@ def plot_saturation(models: Sequence[ModelResult], path: Path) -> Path:
     from load_tests.bench.targets import SATURATION_FRACTION
 
     with_points = [model for model in models if model.saturation]
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(len(with_points), 1, figsize=(9, 2.2 + 0.55 * 6 * len(with_points)), squeeze=False)
     for ax, model in zip((row[0] for row in axes), with_points, strict=True):
         bars: list[tuple[str, float]] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from load_tests.bench.plots import pyplot
 from load_tests.gpu.results import BarePoint, ServerMeasurement
 from load_tests.gpu.targets import SERVER_SHARE
 
@@ -18,17 +19,8 @@ _WAY_COLOURS = {"run": "tab:blue", "io_binding": "tab:orange", "cuda_graph": "ta
 """One colour per way of running; fp32 solid, fp16 dashed."""
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_bare(points: Sequence[BarePoint], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     models = list(dict.fromkeys(p.model for p in points))
     figure, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
@@ -60,7 +52,7 @@ def plot_bare(points: Sequence[BarePoint], path: Path) -> Path:
 
 
 def plot_server(measurements: Sequence[ServerMeasurement], bare: Sequence[BarePoint], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     models = list(dict.fromkeys(m.model for m in measurements))
     figure, axes = plt.subplots(2, len(models), figsize=(7 * len(models), 8), squeeze=False)
     for column, model in enumerate(models):

@@ -16,7 +16,7 @@ from cnnserve.server.explain import (
     Rise,
     explain,
 )
-from cnnserve.server.model import ModelVersion, RunInfo
+from cnnserve.server.model import ModelVersion
 from cnnserve.server.postprocess import top_k
 from cnnserve.server.preprocess import FloatTensor, ImageInput, PixelTensor
 from cnnserve.v1 import classifier_pb2 as pb
@@ -160,17 +160,20 @@ def model_info(versions: list[ModelVersion]) -> pb.ModelInfo:
                 execution_provider=v.provider,
                 statistics=stats,
                 provider_fallback_reason=v.fallback_reason,
-                run=run_info(v.run_info) if v.run_info is not None else None,
+                run=run_info(v),
             )
         )
     info.ready = any(v.ready for v in versions)
     return info
 
 
-def run_info(info: RunInfo) -> pb.RunInfo:
+def run_info(version: ModelVersion) -> pb.RunInfo | None:
+    info = version.run_info
+    if info is None or version.runtime is None:
+        return None
     plan = info.plan
     return pb.RunInfo(
-        precision=info.precision.value,
+        precision=version.runtime.precision.value,
         io_binding=plan.io_binding,
         cuda_graphs=plan.cuda_graphs,
         batch_buckets=plan.buckets,

@@ -155,11 +155,11 @@ def run_parameters(model: ModelVersion) -> dict[str, mc.ModelParameter]:
     """How the version's batches really run, as string parameters (Triton's configuration has no fields for
     cnnserve's precision conversion, IO binding or batch buckets)."""
     info = model.run_info
-    if info is None:
+    if info is None or model.runtime is None:
         return {}
     plan = info.plan
     return {
-        "precision": mc.ModelParameter(string_value=info.precision.value),
+        "precision": mc.ModelParameter(string_value=model.runtime.precision.value),
         "io_binding": mc.ModelParameter(string_value=str(plan.io_binding).lower()),
         "cuda_graphs": mc.ModelParameter(string_value=str(plan.cuda_graphs).lower()),
         "batch_buckets": mc.ModelParameter(string_value=json.dumps(list(plan.buckets))),
