@@ -488,11 +488,9 @@ class DynamicBatcher:
             )
 
     def _runs_inline(self) -> bool:
-        """Whether the next batch runs on the event loop's thread (see the module docstring): only when no other
-        batch is running in a worker thread, so that no more than `instances` session calls ever overlap (each
-        holds an instance's buffers)."""
+        """Whether the next batch runs on the event loop's thread (see the module docstring)."""
         estimate = self._compute_estimate
-        return estimate is not None and estimate < self._inline_below and self._in_flight == 1
+        return estimate is not None and estimate < self._inline_below
 
     def _learn_compute(self, seconds: float) -> None:
         estimate = self._compute_estimate

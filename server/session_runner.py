@@ -125,13 +125,15 @@ class _Io:
 
 
 class SessionRunner:
-    """Runs batches of model input through one session as its `RunPlan` says. Thread-safe for up to `instances`
-    concurrent calls (the batcher never makes more); each takes one instance's buffers for the call."""
+    """Runs batches of model input through one session as its `RunPlan` says. Thread-safe: with IO binding, each
+    call takes a set of buffers from a pool made with one per instance. A call that finds none free (in the
+    engine, a batch run on the event loop beside one in a worker thread) makes another, which then stays in the
+    pool; with CUDA graphs, whose captures belong to their buffers, it waits for one instead."""
 
     def __init__(self, session: ort.InferenceSession, spec: ModelSpec, plan: RunPlan, instances: int) -> None:
         self.plan = plan
         self._session = session
-        self._io = io = _Io(
+        self._io = _Io(
             input=spec.input_name,
             dtype=np.dtype(np.uint8 if spec.preprocessing.dtype is InputType.UINT8 else np.float32),
             item_shape=tuple(spec.preprocessing.input_shape),
@@ -146,9 +148,8 @@ class SessionRunner:
         self._plain_options.add_run_config_entry("gpu_graph_id", "-1")
         self._free: queue.SimpleQueue[_BoundBuffers] = queue.SimpleQueue()
         if plan.io_binding:
-            keep = len(plan.buckets) or KEPT_SIZES
             for _ in range(instances):
-                self._free.put(_BoundBuffers(session, io, plan, keep))
+                self._free.put(self._new_buffers())
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The classifier output, one row per row of `batch` (the padding's rows dropped)."""
@@ -165,7 +166,10 @@ class SessionRunner:
             batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
             feed = {self._io.input: self._padded(batch, size)}
             return self._session.run([self._io.output], feed, self._plain_options)[0][:rows]
-        buffers = self._free.get()
+        try:
+            buffers = self._free.get(block=self.plan.cuda_graphs)
+        except queue.Empty:
+            buffers = self._new_buffers()
         try:
             return buffers.run(parts, rows, size)
         finally:
@@ -199,6 +203,9 @@ class SessionRunner:
                     f"{self._io.width}] ({self._labels} labels, {self._output_kind.value} out)"
                 )
         return run_sizes
+
+    def _new_buffers(self) -> _BoundBuffers:
+        return _BoundBuffers(self._session, self._io, self.plan, len(self.plan.buckets) or KEPT_SIZES)
 
     def _as_input_type(self, batch: np.ndarray) -> np.ndarray:
         dtype = self._io.dtype

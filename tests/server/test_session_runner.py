@@ -159,6 +159,30 @@ def test_instances_never_share_buffers(mnist_net: tuple[LoadedSession, ModelSpec
     assert failures == []
 
 
+def test_a_call_that_finds_every_instances_buffers_busy_gets_buffers_of_its_own(
+    mnist_net: tuple[LoadedSession, ModelSpec],
+) -> None:
+    """In the engine, a batch run on the event loop may overlap one in a worker thread: one instance, two calls."""
+    loaded, spec = mnist_net
+    runner = SessionRunner(loaded.session, spec, RunPlan(buckets=(8,)), instances=1)
+    batches = [digits_like(rows, spec, seed) for seed, rows in enumerate([3, 8, 5])]
+    expected = [reference(loaded, spec, batch) for batch in batches]
+    failures: list[int] = []
+
+    def caller() -> None:
+        for round_ in range(40):
+            index = round_ % len(batches)
+            if not np.allclose(runner.run(batches[index]), expected[index], rtol=1e-5, atol=1e-6):
+                failures.append(index)
+
+    threads = [threading.Thread(target=caller) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
 def test_uint8_and_fixed_batch_graphs_run_bound_as_well(imported: Path) -> None:
     for name in ("pixels_uint8", "fixed_batch"):
         loaded, spec = opened(imported / name)
