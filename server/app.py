@@ -102,7 +102,7 @@ class Server:
                 settings.host, settings.metrics_port, self.metrics.registry, self.readiness
             )
         else:
-            self.engine.connect()
+            await self.engine.connect()
         address = f"{settings.host}:{settings.grpc_port}"
         credentials = server_credentials(settings)
         if credentials is None:

@@ -8,7 +8,8 @@ figures), and the metrics port (/metrics sums every process's metrics; /v2/healt
 
 Its loop never blocks on one front-end: a received `Submit` becomes a task that awaits the batcher and answers
 with `Result` or `Failure`; a `Cancel` cancels that task, which drops the request from the queue if it has not run.
-A front-end that dies is noticed by its process id; its requests are cancelled and its arena unmapped.
+A front-end that dies closes its connection: the engine notices at once, cancels its requests and unmaps its
+arena.
 
 On SIGTERM the engine reports not ready at once, goes on serving while the front-ends drain, and exits once they
 are gone (or after the drain timeout and a margin).
@@ -17,19 +18,18 @@ are gone (or after the drain timeout and a margin).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
 import os
 import pickle
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import zmq
 
 from cnnserve.server.engine_protocol import (
     CANCELLED,
@@ -58,7 +58,7 @@ from cnnserve.server.errors import (
 )
 from cnnserve.server.http_port import serve_health_and_metrics
 from cnnserve.server.launcher import write_port_file
-from cnnserve.server.loop_socket import LoopSocket
+from cnnserve.server.message_socket import MessageListener, MessageSocket
 from cnnserve.server.metrics import ServerMetrics
 from cnnserve.server.model import ModelVersion, RunInfo
 from cnnserve.server.readiness import Readiness
@@ -70,8 +70,6 @@ from cnnserve.server.statistics import RequestStatistics, start_request_statisti
 from cnnserve.server.tensor_arena import TensorArena
 
 _log = logging.getLogger(__name__)
-_WATCH_SECONDS = 0.5
-"""How often the engine checks that the front-ends it serves are alive."""
 _STOP_MARGIN_SECONDS = 5.0
 QUEUE_BOARD_SLOTS = 4096
 """Model versions (name and number) whose queue depth the front-ends can read; later ones are refused by the
@@ -120,7 +118,7 @@ class VersionCard:
 
 @dataclass(eq=False)
 class _Frontend:
-    identity: bytes
+    channel: MessageSocket
     pid: int
     arena: TensorArena
     requests: dict[int, asyncio.Task[None]] = field(default_factory=dict)
@@ -136,17 +134,14 @@ class Engine:
         self.metrics.watch_models(self.repository.versions)
         self.readiness = Readiness(self.repository, settings.required_models)
         self._metrics_dir = metrics_dir
-        self._endpoint = f"ipc://{run_dir / ENDPOINT_FILE}"
-        self._context = zmq.Context()
-        self._socket = self._context.socket(zmq.ROUTER)
-        self._channel = LoopSocket(self._socket, self._on_message)
-        self._frontends: dict[bytes, _Frontend] = {}
+        self._listener = MessageListener(run_dir / ENDPOINT_FILE, self._on_connection)
+        self._frontends: dict[MessageSocket, _Frontend] = {}
         self._board = TensorArena.create(QUEUE_BOARD_SLOTS * 8)
         self._queue_depths = self._board.array(0, (QUEUE_BOARD_SLOTS,), np.int64)
         self._queue_slots: dict[tuple[str, int], int] = {}
         self._loaded = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._outboxes: dict[bytes, list[object]] = {}
+        self._outboxes: dict[MessageSocket, list[object]] = {}
         self._regions: dict[str, tuple[str, int, int]] = {}
         self._shared_memory = SystemSharedMemory()
         self.repository.on_change(self._publish_catalog)
@@ -154,9 +149,7 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then wait for the front-ends to leave and close every model."""
         quiet_onnxruntime()
-        self._socket.bind(self._endpoint)
-        self._channel.start()
-        watching = asyncio.create_task(self._watch_frontends(), name="engine-watch")
+        self._listener.start()
         registry = self.metrics.all_processes_registry(self._metrics_dir)
         metrics_port = serve_health_and_metrics(
             self.settings.host, self.settings.metrics_port, registry, self.readiness
@@ -179,18 +172,29 @@ class Engine:
         while self._frontends and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await self.repository.close(drain_seconds=0)
-        watching.cancel()
+        self._listener.close()
         for frontend in list(self._frontends.values()):
             self._forget(frontend)
-        self._channel.close()
-        self._context.term()
         self._board.close()
         self._shared_memory.close()
         _log.info("engine: stopped")
 
-    def _on_message(self, frames: list[bytes]) -> None:
-        identity, payload = frames
-        frontend = self._frontends.get(identity)
+    def _on_connection(self, sock: socket.socket) -> None:
+        channel: MessageSocket | None = None
+
+        def on_message(payload: bytes) -> None:
+            assert channel is not None
+            self._on_message(channel, payload)
+
+        def on_close() -> None:
+            assert channel is not None
+            self._on_disconnect(channel)
+
+        channel = MessageSocket(sock, on_message, on_close)
+        channel.start()
+
+    def _on_message(self, channel: MessageSocket, payload: bytes) -> None:
+        frontend = self._frontends.get(channel)
         for message in decode_to_engine(payload):
             if isinstance(message, Submit):
                 if frontend is not None:
@@ -202,21 +206,33 @@ class Engine:
             elif isinstance(message, Finished):
                 self._count(message)
             elif isinstance(message, Hello):
-                self._welcome(identity, message)
-                frontend = self._frontends.get(identity)
+                self._welcome(channel, message)
+                frontend = self._frontends.get(channel)
             elif isinstance(message, Control):
-                self._spawn(self._control(identity, message))
+                self._spawn(self._control(channel, message))
 
-    def _welcome(self, identity: bytes, hello: Hello) -> None:
+    def _on_disconnect(self, channel: MessageSocket) -> None:
+        """A front-end closed its connection: it stopped or died (the kernel closes a dead process's sockets)."""
+        self._outboxes.pop(channel, None)
+        frontend = self._frontends.get(channel)
+        if frontend is None:
+            return
+        if frontend.requests:
+            _log.warning("engine: front-end %d is gone; dropping its %d requests", frontend.pid, len(frontend.requests))
+        else:
+            _log.info("engine: front-end %d left", frontend.pid)
+        self._forget(frontend)
+
+    def _welcome(self, channel: MessageSocket, hello: Hello) -> None:
         try:
             arena = TensorArena.attach(hello.pid, hello.arena_descriptor, hello.arena_bytes)
         except OSError as exc:
             _log.error("engine: cannot map the tensor arena of front-end %d: %s", hello.pid, exc)
             return
-        self._frontends[identity] = _Frontend(identity, hello.pid, arena)
+        self._frontends[channel] = _Frontend(channel, hello.pid, arena)
         _log.info("engine: front-end %d connected", hello.pid)
-        self._send(identity, self._catalog())
-        self._send(identity, Regions(dict(self._regions)))
+        self._send(channel, self._catalog())
+        self._send(channel, Regions(dict(self._regions)))
 
     async def _serve(self, frontend: _Frontend, request: Submit) -> None:
         """Run one request through its model's batcher and answer it, whatever happens."""
@@ -254,8 +270,8 @@ class Engine:
             reply = Failure(request.id, "InferenceError", f"{exc.__class__.__name__}: {exc}")
         finally:
             frontend.requests.pop(request.id, None)
-        if self._frontends.get(frontend.identity) is frontend:
-            self._send(frontend.identity, reply)
+        if self._frontends.get(frontend.channel) is frontend:
+            self._send(frontend.channel, reply)
 
     def _inputs_of(self, frontend: _Frontend, request: Submit) -> np.ndarray:
         """The request's rows, where they lie: the front-end's arena, or the client's shared memory region."""
@@ -282,7 +298,7 @@ class Engine:
         else:
             version.statistics.record_failure(finished.seconds)
 
-    async def _control(self, identity: bytes, control: Control) -> None:
+    async def _control(self, channel: MessageSocket, control: Control) -> None:
         payload = b""
         try:
             if control.operation == "load":
@@ -309,9 +325,9 @@ class Engine:
             else:
                 raise InferenceError(f"unknown engine operation {control.operation!r}")
         except CnnserveError as exc:
-            self._send(identity, ControlReply(control.id, type(exc).__name__, str(exc)))
+            self._send(channel, ControlReply(control.id, type(exc).__name__, str(exc)))
             return
-        self._send(identity, ControlReply(control.id, "", "", payload))
+        self._send(channel, ControlReply(control.id, "", "", payload))
 
     def _catalog(self) -> Catalog:
         cards = [VersionCard.of(version, self._queue_slot(version)) for version in self.repository.versions()]
@@ -330,47 +346,33 @@ class Engine:
 
     def _publish_regions(self) -> None:
         self._shared_memory.adopt(dict(self._regions))
-        for identity in self._frontends:
-            self._send(identity, Regions(dict(self._regions)))
+        for channel in self._frontends:
+            self._send(channel, Regions(dict(self._regions)))
 
     def _publish_catalog(self) -> None:
         catalog = self._catalog()
-        for identity in self._frontends:
-            self._send(identity, catalog)
+        for channel in self._frontends:
+            self._send(channel, catalog)
 
-    def _send(self, identity: bytes, message: object) -> None:
-        """Queue `message` for a front-end; what one event-loop iteration queues leaves as one ZeroMQ message."""
+    def _send(self, channel: MessageSocket, message: object) -> None:
+        """Queue `message` for a front-end; what one event-loop iteration queues leaves as one message."""
         if not self._outboxes:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._outboxes.setdefault(identity, []).append(message)
+        self._outboxes.setdefault(channel, []).append(message)
 
     def _flush(self) -> None:
         outboxes, self._outboxes = self._outboxes, {}
-        for identity, messages in outboxes.items():
-            self._channel.send([identity, encode(messages)])
+        for channel, messages in outboxes.items():
+            channel.send(encode(messages))
 
     def _spawn(self, awaitable) -> None:
         task = asyncio.ensure_future(awaitable)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _watch_frontends(self) -> None:
-        while True:
-            await asyncio.sleep(_WATCH_SECONDS)
-            for frontend in list(self._frontends.values()):
-                if not _alive(frontend.pid):
-                    if frontend.requests:
-                        _log.warning(
-                            "engine: front-end %d is gone; dropping its %d requests",
-                            frontend.pid,
-                            len(frontend.requests),
-                        )
-                    else:
-                        _log.info("engine: front-end %d left", frontend.pid)
-                    self._forget(frontend)
-
     def _forget(self, frontend: _Frontend) -> None:
-        self._frontends.pop(frontend.identity, None)
+        self._frontends.pop(frontend.channel, None)
+        frontend.channel.close()
         for task in list(frontend.requests.values()):
             task.cancel()
         frontend.arena.close()
@@ -385,22 +387,6 @@ def _result(request_id: int, statistics: RequestStatistics) -> Result:
         statistics.compute_output,
         statistics.inferences,
     )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    return False
 
 
 def run_engine(settings: ServerSettings, run_dir: Path, metrics_dir: Path, log_level: str) -> None:

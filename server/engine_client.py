@@ -7,8 +7,9 @@ single-process server and in a front-end; only `infer` differs.
 
 `EngineClient.infer` writes the request's rows into a block of this process's `TensorArena`, sends a `Submit`
 and awaits the engine's answer; when the caller gives up (deadline, cancellation) it sends a `Cancel`, and the
-block is freed only when the engine's one answer to that request arrives. When the engine is gone every waiting
-request fails UNAVAILABLE at once, and so does every later one.
+block is freed only when the engine's one answer to that request arrives. When the engine is gone (its
+connection closes, or the supervisor says so) every waiting request fails UNAVAILABLE at once, and so does every
+later one.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import math
 import os
 import pickle
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zmq
 
 from cnnserve.server.batcher import queue_full_error
 from cnnserve.server.engine_protocol import (
@@ -43,7 +44,7 @@ from cnnserve.server.engine_protocol import (
     encode,
 )
 from cnnserve.server.errors import InvalidInputError, QueueFullError, UnavailableError, error_named
-from cnnserve.server.loop_socket import LoopSocket
+from cnnserve.server.message_socket import MessageSocket
 from cnnserve.server.model import ModelState, ModelVersion
 from cnnserve.server.preprocess import ImagePreprocessor
 from cnnserve.server.repository import ServedVersions
@@ -68,18 +69,17 @@ class _Pending:
 class EngineClient:
     """The connection of one front-end process to the engine."""
 
-    def __init__(self, endpoint: str, arena_bytes: int) -> None:
+    def __init__(self, endpoint: Path, arena_bytes: int) -> None:
         self._endpoint = endpoint
         self._arena = TensorArena.create(arena_bytes)
-        self._context = zmq.Context()
-        self._socket = self._context.socket(zmq.DEALER)
-        self._channel = LoopSocket(self._socket, self._on_message)
+        self._channel: MessageSocket | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._controls: dict[int, asyncio.Future[bytes]] = {}
         self._outbox: list[object] = []
         self._catalog_listeners: list[Any] = []
         self._region_listeners: list[Any] = []
+        self._lost_listeners: list[Any] = []
         self._shared_memory: SystemSharedMemory | None = None
         self.lost = False
 
@@ -90,15 +90,18 @@ class EngineClient:
         """Call `listener` with every region registered on any front-end, whenever that changes."""
         self._region_listeners.append(listener)
 
+    def on_lost(self, listener: Any) -> None:
+        """Call `listener` once the engine is gone."""
+        self._lost_listeners.append(listener)
+
     def use_shared_memory(self, shared_memory: SystemSharedMemory) -> None:
         """Send inputs that lie in a client's registered region by reference: the engine maps the region too."""
         self._shared_memory = shared_memory
         self.on_regions(shared_memory.adopt)
 
-    def connect(self) -> None:
-        """Connect and say hello (the engine answers with its catalog, whenever it is up)."""
-        self._socket.connect(self._endpoint)
-        self._channel.start()
+    async def connect(self) -> None:
+        """Connect (waiting for the engine to listen) and say hello; the engine answers with its catalog."""
+        self._channel = await MessageSocket.connect(self._endpoint, self._on_message, self._connection_closed)
         self._send(Hello(os.getpid(), self._arena.descriptor, self._arena.size))
 
     async def infer(
@@ -212,23 +215,30 @@ class EngineClient:
         for future in self._controls.values():
             if not future.done():
                 future.set_exception(error)
+        for listener in self._lost_listeners:
+            listener()
 
     def close(self) -> None:
-        self._channel.close()
-        self._context.term()
+        if self._channel is not None:
+            self._channel.close()
+
+    def _connection_closed(self) -> None:
+        _log.error("the engine closed its connection; every request fails UNAVAILABLE until the server restarts")
+        self.engine_lost()
 
     def _send(self, message: object) -> None:
-        """Queue `message`; everything queued in one event-loop iteration leaves as one ZeroMQ message."""
+        """Queue `message`; everything queued in one event-loop iteration leaves as one message."""
         if not self._outbox:
             asyncio.get_running_loop().call_soon(self._flush)
         self._outbox.append(message)
 
     def _flush(self) -> None:
         messages, self._outbox = self._outbox, []
-        self._channel.send([encode(messages)])
+        if self._channel is not None:
+            self._channel.send(encode(messages))
 
-    def _on_message(self, frames: list[bytes]) -> None:
-        for message in decode_to_frontend(frames[0]):
+    def _on_message(self, payload: bytes) -> None:
+        for message in decode_to_frontend(payload):
             if isinstance(message, Result | Failure):
                 self._answer(message)
             elif isinstance(message, Catalog):
@@ -347,6 +357,7 @@ class RemoteRepository(ServedVersions):
         self._loaded = asyncio.Event()
         self._queue_board: np.ndarray | None = None
         engine.on_catalog(self._apply)
+        engine.on_lost(self._engine_gone)
 
     async def load_all(self) -> None:
         """Return once the engine has loaded every model of the repository once."""
@@ -375,8 +386,11 @@ class RemoteRepository(ServedVersions):
                 version.statistics.update_from(snapshot)
 
     def engine_lost(self) -> None:
-        """Every version is unavailable from now on (readiness turns NOT_SERVING)."""
+        """The supervisor says the engine died (SIGUSR1): every version is unavailable from now on."""
         self._engine.engine_lost()
+
+    def _engine_gone(self) -> None:
+        """Every version is unavailable from now on (readiness turns NOT_SERVING)."""
         for version in self.versions():
             version.state = ModelState.UNAVAILABLE
             version.reason = _ENGINE_GONE

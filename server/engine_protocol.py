@@ -1,7 +1,7 @@
-"""What front-end processes and the engine say to each other: a small typed message set over ZeroMQ.
+"""What front-end processes and the engine say to each other: a small typed message set.
 
-Each front-end holds one DEALER socket connected to the engine's ROUTER socket (an `ipc://` path in the
-server's run folder); the ROUTER knows each front-end by its socket identity. Messages are msgspec Structs
+Each front-end holds one connection to the engine's Unix socket in the server's run folder
+(server/message_socket.py); the engine knows each front-end by its connection. Messages are msgspec Structs
 encoded as msgpack arrays (a few microseconds to encode and decode); tensors never travel in them, only where
 they lie in the front-end's `TensorArena`.
 
@@ -130,6 +130,6 @@ ToEngine = Hello | Submit | Cancel | Finished | Control
 ToFrontend = Catalog | Regions | Result | Failure | ControlReply
 encode = msgspec.msgpack.Encoder().encode
 """Encodes a list of messages: each side sends, once per event-loop iteration, every message that iteration made
-(in order), so a burst of requests costs one ZeroMQ message and reaches the batcher together."""
+(in order), so a burst of requests costs one message and reaches the batcher together."""
 decode_to_engine = msgspec.msgpack.Decoder(list[ToEngine]).decode
 decode_to_frontend = msgspec.msgpack.Decoder(list[ToFrontend]).decode

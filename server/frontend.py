@@ -29,7 +29,7 @@ def run_frontend(settings: ServerSettings, run_dir: Path, index: int, log_level:
     configure_logging(log_level, settings.log_format.value)
 
     async def main() -> None:
-        engine = EngineClient(f"ipc://{run_dir / ENDPOINT_FILE}", TENSOR_ARENA_BYTES)
+        engine = EngineClient(run_dir / ENDPOINT_FILE, TENSOR_ARENA_BYTES)
         await serve(settings, engine)
 
     asyncio.run(main())
