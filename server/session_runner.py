@@ -8,7 +8,9 @@ one of two ways, chosen at load (`RunPlan`):
 - `session.run` with the batch as a numpy array (`io_binding` off): ONNX Runtime copies it to the device and
   allocates every output afresh on each call;
 - IO binding (the default): each instance keeps, per batch size, an input and an output buffer on the session's
-  device (host memory for the CPU provider, GPU memory for CUDA), bound to the session once. A batch is copied
+  device, bound to the session once. For the CPU provider they are views of one host array pair as large as the
+  largest batch, so every size stays bound at no extra memory; for CUDA they are GPU memory of their own, kept
+  for the buckets (or the sizes used last). A batch is copied
   into its size's input buffer, the session writes the classifier output (and computes nothing else) into the
   output buffer, and only the rows asked for are copied back. The CPU provider runs the very same code, so it is
   tested without a GPU.
@@ -40,8 +42,9 @@ CAPTURE_RUNS = 3
 """Warm-up runs per bucket with CUDA graphs: ONNX Runtime runs a graph id normally before it captures it (its
 allocations must settle first), then replays it."""
 KEPT_SIZES = 8
-"""Batch sizes whose buffers an instance keeps when there are no buckets (most recently used first); a batch of
-another size allocates its own, evicting the least recently used."""
+"""On CUDA without buckets, the batch sizes whose buffers an instance keeps (most recently used first); a batch of
+another size allocates its own, evicting the least recently used. (The CPU keeps every size: its buffers are views
+of one array pair.)"""
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,12 @@ class SessionRunner:
 class _BoundBuffers:
     """One instance's IO bindings, one per batch size: an input and an output buffer on the session's device,
     bound once, so a run only copies the batch in and the answer out (and a CUDA graph finds the addresses it was
-    captured with)."""
+    captured with).
+
+    On the CPU every size's buffers are the leading rows of one input and one output array (regrown to at least
+    twice the size, and the bindings made again, when a larger batch comes), so all sizes stay bound: batches of
+    many different sizes (1 to `max_batch_size` under load) never make buffers afresh. On CUDA each size has
+    memory of its own, and at most `keep` sizes are kept."""
 
     def __init__(self, session: ort.InferenceSession, io: _Io, plan: RunPlan, keep: int) -> None:
         self._session = session
@@ -233,47 +241,83 @@ class _BoundBuffers:
         self._plan = plan
         self._keep = keep
         self._by_size: OrderedDict[int, _Binding] = OrderedDict()
+        self._host: tuple[np.ndarray, np.ndarray] | None = None
+        """CPU only: the input and output arrays whose leading rows every size's binding uses."""
         self._graph_ids = itertools.count(1)
         """Each binding's CUDA graph id, never reused (a replay must find the buffers its capture used); 0 is
         ONNX Runtime's own."""
 
+    @property
+    def bound_sizes(self) -> tuple[int, ...]:
+        return tuple(self._by_size)
+
     def run(self, parts: list[np.ndarray], rows: int, size: int) -> np.ndarray:
         binding = self._by_size.get(size)
         if binding is None:
-            graph_id = next(self._graph_ids)
-            binding = self._by_size[size] = _Binding(self._session, self._io, self._plan, size, graph_id)
-            if len(self._by_size) > self._keep:
-                self._by_size.popitem(last=False)
+            binding = self._bind(size)
         else:
             self._by_size.move_to_end(size)
         return binding.run(parts, rows)
+
+    def _bind(self, size: int) -> _Binding:
+        io = self._io
+        if self._plan.device == "cpu":
+            if self._host is None or len(self._host[0]) < size:
+                rows = max(size, 2 * len(self._host[0])) if self._host is not None else size
+                self._host = (np.zeros((rows, *io.item_shape), io.dtype), np.empty((rows, io.width), np.float32))
+                self._by_size.clear()
+            inputs, outputs = self._host
+            binding = _Binding.on_host(self._session, io, inputs[:size], outputs[:size])
+        else:
+            binding = _Binding.on_device(self._session, io, self._plan, size, next(self._graph_ids))
+            if len(self._by_size) >= self._keep:
+                self._by_size.popitem(last=False)
+        self._by_size[size] = binding
+        return binding
 
 
 class _Binding:
     """The buffers and IO binding of one batch size. On the CPU, the buffers are numpy arrays that ONNX Runtime
     reads and writes in place; on CUDA, GPU memory filled from a host staging array."""
 
-    def __init__(self, session: ort.InferenceSession, io: _Io, plan: RunPlan, size: int, graph_id: int) -> None:
-        input_shape = (size, *io.item_shape)
-        output_shape = (size, io.width)
-        self._on_host = plan.device == "cpu"
-        self._staging = np.zeros(input_shape, io.dtype)
-        if self._on_host:
-            self._outputs = np.empty(output_shape, np.float32)
-            self._input_value = ort.OrtValue.ortvalue_from_numpy(self._staging)
-            self._output_value = ort.OrtValue.ortvalue_from_numpy(self._outputs)
-        else:
-            make = ort.OrtValue.ortvalue_from_shape_and_type
-            self._input_value = make(input_shape, io.dtype, plan.device, plan.device_id)
-            self._output_value = make(output_shape, np.float32, plan.device, plan.device_id)
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        io: _Io,
+        staging: np.ndarray,
+        outputs: np.ndarray | None,
+        values: tuple[ort.OrtValue, ort.OrtValue],
+        run_options: ort.RunOptions | None = None,
+    ) -> None:
+        self._session = session
+        self._staging = staging
+        self._outputs = outputs
+        self._on_host = outputs is not None
+        self._input_value, self._output_value = values
         self._binding = session.io_binding()
         self._binding.bind_ortvalue_input(io.input, self._input_value)
         self._binding.bind_ortvalue_output(io.output, self._output_value)
-        self._run_options: ort.RunOptions | None = None
+        self._run_options = run_options
+
+    @classmethod
+    def on_host(cls, session: ort.InferenceSession, io: _Io, staging: np.ndarray, outputs: np.ndarray) -> _Binding:
+        """Bound to `staging` and `outputs` themselves (C-contiguous: views of leading rows are)."""
+        values = (ort.OrtValue.ortvalue_from_numpy(staging), ort.OrtValue.ortvalue_from_numpy(outputs))
+        return cls(session, io, staging, outputs, values)
+
+    @classmethod
+    def on_device(cls, session: ort.InferenceSession, io: _Io, plan: RunPlan, size: int, graph_id: int) -> _Binding:
+        input_shape = (size, *io.item_shape)
+        make = ort.OrtValue.ortvalue_from_shape_and_type
+        values = (
+            make(input_shape, io.dtype, plan.device, plan.device_id),
+            make((size, io.width), np.float32, plan.device, plan.device_id),
+        )
+        run_options = None
         if plan.cuda_graphs:
-            self._run_options = ort.RunOptions()
-            self._run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
-        self._session = session
+            run_options = ort.RunOptions()
+            run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        return cls(session, io, np.zeros(input_shape, io.dtype), None, values, run_options)
 
     def run(self, parts: list[np.ndarray], rows: int) -> np.ndarray:
         staging = self._staging
@@ -288,6 +332,6 @@ class _Binding:
             if not self._on_host:
                 self._input_value.update_inplace(staging)
         self._session.run_with_iobinding(self._binding, self._run_options)
-        if self._on_host:
+        if self._outputs is not None:
             return self._outputs[:rows].copy()
         return self._output_value.numpy()[:rows]

@@ -78,6 +78,21 @@ def test_io_binding_answers_as_plain_runs_do_at_every_batch_size(mnist_net: tupl
         np.testing.assert_allclose(runner.run(batch), reference(loaded, spec, batch), rtol=1e-5, atol=1e-6)
 
 
+def test_the_cpu_keeps_every_batch_size_bound_in_one_pair_of_arrays(mnist_net: tuple[LoadedSession, ModelSpec]) -> None:
+    loaded, spec = mnist_net
+    runner = SessionRunner(loaded.session, spec, RunPlan(io_binding=True), instances=1)
+    runner.warm_up([1, 32])
+    buffers = runner._free.get()
+    runner._free.put(buffers)
+    arrays = buffers._host
+    sizes = [*range(32, 0, -1), *range(1, 33, 3)]  # far more sizes than CUDA keeps, under load's mix
+    for seed, rows in enumerate(sizes):
+        batch = digits_like(rows, spec, seed)
+        np.testing.assert_allclose(runner.run(batch), reference(loaded, spec, batch), rtol=1e-5, atol=1e-6)
+    assert sorted(buffers.bound_sizes) == list(range(1, 33))
+    assert buffers._host is arrays  # no size made buffers of its own
+
+
 def test_an_answer_is_the_callers_own_copy_not_a_view_of_a_kept_buffer(
     mnist_net: tuple[LoadedSession, ModelSpec],
 ) -> None:
