@@ -71,26 +71,29 @@ def grpc_frame(message: bytes) -> bytes:
     return struct.pack(">BI", 0, len(message)) + message
 
 
-def infer_body(model: str, input_name: str, shape: tuple[int, ...] = (1, 1, 28, 28), seed: int = 0) -> bytes:
-    """A framed ModelInferRequest for `model`: one FP32 tensor of `shape` in raw_input_contents.
+def infer_request(model: str, input_name: str, shape: tuple[int, ...] = (1, 1, 28, 28), seed: int = 0) -> Any:
+    """A ModelInferRequest for `model`: one FP32 tensor of `shape` in raw_input_contents.
 
     The generated `inference` modules are imported here (see load_tests.bench.server.ServerUnderTest.infer).
     """
-    from cnnserve.inference import grpc_service_pb2 as inference
-
+    inference = _inference()
     pixels = np.random.default_rng(seed).random(shape, dtype=np.float32)
-    request = inference.ModelInferRequest(
+    return inference.ModelInferRequest(
         model_name=model,
         inputs=[inference.ModelInferRequest.InferInputTensor(name=input_name, datatype="FP32", shape=shape)],
         raw_input_contents=[pixels.astype("<f4").tobytes()],
     )
-    return grpc_frame(request.SerializeToString())
+
+
+def infer_body(model: str, input_name: str, shape: tuple[int, ...] = (1, 1, 28, 28), seed: int = 0) -> bytes:
+    """`infer_request` framed as the body of a gRPC call (what h2load sends)."""
+    return grpc_frame(infer_request(model, input_name, shape, seed).SerializeToString())
 
 
 def input_name(target: str, model: str) -> str:
     """The name of `model`'s first input, from the server's OIP ModelMetadata."""
     with grpc.insecure_channel(target) as channel:
-        metadata = _stub(channel).ModelMetadata(_inference().ModelMetadataRequest(name=model), timeout=10)
+        metadata = inference_stub(channel).ModelMetadata(_inference().ModelMetadataRequest(name=model), timeout=10)
     return metadata.inputs[0].name
 
 
@@ -106,7 +109,7 @@ class ServerCounts:
 def server_counts(target: str, model: str) -> ServerCounts:
     """`model`'s successful requests, inferred images and executed batches so far (OIP ModelStatistics)."""
     with grpc.insecure_channel(target) as channel:
-        response = _stub(channel).ModelStatistics(_inference().ModelStatisticsRequest(name=model), timeout=10)
+        response = inference_stub(channel).ModelStatistics(_inference().ModelStatisticsRequest(name=model), timeout=10)
     stats = response.model_stats
     return ServerCounts(
         sum(each.inference_stats.success.count for each in stats),
@@ -174,7 +177,8 @@ def _inference() -> Any:
     return grpc_service_pb2
 
 
-def _stub(channel: grpc.Channel) -> Any:
+def inference_stub(channel: grpc.Channel) -> Any:
+    """The Open Inference Protocol's stub on `channel`."""
     from cnnserve.inference import grpc_service_pb2_grpc
 
     return grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)

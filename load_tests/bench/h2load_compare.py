@@ -325,7 +325,7 @@ def _names(row: Row) -> tuple[str, str]:
     return f"cnnserve ({row.frontends} front-ends)", f"bare grpc.aio ({row.processes} processes)"
 
 
-def _frontend_counts(text: str) -> list[int]:
+def frontend_counts(text: str) -> list[int]:
     try:
         counts = [int(part) for part in text.split(",")]
     except ValueError:
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--frontends",
-        type=_frontend_counts,
+        type=frontend_counts,
         default=[0],
         help="comma-separated cnnserve front-end counts to measure, 0 for a single process (default 0)",
     )
