@@ -180,17 +180,9 @@ class Engine:
         _log.info("engine: stopped")
 
     def _on_connection(self, sock: socket.socket) -> None:
-        channel: MessageSocket | None = None
-
-        def on_message(payload: bytes) -> None:
-            assert channel is not None
-            self._on_message(channel, payload)
-
-        def on_close() -> None:
-            assert channel is not None
-            self._on_disconnect(channel)
-
-        channel = MessageSocket(sock, on_message, on_close)
+        channel = MessageSocket(
+            sock, lambda payload: self._on_message(channel, payload), lambda: self._on_disconnect(channel)
+        )
         channel.start()
 
     def _on_message(self, channel: MessageSocket, payload: bytes) -> None:

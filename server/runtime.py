@@ -14,7 +14,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from cnnserve.server.errors import ExecutionProviderError
-from cnnserve.server.settings import ConvAlgoSearch, ExecutionProvider, GraphOptimization, RuntimeSettings
+from cnnserve.server.settings import ExecutionProvider, GraphOptimization, RuntimeSettings
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -25,12 +25,6 @@ _OPTIMIZATION_LEVELS = {
     GraphOptimization.BASIC: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     GraphOptimization.EXTENDED: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     GraphOptimization.ALL: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-
-_CONV_ALGO_SEARCH = {
-    ConvAlgoSearch.EXHAUSTIVE: "EXHAUSTIVE",
-    ConvAlgoSearch.HEURISTIC: "HEURISTIC",
-    ConvAlgoSearch.DEFAULT: "DEFAULT",
 }
 
 
@@ -102,7 +96,7 @@ def cuda_options(options: RuntimeSettings) -> dict[str, str]:
     on unless told), CUDA graphs when asked for, and the memory arena limit when one is set."""
     cuda = {
         "device_id": str(options.cuda_device_id),
-        "cudnn_conv_algo_search": _CONV_ALGO_SEARCH[options.cudnn_conv_algo_search],
+        "cudnn_conv_algo_search": options.cudnn_conv_algo_search.value.upper(),
         "use_tf32": "1" if options.cuda_tf32 else "0",
     }
     if options.cuda_graphs:

@@ -292,7 +292,6 @@ class _Binding:
         self._session = session
         self._staging = staging
         self._outputs = outputs
-        self._on_host = outputs is not None
         self._input_value, self._output_value = values
         self._binding = session.io_binding()
         self._binding.bind_ortvalue_input(io.input, self._input_value)
@@ -321,7 +320,8 @@ class _Binding:
 
     def run(self, parts: list[np.ndarray], rows: int) -> np.ndarray:
         staging = self._staging
-        if len(parts) == 1 and rows == len(staging) and not self._on_host:
+        on_device = self._outputs is None
+        if len(parts) == 1 and rows == len(staging) and on_device:
             self._input_value.update_inplace(np.ascontiguousarray(parts[0]))
         else:
             offset = 0
@@ -329,7 +329,7 @@ class _Binding:
                 staging[offset : offset + len(part)] = part
                 offset += len(part)
             staging[rows:] = 0
-            if not self._on_host:
+            if on_device:
                 self._input_value.update_inplace(staging)
         self._session.run_with_iobinding(self._binding, self._run_options)
         if self._outputs is not None:

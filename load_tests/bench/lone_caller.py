@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from cnnserve.server import launcher
 from load_tests.bench import h2load
@@ -67,8 +68,8 @@ def measure(target: str, calls: int, warm_up: int) -> tuple[float, float]:
             started = time.perf_counter()
             infer(request, timeout=30)
             seconds.append(time.perf_counter() - started)
-    seconds.sort()
-    return 1000 * seconds[len(seconds) // 2], 1000 * seconds[min(len(seconds) - 1, int(0.99 * len(seconds)))]
+    p50, p99 = np.percentile(seconds, [50, 99])
+    return 1000 * float(p50), 1000 * float(p99)
 
 
 def run(
