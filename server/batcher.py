@@ -14,7 +14,9 @@ rows. A single asyncio task forms batches:
    delay, while concurrent callers still batch;
 4. take whole requests, highest priority first and oldest first within a priority, up to `max_batch_size` rows
    (or the largest preferred size that the queue can fill), hand their inputs to the model in one call in a
-   worker thread (it joins them straight into its own input buffer), and hand each caller exactly its rows.
+   worker thread (it joins them straight into its own input buffer), turn the batch's outputs into answers there
+   too (`finish_batch`: the model's probabilities, a dozen small numpy calls that would otherwise run on the event
+   loop once per request), and hand each caller exactly its rows.
 
 Background requests (`submit(..., background=True)`: the perturbed images of explanations) queue in a lane below
 every priority level. They are taken only when no other request is queued, never share a batch with one, and
@@ -56,7 +58,7 @@ from cnnserve.server.errors import (
     UnavailableError,
 )
 from cnnserve.server.settings import BatchingSettings
-from cnnserve.server.statistics import current_request
+from cnnserve.server.statistics import RequestStatistics, current_request
 
 _log = logging.getLogger(__name__)
 
@@ -69,8 +71,9 @@ class _QueuedRequest:
     timer: asyncio.TimerHandle | None = None
     queued: bool = True
     """True until the batcher takes it, or its caller gives up (cancelled, expired); its rows count till then."""
-    batch_times: tuple[float, float, float] | None = None
-    """When its batch started being assembled, started its session call and finished; set with its rows."""
+    batch_times: tuple[float, float, float, float] | None = None
+    """When its batch started being assembled, started its session call, finished it, and had its outputs
+    finished (`finish_batch`); set with its rows."""
     background: bool = False
     output: str | None = None
     """A background request's graph output other than the model's own (a layer's activations), or None."""
@@ -79,14 +82,14 @@ class _QueuedRequest:
     def rows(self) -> int:
         return len(self.inputs)
 
-    def add_to_request_statistics(self) -> None:
-        """Add this request's wait and its batch's compute times to the statistics of the call it serves."""
+    def add_to_request_statistics(self, statistics: RequestStatistics) -> None:
+        """Add this request's wait and its batch's compute times to `statistics`, the call's it serves."""
         assert self.batch_times is not None
-        started, assembled, finished = self.batch_times
-        statistics = current_request()
+        started, assembled, computed, finished = self.batch_times
         statistics.queue += started - self.enqueued_at
         statistics.compute_input += assembled - started
-        statistics.compute_infer += finished - assembled
+        statistics.compute_infer += computed - assembled
+        statistics.compute_output += finished - computed
         statistics.inferences += self.rows
 
 
@@ -106,7 +109,7 @@ class BatchRecord:
     input_seconds: float = 0.0
     """Assembling the batch's requests (their inputs are joined by the model's run, counted in compute)."""
     output_seconds: float = 0.0
-    """Handing each request its rows."""
+    """Finishing the batch's outputs (`finish_batch`) and handing each request its rows."""
 
 
 RunBatch = Callable[[list[np.ndarray]], np.ndarray]
@@ -114,18 +117,21 @@ RunBatch = Callable[[list[np.ndarray]], np.ndarray]
 that it can write them straight into a buffer of its own (one copy instead of two)."""
 RunOutput = Callable[[np.ndarray, str], np.ndarray]
 """Runs a batch for one named graph output instead of the model's own."""
+FinishBatch = Callable[[np.ndarray], np.ndarray]
+"""Turns the outputs of a batch of foreground requests into what their callers receive, row for row."""
 
 
 @dataclass(frozen=True, slots=True)
 class _BatchRun:
     """What an instance did with a batch: the requests it ran, their outputs or the error, and when (it started
-    assembling the input, started the session call, finished)."""
+    assembling the input, started the session call, finished it, finished the outputs)."""
 
     requests: list[_QueuedRequest]
     outputs: np.ndarray | None
     error: Exception | None
     started: float
     assembled: float
+    computed: float
     finished: float
 
 
@@ -140,10 +146,12 @@ class DynamicBatcher:
         name: str,
         on_batch: Callable[[BatchRecord], None] | None = None,
         run_output: RunOutput | None = None,
+        finish_batch: FinishBatch | None = None,
         run_inline_below: float = 0.0,
     ) -> None:
         self._run_batch = run_batch
         self._run_output = run_output
+        self._finish_batch = finish_batch
         self._settings = settings
         self._name = name
         self._on_batch = on_batch
@@ -221,45 +229,88 @@ class DynamicBatcher:
         deadline passes before the batch runs, UnavailableError once the batcher is closing, InvalidInputError
         for an unknown priority, and the batch's error when the batch fails.
         """
-        if self._closed:
-            raise UnavailableError(f"model {self._name} is unloading or the server is shutting down; retry")
-        settings = self._settings
-        if background:
-            level, limit = 0, self.background_rows
-            if self._background_rows + len(inputs) > settings.max_queue_size:
-                raise queue_full_error(
-                    f"{self._name} (background work)", self._background_rows, settings.max_queue_size, len(inputs)
-                )
-        else:
-            if output is not None:
-                raise ValueError("only background requests may ask for another graph output")
-            level, limit = priority or settings.default_priority, settings.max_batch_size
-            if not 1 <= level <= settings.priority_levels:
-                raise InvalidInputError(
-                    f"priority {priority} is out of range: model {self._name} has priority levels "
-                    f"1..{settings.priority_levels}"
-                )
-            self.refuse_if_full(len(inputs))
+        level, limit = self._admit(len(inputs), priority, background, output)
         if len(inputs) > limit:
             slices = [inputs[start : start + limit] for start in range(0, len(inputs), limit)]
             parts = await asyncio.gather(
                 *(self.submit(part, deadline, level, background=background, output=output) for part in slices)
             )
             return np.concatenate(parts)
+        request = self._queue(inputs, deadline, level, background, output)
+        try:
+            outputs = await request.future
+        finally:
+            self._settle(request)
+        request.add_to_request_statistics(current_request())
+        return outputs
+
+    def submit_nowait(
+        self, inputs: np.ndarray, deadline: float, priority: int, statistics: RequestStatistics
+    ) -> asyncio.Future[np.ndarray]:
+        """`submit` for a foreground request of at most `max_batch_size` rows, without a coroutine: for a caller
+        that answers from a callback (the engine of a multi-process server, where a task per request would cost
+        as much as the rest of its work for that request).
+
+        Raises at once what `submit` raises at once (and ValueError for more rows than a batch). The future holds
+        the output rows, or the error `submit` would raise later; when it succeeds, the request's figures have
+        been added to `statistics` before the future's own callbacks run. Cancelling the future drops the
+        request from the queue.
+        """
+        level, limit = self._admit(len(inputs), priority, False, None)
+        if len(inputs) > limit:
+            raise ValueError(f"{len(inputs)} rows are more than one batch of {limit}; use submit, which slices them")
+        request = self._queue(inputs, deadline, level, False, None)
+        request.future.add_done_callback(lambda future: self._settled(request, future, statistics))
+        return request.future
+
+    def _admit(self, rows: int, priority: int, background: bool, output: str | None) -> tuple[int, int]:
+        """The queue level and the most rows per queued request for a new request, or what refuses it at once."""
+        if self._closed:
+            raise UnavailableError(f"model {self._name} is unloading or the server is shutting down; retry")
+        settings = self._settings
+        if background:
+            if self._background_rows + rows > settings.max_queue_size:
+                raise queue_full_error(
+                    f"{self._name} (background work)", self._background_rows, settings.max_queue_size, rows
+                )
+            return 0, self.background_rows
+        if output is not None:
+            raise ValueError("only background requests may ask for another graph output")
+        level = priority or settings.default_priority
+        if not 1 <= level <= settings.priority_levels:
+            raise InvalidInputError(
+                f"priority {priority} is out of range: model {self._name} has priority levels "
+                f"1..{settings.priority_levels}"
+            )
+        self.refuse_if_full(rows)
+        return level, settings.max_batch_size
+
+    def _queue(
+        self, inputs: np.ndarray, deadline: float, level: int, background: bool, output: str | None
+    ) -> _QueuedRequest:
+        """Queue an admitted request of at most one batch, with the timer that expires it at `deadline`."""
         loop = asyncio.get_running_loop()
         if background:
             request = self._enqueue_background(inputs, loop.create_future(), output)
         else:
             request = self._enqueue(inputs, loop.create_future(), level)
         request.timer = loop.call_at(_loop_time(loop, deadline), _expire, request.future, self._name)
-        try:
-            outputs = await request.future
-        finally:
-            request.timer.cancel()
-            if request.queued:
-                self._unqueue(request)
-        request.add_to_request_statistics()
-        return outputs
+        return request
+
+    def _settle(self, request: _QueuedRequest) -> None:
+        """The request is answered, or its caller gave up: stop its timer, and free its queue space if it is
+        still queued."""
+        assert request.timer is not None
+        request.timer.cancel()
+        if request.queued:
+            self._unqueue(request)
+
+    def _settled(
+        self, request: _QueuedRequest, future: asyncio.Future[np.ndarray], statistics: RequestStatistics
+    ) -> None:
+        self._settle(request)
+        if not future.cancelled() and future.exception() is None:
+            request.add_to_request_statistics(statistics)
 
     def _enqueue(self, inputs: np.ndarray, future: asyncio.Future[np.ndarray], level: int) -> _QueuedRequest:
         """Queue a request at priority `level` and wake the batching task when it may want to act on it."""
@@ -441,13 +492,14 @@ class DynamicBatcher:
                 run = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_live, batch)
         except Exception as exc:
             now = time.monotonic()
-            run = _BatchRun(batch, None, exc, now, now, now)
+            run = _BatchRun(batch, None, exc, now, now, now, now)
         finally:
             self._in_flight -= 1
             self._instance_freed.set()
         if not run.requests:
             return
         self._learn_compute(run.finished - run.assembled)
+        batch_times = (run.started, run.assembled, run.computed, run.finished)
         rows = sum(request.rows for request in run.requests)
         failure = run.error
         if failure is None and (run.outputs is None or len(run.outputs) != rows):
@@ -459,7 +511,7 @@ class DynamicBatcher:
             offset = 0
             for request in run.requests:
                 if not request.future.done():
-                    request.batch_times = (run.started, run.assembled, run.finished)
+                    request.batch_times = batch_times
                     request.future.set_result(run.outputs[offset : offset + request.rows])
                 offset += request.rows
         else:
@@ -480,10 +532,10 @@ class DynamicBatcher:
                     queue_wait_seconds=()
                     if run.requests[0].background
                     else tuple(run.started - request.enqueued_at for request in run.requests),
-                    compute_seconds=run.finished - run.assembled,
+                    compute_seconds=run.computed - run.assembled,
                     failed=failure is not None,
                     input_seconds=run.assembled - run.started,
-                    output_seconds=time.monotonic() - handing_out,
+                    output_seconds=run.finished - run.computed + time.monotonic() - handing_out,
                 )
             )
 
@@ -507,7 +559,7 @@ class DynamicBatcher:
         live = [request for request in batch if not request.future.done()]
         started = assembled = time.monotonic()
         if not live:
-            return _BatchRun(live, None, None, started, started, started)
+            return _BatchRun(live, None, None, started, started, started, started)
         try:
             parts = [request.inputs for request in live]
             assembled = time.monotonic()
@@ -518,9 +570,13 @@ class DynamicBatcher:
                 raise InferenceError(f"model {self._name} cannot compute graph output {output!r}")
             else:
                 outputs = self._run_output(parts[0] if len(parts) == 1 else np.concatenate(parts), output)
+            computed = time.monotonic()
+            if self._finish_batch is not None and not live[0].background:
+                outputs = self._finish_batch(outputs)
         except Exception as exc:
-            return _BatchRun(live, None, exc, started, assembled, time.monotonic())
-        return _BatchRun(live, outputs, None, started, assembled, time.monotonic())
+            now = time.monotonic()
+            return _BatchRun(live, None, exc, started, assembled, now, now)
+        return _BatchRun(live, outputs, None, started, assembled, computed, time.monotonic())
 
     def _fail_queued(self, error: CnnserveError) -> None:
         for queue in (*self._queues, self._background):

@@ -6,8 +6,12 @@ large as a single-process server's and a GPU holds each model once. The engine a
 server: loading, hot reload and explicit load/unload, the model statistics (front-ends forward their requests'
 figures), and the metrics port (/metrics sums every process's metrics; /v2/health/* answer for the engine).
 
-Its loop never blocks on one front-end: a received `Submit` becomes a task that awaits the batcher and answers
-with `Result` or `Failure`; a `Cancel` cancels that task, which drops the request from the queue if it has not run.
+Its loop never blocks on one front-end, and does as little as it can per request, because on a host with many
+cores it is what bounds the whole server (load_tests/bench/engine_capacity.py measures it): a received `Submit`
+of a plain request (a classification of at most one batch of rows: nearly all of them) is queued in its batcher
+at once and answered with `Result` or `Failure` from its future's callback; the rest (explanations' background
+rows, requests larger than a batch, which the batcher slices) go through a task that awaits the batcher. A
+`Cancel` cancels that future or task, which drops the request from the queue if it has not run.
 A front-end that dies closes its connection: the engine notices at once, cancels its requests and unmaps its
 arena.
 
@@ -121,7 +125,8 @@ class _Frontend:
     channel: MessageSocket
     pid: int
     arena: TensorArena
-    requests: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    requests: dict[int, asyncio.Future] = field(default_factory=dict)
+    """Each waiting request's future (a plain request's) or task (the rest's), by its id."""
 
 
 class Engine:
@@ -190,8 +195,7 @@ class Engine:
         for message in decode_to_engine(payload):
             if isinstance(message, Submit):
                 if frontend is not None:
-                    task = asyncio.create_task(self._serve(frontend, message))
-                    frontend.requests[message.id] = task
+                    self._admit(frontend, message)
             elif isinstance(message, Cancel):
                 if frontend is not None and (task := frontend.requests.get(message.id)) is not None:
                     task.cancel()
@@ -226,42 +230,78 @@ class Engine:
         self._send(channel, self._catalog())
         self._send(channel, Regions(dict(self._regions)))
 
-    async def _serve(self, frontend: _Frontend, request: Submit) -> None:
-        """Run one request through its model's batcher and answer it, whatever happens."""
-        statistics = start_request_statistics()
-        reply: Result | Failure
+    def _admit(self, frontend: _Frontend, request: Submit) -> None:
+        """Queue a request: a plain one straight in its batcher, answered from its future's callback; the rest
+        through a task (see the module docstring)."""
+        statistics = RequestStatistics()
         try:
-            try:
-                model = self.repository.get(request.model, request.version)
-            except (ModelNotFoundError, UnavailableError) as exc:
-                raise VersionRetiredError(str(exc)) from exc
-            inputs = self._inputs_of(frontend, request)
-            probabilities = await model.infer(
-                inputs,
+            model = self._model_of(request)
+            batching = model.batching
+            if request.background or batching is None or request.shape[0] > batching.max_batch_size:
+                frontend.requests[request.id] = asyncio.create_task(self._serve(frontend, request, model))
+                return
+            waiting = model.infer_nowait(
+                self._inputs_of(frontend, request), request.deadline, request.priority, statistics
+            )
+        except Exception as exc:
+            self._reply(frontend, _failure(request, exc))
+            return
+        frontend.requests[request.id] = waiting
+        waiting.add_done_callback(lambda future: self._answer(frontend, request, future, statistics))
+
+    def _answer(
+        self, frontend: _Frontend, request: Submit, future: asyncio.Future[np.ndarray], statistics: RequestStatistics
+    ) -> None:
+        frontend.requests.pop(request.id, None)
+        if self._frontends.get(frontend.channel) is not frontend:
+            return
+        try:
+            reply = self._deliver(frontend, request, future.result(), statistics)
+        except BaseException as exc:
+            reply = _failure(request, exc)
+        self._reply(frontend, reply)
+
+    async def _serve(self, frontend: _Frontend, request: Submit, model: ModelVersion) -> None:
+        """Run a request that is not plain through its model's batcher and answer it, whatever happens."""
+        statistics = start_request_statistics()
+        try:
+            outputs = await model.infer(
+                self._inputs_of(frontend, request),
                 request.deadline,
                 request.priority,
                 background=request.background,
                 raw=request.raw,
                 output=request.output or None,
             )
-            rows = len(inputs)
-            probabilities = probabilities.reshape(rows, -1)
-            if probabilities.shape != (rows, request.output_width):
-                raise InferenceError(
-                    f"model {request.model} answered shape {list(probabilities.shape)}, expected "
-                    f"[{rows}, {request.output_width}]"
-                )
-            frontend.arena.array(request.output_offset, (rows, request.output_width), np.float32)[...] = probabilities
-            reply = _result(request.id, statistics)
-        except asyncio.CancelledError:
-            reply = Failure(request.id, CANCELLED, "")
-        except CnnserveError as exc:
-            reply = Failure(request.id, type(exc).__name__, str(exc))
-        except Exception as exc:
-            _log.exception("engine: request to %s failed", request.model)
-            reply = Failure(request.id, "InferenceError", f"{exc.__class__.__name__}: {exc}")
+            reply = self._deliver(frontend, request, outputs, statistics)
+        except BaseException as exc:
+            reply = _failure(request, exc)
         finally:
             frontend.requests.pop(request.id, None)
+        self._reply(frontend, reply)
+
+    def _model_of(self, request: Submit) -> ModelVersion:
+        """The version a request names; VersionRetiredError when it no longer serves (the front-end chose it from
+        a catalog that a reload has just changed, and chooses again)."""
+        try:
+            return self.repository.get(request.model, request.version)
+        except (ModelNotFoundError, UnavailableError) as exc:
+            raise VersionRetiredError(str(exc)) from exc
+
+    def _deliver(
+        self, frontend: _Frontend, request: Submit, outputs: np.ndarray, statistics: RequestStatistics
+    ) -> Result:
+        """Write a request's answer where its front-end waits for it; its `Result`."""
+        rows = request.shape[0]
+        outputs = outputs.reshape(rows, -1)
+        if outputs.shape != (rows, request.output_width):
+            raise InferenceError(
+                f"model {request.model} answered shape {list(outputs.shape)}, expected [{rows}, {request.output_width}]"
+            )
+        frontend.arena.array(request.output_offset, (rows, request.output_width), np.float32)[...] = outputs
+        return _result(request.id, statistics)
+
+    def _reply(self, frontend: _Frontend, reply: Result | Failure) -> None:
         if self._frontends.get(frontend.channel) is frontend:
             self._send(frontend.channel, reply)
 
@@ -368,6 +408,18 @@ class Engine:
         for task in list(frontend.requests.values()):
             task.cancel()
         frontend.arena.close()
+
+
+def _failure(request: Submit, error: BaseException) -> Failure:
+    """What the front-end hears of a request that failed, or that the engine dropped on its `Cancel`."""
+    if isinstance(error, asyncio.CancelledError):
+        return Failure(request.id, CANCELLED, "")
+    if isinstance(error, CnnserveError):
+        return Failure(request.id, type(error).__name__, str(error))
+    if not isinstance(error, Exception):
+        raise error
+    _log.error("engine: request to %s failed", request.model, exc_info=error)
+    return Failure(request.id, "InferenceError", f"{error.__class__.__name__}: {error}")
 
 
 def _result(request_id: int, statistics: RequestStatistics) -> Result:

@@ -28,7 +28,7 @@ from cnnserve.server.preprocess import ImagePreprocessor
 from cnnserve.server.runtime import LoadedSession, create_session
 from cnnserve.server.session_runner import RunPlan, SessionRunner, plain_runner, resolve_plan, warm_up_sizes
 from cnnserve.server.settings import BatchingSettings, Precision, RuntimeSettings, ServerSettings
-from cnnserve.server.statistics import ModelStatistics, current_request
+from cnnserve.server.statistics import ModelStatistics, RequestStatistics, current_request
 
 _log = logging.getLogger(__name__)
 INLINE_BATCH_SECONDS = 0.001
@@ -128,6 +128,7 @@ class ModelVersion:
             name=self.name,
             on_batch=lambda record: self._on_batch(record, metrics),
             run_output=self._run_output,
+            finish_batch=self._probabilities,
             run_inline_below=INLINE_BATCH_SECONDS if server.frontends else 0.0,
         )
         self.batcher.start()
@@ -168,16 +169,33 @@ class ModelVersion:
         `background` rows only when nothing else waits: see server/batcher.py). With `raw`, the graph's own
         output instead (metadata.output_width columns, as metadata.output_kind says); with `output` (background
         only), that graph output as it is: a layer's activations, (rows, C, H, W)."""
-        if self.state is not ModelState.READY or self.batcher is None:
-            raise UnavailableError(f"model {self.name} version {self.version} is {self.state.value}, not READY")
-        outputs = await self.batcher.submit(inputs, deadline, priority, background=background, output=output)
-        assert self.metadata is not None
-        if raw or output is not None:
+        batcher = self._ready_batcher()
+        outputs = await batcher.submit(inputs, deadline, priority, background=background, output=output)
+        if not background or raw or output is not None:
             return outputs
         started = time.perf_counter()
-        probabilities = to_probabilities(outputs, self.metadata.output_kind)
+        probabilities = self._probabilities(outputs)
         current_request().compute_output += time.perf_counter() - started
         return probabilities
+
+    def infer_nowait(
+        self, inputs: np.ndarray, deadline: float, priority: int, statistics: RequestStatistics
+    ) -> asyncio.Future[np.ndarray]:
+        """`infer` of probabilities for at most `batching.max_batch_size` rows, without a coroutine (see
+        `DynamicBatcher.submit_nowait`): the future holds them or the error, and `statistics` the request's
+        figures once it succeeds."""
+        return self._ready_batcher().submit_nowait(inputs, deadline, priority, statistics)
+
+    def _ready_batcher(self) -> DynamicBatcher:
+        if self.state is not ModelState.READY or self.batcher is None:
+            raise UnavailableError(f"model {self.name} version {self.version} is {self.state.value}, not READY")
+        return self.batcher
+
+    def _probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """What a batch of foreground requests answers (the batcher finishes those batches with it; background
+        batches come raw, for explanations)."""
+        assert self.metadata is not None
+        return to_probabilities(outputs, self.metadata.output_kind)
 
     async def unload(self, drain_seconds: float) -> None:
         self.state = ModelState.UNAVAILABLE

@@ -32,6 +32,20 @@ def process_cpu_seconds(pid: int) -> float:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return float("nan")
+    return _stat_cpu_seconds(stat)
+
+
+def thread_cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User plus system CPU seconds used so far by one thread of process `pid` (by default its main thread: the
+    event loop of an asyncio server). NaN when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/task/{thread or pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    return _stat_cpu_seconds(stat)
+
+
+def _stat_cpu_seconds(stat: str) -> float:
     # The command name (field 2) may contain spaces; fields after the closing parenthesis are space-separated.
     fields = stat.rsplit(")", 1)[1].split()
     utime, stime = int(fields[11]), int(fields[12])

@@ -7,13 +7,12 @@ machine drifts between rounds) and that a real run measures every server and wri
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from load_tests.bench.lone_caller import Latency, report, summarise
+from tests.load_tests.runs import run_module
 
 
 def test_ratios_to_the_single_process_are_taken_within_each_round() -> None:
@@ -43,30 +42,12 @@ def test_without_a_single_process_there_is_no_ratio() -> None:
 def test_a_run_measures_one_process_and_front_ends_and_writes_every_figure(
     model_repository: Path, tmp_path: Path
 ) -> None:
-    # In a process of its own, as the benchmark runs: the generated `inference` modules clash with tritonclient's.
     figures = tmp_path / "lone.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "load_tests.bench.lone_caller",
-            "--model-repository",
-            str(model_repository),
-            "--frontends",
-            "0,1",
-            "--calls",
-            "30",
-            "--warm-up",
-            "5",
-            "--rounds",
-            "2",
-            "--json",
-            str(figures),
-        ],
-        capture_output=True,
-        text=True,
+    completed = run_module(
+        "load_tests.bench.lone_caller",
+        *("--model-repository", str(model_repository), "--frontends", "0,1", "--calls", "30", "--warm-up", "5"),
+        *("--rounds", "2", "--json", str(figures)),
         timeout=220,
-        check=False,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "| 0 (single process) |" in completed.stdout and "| 1 |" in completed.stdout

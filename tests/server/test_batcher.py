@@ -19,6 +19,7 @@ from cnnserve.server.errors import (
     UnavailableError,
 )
 from cnnserve.server.settings import BatchingSettings
+from cnnserve.server.statistics import RequestStatistics, start_request_statistics
 
 
 class GatedModel:
@@ -70,6 +71,7 @@ async def make_batcher(model: GatedModel) -> AsyncIterator[MakeBatcher]:
         run: Callable[[list[np.ndarray]], np.ndarray] | None = None,
         on_batch: Callable[[BatchRecord], None] | None = None,
         run_inline_below: float = 0.0,
+        finish_batch: Callable[[np.ndarray], np.ndarray] | None = None,
         **settings: object,
     ) -> DynamicBatcher:
         defaults: dict[str, object] = {
@@ -80,7 +82,12 @@ async def make_batcher(model: GatedModel) -> AsyncIterator[MakeBatcher]:
         }
         batching = BatchingSettings(**{**defaults, **settings})
         batcher = DynamicBatcher(
-            run or model, batching, name="gated", on_batch=on_batch, run_inline_below=run_inline_below
+            run or model,
+            batching,
+            name="gated",
+            on_batch=on_batch,
+            finish_batch=finish_batch,
+            run_inline_below=run_inline_below,
         )
         batcher.start()
         made.append(batcher)
@@ -102,6 +109,59 @@ async def test_each_caller_gets_exactly_its_own_rows(model: GatedModel, make_bat
     )
     assert [r.ravel().tolist() for r in results] == [[2], [4, 6], [8]]
     assert model.batch_sizes == [4], "a full batch should run at once, without waiting out the delay"
+
+
+async def test_a_batch_is_finished_in_one_call_and_its_time_counts_as_each_callers_output_time(
+    model: GatedModel, make_batcher: MakeBatcher
+) -> None:
+    finished: list[list[float]] = []
+
+    def add_one_slowly(outputs: np.ndarray) -> np.ndarray:
+        finished.append(outputs.ravel().tolist())
+        time.sleep(0.02)
+        return outputs + 1
+
+    async def submit(inputs: np.ndarray, **how: object) -> tuple[list[float], RequestStatistics]:
+        statistics = start_request_statistics()
+        answer = await batcher.submit(inputs, far(), **how)
+        return answer.ravel().tolist(), statistics
+
+    model.gate.set()
+    batcher = make_batcher(finish_batch=add_one_slowly)
+    answers = await asyncio.gather(submit(rows(1)), submit(rows(2, 3)), submit(rows(4)))
+    assert [answer for answer, _ in answers] == [[3], [5, 7], [9]]
+    assert finished == [[2, 4, 6, 8]], "the whole batch is finished in one call"
+    assert all(statistics.compute_output >= 0.02 for _, statistics in answers)
+    background, _ = await submit(rows(5), background=True)
+    assert background == [10], "background rows come back as the model computed them"
+    assert len(finished) == 1
+
+
+async def test_submit_nowait_answers_through_its_future_as_submit_does(
+    model: GatedModel, make_batcher: MakeBatcher
+) -> None:
+    batcher = make_batcher(max_batch_size=4, max_queue_size=8, max_queue_delay_ms=0)
+    running = asyncio.ensure_future(batcher.submit(rows(0), far()))
+    await started(model)
+    statistics = [RequestStatistics() for _ in range(4)]
+    with pytest.raises(ValueError, match="use submit"):
+        batcher.submit_nowait(rows(4, 5, 6, 7, 8), far(), 0, statistics[3])
+    kept = batcher.submit_nowait(rows(1), far(), 0, statistics[0])
+    cancelled = batcher.submit_nowait(rows(2), far(), 0, statistics[1])
+    expiring = batcher.submit_nowait(rows(3), time.monotonic() + 0.05, 0, statistics[2])
+    with pytest.raises(QueueFullError):
+        batcher.submit_nowait(rows(4, 5, 6, 7, 8, 9), far(), 0, statistics[3])
+    cancelled.cancel()
+    with pytest.raises(DeadlineExceededError):
+        await expiring
+    await asyncio.sleep(0)
+    assert batcher.queued_rows == 1, "the cancelled and the expired request left the queue"
+    model.gate.set()
+    assert (await running).item() == 0 and (await kept).item() == 2
+    await asyncio.sleep(0)
+    assert model.batch_sizes == [1, 1], "neither the cancelled nor the expired request ran"
+    assert statistics[0].inferences == 1 and statistics[0].queue > 0
+    assert statistics[1].inferences == statistics[2].inferences == 0
 
 
 async def test_batch_never_exceeds_max_and_large_requests_are_sliced(

@@ -138,11 +138,13 @@ def test_calls_from_every_front_end_meet_in_one_batch(batching: ServerProcess, c
 
 def test_concurrent_calls_of_every_size_get_their_own_answers(model_repository: Path, tmp_path: Path) -> None:
     """Calls of 1 to 7 images, X and O mixed, 16 at a time over both front-ends: each gets its own answers
-    (requests' blocks in the arena never overlap, and each answer is read from its own block)."""
+    (requests' blocks in the arena never overlap, and each answer is read from its own block). Batches hold 4
+    images, so the engine answers calls of up to 4 from their batch's callback and slices the larger ones."""
     pictures = {"X": render_x(), "O": render_o()}
     rng = np.random.default_rng(0)
     calls = [list(rng.choice(["X", "O"], size=int(rng.integers(1, 8)))) for _ in range(128)]
-    with running_server(model_repository, *FRONTENDS, workdir=tmp_path) as server, ExitStack() as stack:
+    flags = (*FRONTENDS, "--max-batch-size", "4")
+    with running_server(model_repository, *flags, workdir=tmp_path) as server, ExitStack() as stack:
         opened = [stack.enter_context(connection_to(server)) for _ in range(CHANNELS)]
 
         def classify(position: int) -> list[str]:
