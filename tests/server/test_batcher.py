@@ -209,6 +209,40 @@ async def test_expired_request_is_answered_and_never_computed(model: GatedModel,
     assert model.batch_sizes == [1, 1], "the expired request must not have run"
 
 
+async def test_each_request_expires_at_its_own_deadline_whatever_order_they_came_in(
+    model: GatedModel, make_batcher: MakeBatcher
+) -> None:
+    """One timer serves the batcher: a later request with an earlier deadline must set it earlier. The first
+    waiting request is staged behind the running batch (out of the queue), and expires there all the same."""
+    batcher = make_batcher(max_batch_size=1, max_queue_delay_ms=0)
+    running = asyncio.ensure_future(batcher.submit(rows(0), far()))
+    await started(model)
+    now = time.monotonic()
+    late = asyncio.ensure_future(batcher.submit(rows(1), now + 0.5))
+    early = asyncio.ensure_future(batcher.submit(rows(2), now + 0.05))
+    kept = asyncio.ensure_future(batcher.submit(rows(3), far()))
+    with pytest.raises(DeadlineExceededError):
+        await early
+    assert not late.done(), "the early deadline fired at its own time, not the late one's"
+    with pytest.raises(DeadlineExceededError):
+        await late
+    model.gate.set()
+    assert (await running).item() == 0 and (await kept).item() == 6
+    assert model.batch_sizes == [1, 1], "neither expired request ran"
+
+
+async def test_answered_requests_do_not_pile_up_behind_their_deadlines(
+    model: GatedModel, make_batcher: MakeBatcher
+) -> None:
+    """Deadlines of 30 s and 3,000 requests answered at once: what the batcher keeps to expire them stays bounded
+    (it would hold every request until its deadline otherwise)."""
+    model.gate.set()
+    batcher = make_batcher(max_batch_size=64, max_queue_size=256, max_queue_delay_ms=0)
+    for _ in range(30):
+        await asyncio.gather(*(batcher.submit(rows(1), far()) for _ in range(100)))
+    assert len(batcher._deadlines) <= 2048
+
+
 async def test_cancelled_request_is_dropped_without_touching_others(
     model: GatedModel, make_batcher: MakeBatcher
 ) -> None:
