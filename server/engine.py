@@ -326,9 +326,9 @@ class Engine:
                 finished.compute_output,
                 finished.inferences,
             )
-            version.statistics.record_success(finished.seconds, figures)
+            version.statistics.record_success(finished.seconds, figures, finished.count)
         else:
-            version.statistics.record_failure(finished.seconds)
+            version.statistics.record_failure(finished.seconds, finished.count)
 
     async def _control(self, channel: MessageSocket, control: Control) -> None:
         payload = b""

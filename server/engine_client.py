@@ -77,6 +77,9 @@ class EngineClient:
         self._pending: dict[int, _Pending] = {}
         self._controls: dict[int, asyncio.Future[bytes]] = {}
         self._outbox: list[object] = []
+        self._finished: dict[tuple[str, int, bool], Finished] = {}
+        """The requests answered since the last flush, summed per version and outcome."""
+        self._flush_scheduled = False
         self._catalog_listeners: list[Any] = []
         self._region_listeners: list[Any] = []
         self._lost_listeners: list[Any] = []
@@ -172,23 +175,29 @@ class EngineClient:
         statistics.inferences += result.inferences
         return probabilities.reshape(rows, *shape) if output else probabilities
 
-    def finished(self, version: ModelVersion, seconds: float, request: RequestStatistics | None) -> None:
-        """Forward a finished request's statistics to the engine: its figures when it succeeded, None when not."""
+    def finished(
+        self, version: ModelVersion, seconds: float, request: RequestStatistics | None, count: int = 1
+    ) -> None:
+        """Forward a finished request's statistics to the engine: its figures when it succeeded, None when not
+        (or `count` requests', summed).
+
+        The requests one event-loop iteration finishes go as one `Finished` per version and outcome, with their
+        figures summed: the statistics are sums and counts, and the engine's loop, which every front-end's
+        requests share, then does this work once per iteration instead of once per request.
+        """
+        key = (version.name, version.version, request is not None)
+        record = self._finished.get(key)
+        if record is None:
+            record = self._finished[key] = Finished(version.name, version.version, request is not None, count=0)
+            self._schedule_flush()
+        record.count += count
+        record.seconds += seconds
         if request is not None:
-            record = Finished(
-                version.name,
-                version.version,
-                True,
-                seconds,
-                request.compute_input,
-                request.queue,
-                request.compute_infer,
-                request.compute_output,
-                request.inferences,
-            )
-        else:
-            record = Finished(version.name, version.version, False, seconds, 0.0, 0.0, 0.0, 0.0, 0)
-        self._send(record)
+            record.compute_input += request.compute_input
+            record.queue += request.queue
+            record.compute_infer += request.compute_infer
+            record.compute_output += request.compute_output
+            record.inferences += request.inferences
 
     async def control(self, operation: str, argument: str = "") -> bytes:
         """Run a control operation in the engine; raises the engine's error."""
@@ -228,12 +237,20 @@ class EngineClient:
 
     def _send(self, message: object) -> None:
         """Queue `message`; everything queued in one event-loop iteration leaves as one message."""
-        if not self._outbox:
-            asyncio.get_running_loop().call_soon(self._flush)
         self._outbox.append(message)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        self._flush_scheduled = False
         messages, self._outbox = self._outbox, []
+        if self._finished:
+            messages.extend(self._finished.values())
+            self._finished = {}
         if self._channel is not None:
             self._channel.send(encode(messages))
 
@@ -282,11 +299,11 @@ class ForwardedStatistics(ModelStatistics):
         self._engine = engine
         self._version = version
 
-    def record_success(self, seconds: float, request: RequestStatistics) -> None:
-        self._engine.finished(self._version, seconds, request)
+    def record_success(self, seconds: float, request: RequestStatistics, count: int = 1) -> None:
+        self._engine.finished(self._version, seconds, request, count)
 
-    def record_failure(self, seconds: float) -> None:
-        self._engine.finished(self._version, seconds, None)
+    def record_failure(self, seconds: float, count: int = 1) -> None:
+        self._engine.finished(self._version, seconds, None, count)
 
     def update_from(self, snapshot: ModelStatistics) -> None:
         for each in fields(ModelStatistics):

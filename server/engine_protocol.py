@@ -59,20 +59,20 @@ class Cancel(msgspec.Struct, tag="cancel", array_like=True):
 
 
 class Finished(msgspec.Struct, tag="finished", array_like=True):
-    """A request the front-end has answered, for the model statistics (which the engine keeps for every process).
-
-    A failure's figures after `seconds` are zeros.
-    """
+    """`count` requests to one version that the front-end has answered with one outcome, for the model statistics
+    (which the engine keeps for every process): their durations and images summed. A failure's figures after
+    `seconds` are zeros."""
 
     model: str
     version: int
     succeeded: bool
-    seconds: float
-    compute_input: float
-    queue: float
-    compute_infer: float
-    compute_output: float
-    inferences: int
+    seconds: float = 0.0
+    compute_input: float = 0.0
+    queue: float = 0.0
+    compute_infer: float = 0.0
+    compute_output: float = 0.0
+    inferences: int = 0
+    count: int = 1
 
 
 class Control(msgspec.Struct, tag="control", array_like=True):

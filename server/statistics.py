@@ -23,8 +23,9 @@ class DurationStatistic:
     count: int = 0
     total_ns: int = 0
 
-    def add(self, seconds: float) -> None:
-        self.count += 1
+    def add(self, seconds: float, count: int = 1) -> None:
+        """Count `count` occurrences that took `seconds` in all."""
+        self.count += count
         self.total_ns += int(seconds * 1e9)
 
 
@@ -99,18 +100,19 @@ class ModelStatistics:
     last_inference_ms: int = 0
     batches: dict[int, BatchSizeStatistics] = field(default_factory=dict)
 
-    def record_success(self, seconds: float, request: RequestStatistics) -> None:
-        """Count a request that succeeded after `seconds`, in every per-request figure at once."""
-        self.success.add(seconds)
-        self.queue.add(request.queue)
-        self.compute_input.add(request.compute_input)
-        self.compute_infer.add(request.compute_infer)
-        self.compute_output.add(request.compute_output)
+    def record_success(self, seconds: float, request: RequestStatistics, count: int = 1) -> None:
+        """Count a request that succeeded after `seconds`, in every per-request figure at once; or `count`
+        requests, with `seconds` and `request` their sums."""
+        self.success.add(seconds, count)
+        self.queue.add(request.queue, count)
+        self.compute_input.add(request.compute_input, count)
+        self.compute_infer.add(request.compute_infer, count)
+        self.compute_output.add(request.compute_output, count)
         self.inference_count += request.inferences
         self.last_inference_ms = int(time.time() * 1000)
 
-    def record_failure(self, seconds: float) -> None:
-        self.fail.add(seconds)
+    def record_failure(self, seconds: float, count: int = 1) -> None:
+        self.fail.add(seconds, count)
 
     def record_execution(self, size: int, input_seconds: float, infer_seconds: float, output_seconds: float) -> None:
         """Count one successful session call on a batch of `size` images and the durations of its parts."""

@@ -11,7 +11,8 @@ load generator take most of the CPU) cannot show it through gRPC.
 This benchmark measures it directly. Each round starts an engine as the supervisor does (same entry point, same
 settings) and `--feeders` processes that stand in for front-ends without gRPC: each connects with `EngineClient`
 and serves from `RemoteRepository`, the front-end's own code, and keeps `--in-flight` single-image mnist_net
-requests waiting on the engine. Over `--duration` seconds it counts the answers and reads the engine's CPU time:
+requests waiting on the engine, sending each request's statistics after it as a front-end does. Over
+`--duration` seconds it counts the answers and reads the engine's CPU time:
 
 - answers/s: what the engine delivered;
 - engine CPU per answer: its whole process (event loop, inference threads) over the answers;
@@ -82,6 +83,7 @@ def _feed(run_dir: str, repository: str, in_flight: int, opens: float, closes: f
     from cnnserve.server.engine_client import EngineClient, RemoteRepository
     from cnnserve.server.engine_protocol import ENDPOINT_FILE
     from cnnserve.server.settings import ServerSettings
+    from cnnserve.server.statistics import start_request_statistics
 
     async def main() -> _Fed:
         client = EngineClient(Path(run_dir) / ENDPOINT_FILE, 64 * 1024 * 1024)
@@ -94,13 +96,18 @@ def _feed(run_dir: str, repository: str, in_flight: int, opens: float, closes: f
         cpu_at_open = 0.0
 
         async def caller() -> None:
+            """One caller, doing per request what a front-end does with the engine: the inference, then the
+            request's statistics, which go to the engine."""
             nonlocal answers, failures
             while (now := time.monotonic()) < closes:
+                statistics = start_request_statistics()
                 try:
                     await model.infer(image, now + 30.0)
                 except Exception:
+                    model.statistics.record_failure(time.monotonic() - now)
                     failures += 1
                     continue
+                model.statistics.record_success(time.monotonic() - now, statistics)
                 if opens <= time.monotonic() < closes:
                     answers += 1
 

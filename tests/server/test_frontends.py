@@ -164,9 +164,14 @@ def test_metrics_and_statistics_count_the_calls_of_every_front_end(
     inference = ipb_grpc.GRPCInferenceServiceStub(channels[0])
 
     def successes() -> int:
+        """The successes counted; every figure has counted each of them (front-ends send their requests' figures
+        summed per event-loop iteration)."""
         statistics = inference.ModelStatistics(ipb.ModelStatisticsRequest(name="xo"), timeout=10).model_stats[0]
-        assert statistics.inference_stats.success.count == statistics.inference_stats.queue.count
-        return statistics.inference_stats.success.count
+        figures = statistics.inference_stats
+        parts = (figures.queue, figures.compute_input, figures.compute_infer, figures.compute_output)
+        assert [part.count for part in parts] == [figures.success.count] * 4, figures
+        assert figures.success.ns >= figures.queue.ns + figures.compute_infer.ns, "each part lies within its call"
+        return figures.success.count
 
     before, scraped = successes(), scrape(batching)
     with ThreadPoolExecutor(CHANNELS) as pool:
