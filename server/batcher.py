@@ -262,22 +262,27 @@ class DynamicBatcher:
         return outputs
 
     def submit_nowait(
-        self, inputs: np.ndarray, deadline: float, priority: int, statistics: RequestStatistics
+        self,
+        inputs: np.ndarray,
+        deadline: float,
+        priority: int,
+        statistics: RequestStatistics,
+        on_done: Callable[[asyncio.Future[np.ndarray]], object],
     ) -> asyncio.Future[np.ndarray]:
         """`submit` for a foreground request of at most `max_batch_size` rows, without a coroutine: for a caller
         that answers from a callback (the engine of a multi-process server, where a task per request would cost
         as much as the rest of its work for that request).
 
-        Raises at once what `submit` raises at once (and ValueError for more rows than a batch). The future holds
-        the output rows, or the error `submit` would raise later; when it succeeds, the request's figures have
-        been added to `statistics` before the future's own callbacks run. Cancelling the future drops the
-        request from the queue.
+        Raises at once what `submit` raises at once (and ValueError for more rows than a batch). Returns the
+        request's future, which holds the output rows or the error `submit` would raise later; once it is done,
+        `on_done(future)` is called (after the request's figures were added to `statistics` when it succeeded).
+        Cancelling the future drops the request from the queue.
         """
         level, limit = self._admit(len(inputs), priority, False, None)
         if len(inputs) > limit:
             raise ValueError(f"{len(inputs)} rows are more than one batch of {limit}; use submit, which slices them")
         request = self._queue(inputs, deadline, level, False, None)
-        request.future.add_done_callback(lambda future: self._settled(request, future, statistics))
+        request.future.add_done_callback(lambda future: self._settled(request, future, statistics, on_done))
         return request.future
 
     def _admit(self, rows: int, priority: int, background: bool, output: str | None) -> tuple[int, int]:
@@ -354,11 +359,16 @@ class DynamicBatcher:
         self._forget_answered_at = max(_DEADLINE_HEAP_PURGE, 2 * len(self._deadlines))
 
     def _settled(
-        self, request: _QueuedRequest, future: asyncio.Future[np.ndarray], statistics: RequestStatistics
+        self,
+        request: _QueuedRequest,
+        future: asyncio.Future[np.ndarray],
+        statistics: RequestStatistics,
+        on_done: Callable[[asyncio.Future[np.ndarray]], object],
     ) -> None:
         self._settle(request)
         if not future.cancelled() and future.exception() is None:
             request.add_to_request_statistics(statistics)
+        on_done(future)
 
     def _enqueue(
         self, inputs: np.ndarray, future: asyncio.Future[np.ndarray], deadline: float, level: int

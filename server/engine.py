@@ -240,14 +240,15 @@ class Engine:
             if request.background or batching is None or request.shape[0] > batching.max_batch_size:
                 frontend.requests[request.id] = asyncio.create_task(self._serve(frontend, request, model))
                 return
-            waiting = model.infer_nowait(
-                self._inputs_of(frontend, request), request.deadline, request.priority, statistics
+            frontend.requests[request.id] = model.infer_nowait(
+                self._inputs_of(frontend, request),
+                request.deadline,
+                request.priority,
+                statistics,
+                lambda future: self._answer(frontend, request, future, statistics),
             )
         except Exception as exc:
             self._reply(frontend, _failure(request, exc))
-            return
-        frontend.requests[request.id] = waiting
-        waiting.add_done_callback(lambda future: self._answer(frontend, request, future, statistics))
 
     def _answer(
         self, frontend: _Frontend, request: Submit, future: asyncio.Future[np.ndarray], statistics: RequestStatistics

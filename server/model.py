@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -179,12 +180,17 @@ class ModelVersion:
         return probabilities
 
     def infer_nowait(
-        self, inputs: np.ndarray, deadline: float, priority: int, statistics: RequestStatistics
+        self,
+        inputs: np.ndarray,
+        deadline: float,
+        priority: int,
+        statistics: RequestStatistics,
+        on_done: Callable[[asyncio.Future[np.ndarray]], object],
     ) -> asyncio.Future[np.ndarray]:
         """`infer` of probabilities for at most `batching.max_batch_size` rows, without a coroutine (see
-        `DynamicBatcher.submit_nowait`): the future holds them or the error, and `statistics` the request's
-        figures once it succeeds."""
-        return self._ready_batcher().submit_nowait(inputs, deadline, priority, statistics)
+        `DynamicBatcher.submit_nowait`): the future holds them or the error, `statistics` the request's figures
+        once it succeeds, and `on_done(future)` is called once it is done."""
+        return self._ready_batcher().submit_nowait(inputs, deadline, priority, statistics, on_done)
 
     def _ready_batcher(self) -> DynamicBatcher:
         if self.state is not ModelState.READY or self.batcher is None:

@@ -144,13 +144,14 @@ async def test_submit_nowait_answers_through_its_future_as_submit_does(
     running = asyncio.ensure_future(batcher.submit(rows(0), far()))
     await started(model)
     statistics = [RequestStatistics() for _ in range(4)]
+    done: list[asyncio.Future[np.ndarray]] = []
     with pytest.raises(ValueError, match="use submit"):
-        batcher.submit_nowait(rows(4, 5, 6, 7, 8), far(), 0, statistics[3])
-    kept = batcher.submit_nowait(rows(1), far(), 0, statistics[0])
-    cancelled = batcher.submit_nowait(rows(2), far(), 0, statistics[1])
-    expiring = batcher.submit_nowait(rows(3), time.monotonic() + 0.05, 0, statistics[2])
+        batcher.submit_nowait(rows(4, 5, 6, 7, 8), far(), 0, statistics[3], done.append)
+    kept = batcher.submit_nowait(rows(1), far(), 0, statistics[0], done.append)
+    cancelled = batcher.submit_nowait(rows(2), far(), 0, statistics[1], done.append)
+    expiring = batcher.submit_nowait(rows(3), time.monotonic() + 0.05, 0, statistics[2], done.append)
     with pytest.raises(QueueFullError):
-        batcher.submit_nowait(rows(4, 5, 6, 7, 8, 9), far(), 0, statistics[3])
+        batcher.submit_nowait(rows(4, 5, 6, 7, 8, 9), far(), 0, statistics[3], done.append)
     cancelled.cancel()
     with pytest.raises(DeadlineExceededError):
         await expiring
@@ -162,6 +163,7 @@ async def test_submit_nowait_answers_through_its_future_as_submit_does(
     assert model.batch_sizes == [1, 1], "neither the cancelled nor the expired request ran"
     assert statistics[0].inferences == 1 and statistics[0].queue > 0
     assert statistics[1].inferences == statistics[2].inferences == 0
+    assert done == [cancelled, expiring, kept], "each caller hears once, when its request is done"
 
 
 async def test_batch_never_exceeds_max_and_large_requests_are_sliced(
