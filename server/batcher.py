@@ -270,8 +270,8 @@ class DynamicBatcher:
         on_done: Callable[[asyncio.Future[np.ndarray]], object],
     ) -> asyncio.Future[np.ndarray]:
         """`submit` for a foreground request of at most `max_batch_size` rows, without a coroutine: for a caller
-        that answers from a callback (the engine of a multi-process server, where a task per request would cost
-        as much as the rest of its work for that request).
+        that answers from a callback (the engine of a multi-process server, where a task per request took about
+        a quarter of its event loop's work for that request).
 
         Raises at once what `submit` raises at once (and ValueError for more rows than a batch). Returns the
         request's future, which holds the output rows or the error `submit` would raise later; once it is done,
