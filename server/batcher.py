@@ -48,6 +48,7 @@ import itertools
 import logging
 import math
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -182,9 +183,10 @@ class DynamicBatcher:
         """The running average of session calls' seconds (None before the first)."""
         self._executor = ThreadPoolExecutor(settings.instances, thread_name_prefix=f"infer-{name}")
         self._running: set[asyncio.Task[None]] = set()
-        self._deadlines: list[tuple[float, int, asyncio.Future[np.ndarray]]] = []
-        """A heap of (deadline, arrival number, the request's future); answered requests leave it lazily
-        (`_forget_answered`). It holds futures, not requests, so that it never keeps an answered request's input."""
+        self._deadlines: list[tuple[float, int, weakref.ref[asyncio.Future[np.ndarray]]]] = []
+        """A heap of (deadline, arrival number, a weak reference to the request's future). Answered requests leave
+        it lazily (`_forget_answered`); meanwhile the weak reference keeps neither the request's input nor its
+        answer (a layer's activations, for an explanation, may be megabytes) alive."""
         self._arrivals = itertools.count()
         self._forget_answered_at = _DEADLINE_HEAP_PURGE
         self._deadline_timer: asyncio.TimerHandle | None = None
@@ -316,7 +318,7 @@ class DynamicBatcher:
             request = self._enqueue_background(inputs, future, deadline, output)
         else:
             request = self._enqueue(inputs, future, deadline, level)
-        heapq.heappush(self._deadlines, (deadline, next(self._arrivals), future))
+        heapq.heappush(self._deadlines, (deadline, next(self._arrivals), weakref.ref(future)))
         if len(self._deadlines) >= self._forget_answered_at:
             self._forget_answered()
         if deadline < self._timer_deadline:
@@ -342,9 +344,10 @@ class DynamicBatcher:
         self._deadline_timer, self._timer_deadline = None, math.inf
         now = time.monotonic()
         deadlines = self._deadlines
-        while deadlines and (deadlines[0][0] <= now or deadlines[0][2].done()):
-            _, _, future = heapq.heappop(deadlines)
-            if not future.done():
+        while deadlines and (deadlines[0][0] <= now or _answered(deadlines[0][2])):
+            _, _, waiting = heapq.heappop(deadlines)
+            future = waiting()
+            if future is not None and not future.done():
                 future.set_exception(
                     DeadlineExceededError(f"the request to model {self._name} waited in the queue past its deadline")
                 )
@@ -354,7 +357,7 @@ class DynamicBatcher:
     def _forget_answered(self) -> None:
         """Drop answered requests from the deadline heap. It is rebuilt once it has doubled since the last time,
         so the heap stays within twice the unanswered requests (plus a constant) for a constant cost per request."""
-        self._deadlines = [entry for entry in self._deadlines if not entry[2].done()]
+        self._deadlines = [entry for entry in self._deadlines if not _answered(entry[2])]
         heapq.heapify(self._deadlines)
         self._forget_answered_at = max(_DEADLINE_HEAP_PURGE, 2 * len(self._deadlines))
 
@@ -427,11 +430,7 @@ class DynamicBatcher:
         try:
             while True:
                 await self._wait_for_instance()
-                batch = await self._next_batch()
-                self._in_flight += 1
-                task = asyncio.get_running_loop().create_task(self._execute(batch))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
+                self._start(await self._next_batch())
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -439,6 +438,14 @@ class DynamicBatcher:
             self._fail_queued(InferenceError(f"the batcher of model {self._name} failed: {exc}"))
             self._closed = True
             raise
+
+    def _start(self, batch: list[_QueuedRequest]) -> None:
+        """Hand a batch to an instance. (Not inline in `_form_batches`: a local there would keep the last batch,
+        its inputs and its answers, alive until the next batch forms.)"""
+        self._in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._execute(batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def _wait_for_instance(self) -> None:
         """Return once an instance is free, or once a full batch is queued and can be staged behind the running
@@ -699,6 +706,12 @@ def queue_full_error(model: str, queued: int, limit: int, rows: int) -> QueueFul
         f"model {model} has {queued} images queued and takes at most {limit}; {rows} more do not fit. "
         "Retry with backoff"
     )
+
+
+def _answered(waiting: weakref.ref[asyncio.Future[np.ndarray]]) -> bool:
+    """Whether a request in the deadline heap needs no expiring: answered, or gone with its caller."""
+    future = waiting()
+    return future is None or future.done()
 
 
 def _loop_time(loop: asyncio.AbstractEventLoop, deadline: float) -> float:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 
 import numpy as np
@@ -243,6 +245,12 @@ async def test_answered_requests_do_not_pile_up_behind_their_deadlines(
     for _ in range(30):
         await asyncio.gather(*(batcher.submit(rows(1), far()) for _ in range(100)))
     assert len(batcher._deadlines) <= 2048
+    answer = await batcher.submit(rows(2), far())
+    answered = weakref.ref(answer)
+    del answer
+    await asyncio.sleep(0)  # the loop's callback that resumed this test holds the answer's future till it returns
+    gc.collect()
+    assert answered() is None, "an answer lives no longer than its caller holds it"
 
 
 async def test_cancelled_request_is_dropped_without_touching_others(
