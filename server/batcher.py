@@ -129,6 +129,8 @@ RunOutput = Callable[[np.ndarray, str], np.ndarray]
 """Runs a batch for one named graph output instead of the model's own."""
 FinishBatch = Callable[[np.ndarray], np.ndarray]
 """Turns the outputs of a batch of foreground requests into what their callers receive, row for row."""
+OnDone = Callable[[asyncio.Future[np.ndarray]], object]
+"""Called with a `submit_nowait` request's future once it is done."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +271,7 @@ class DynamicBatcher:
         deadline: float,
         priority: int,
         statistics: RequestStatistics,
-        on_done: Callable[[asyncio.Future[np.ndarray]], object],
+        on_done: OnDone,
     ) -> asyncio.Future[np.ndarray]:
         """`submit` for a foreground request of at most `max_batch_size` rows, without a coroutine: for a caller
         that answers from a callback (the engine of a multi-process server, where a task per request took about
@@ -366,7 +368,7 @@ class DynamicBatcher:
         request: _QueuedRequest,
         future: asyncio.Future[np.ndarray],
         statistics: RequestStatistics,
-        on_done: Callable[[asyncio.Future[np.ndarray]], object],
+        on_done: OnDone,
     ) -> None:
         self._settle(request)
         if not future.cancelled() and future.exception() is None:

@@ -233,13 +233,13 @@ class Engine:
     def _admit(self, frontend: _Frontend, request: Submit) -> None:
         """Queue a request: a plain one straight in its batcher, answered from its future's callback; the rest
         through a task (see the module docstring)."""
-        statistics = RequestStatistics()
         try:
             model = self._model_of(request)
             batching = model.batching
             if request.background or batching is None or request.shape[0] > batching.max_batch_size:
                 frontend.requests[request.id] = asyncio.create_task(self._serve(frontend, request, model))
                 return
+            statistics = RequestStatistics()
             frontend.requests[request.id] = model.infer_nowait(
                 self._inputs_of(frontend, request),
                 request.deadline,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from cnnserve.metadata import ModelMetadata
 from cnnserve.repository_layout import MODEL_FILE
-from cnnserve.server.batcher import BatchRecord, DynamicBatcher
+from cnnserve.server.batcher import BatchRecord, DynamicBatcher, OnDone
 from cnnserve.server.errors import ExecutionProviderError, UnavailableError
 from cnnserve.server.metrics import ServerMetrics
 from cnnserve.server.model_config import ModelConfig
@@ -180,12 +179,7 @@ class ModelVersion:
         return probabilities
 
     def infer_nowait(
-        self,
-        inputs: np.ndarray,
-        deadline: float,
-        priority: int,
-        statistics: RequestStatistics,
-        on_done: Callable[[asyncio.Future[np.ndarray]], object],
+        self, inputs: np.ndarray, deadline: float, priority: int, statistics: RequestStatistics, on_done: OnDone
     ) -> asyncio.Future[np.ndarray]:
         """`infer` of probabilities for at most `batching.max_batch_size` rows, without a coroutine (see
         `DynamicBatcher.submit_nowait`): the future holds them or the error, `statistics` the request's figures
