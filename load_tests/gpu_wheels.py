@@ -10,6 +10,9 @@ The GPU host has Python 3.12 and no network, so everything it lacks comes in one
   needs (load_tests/gpu/environment.py, CHECK_REQUIREMENTS) and of pip, which installs them there;
 - `models/`: the six seed models with random weights and one imported plain ONNX model
   (load_tests/gpu/model_repository.py);
+- `h2load/`: this machine's h2load (Debian's `nghttp2-client`), for the check's front-end sweep on a host without
+  it: the binary, the libraries it links beyond the C and C++ runtimes (which any x86_64 Linux host has, newer),
+  and a wrapper script that runs it with them;
 - with `--split-mb N`, every wheel over N MiB cut into `NAME.part-aa`, `NAME.part-ab`, ... (the check joins
   them), and CARRY.txt: the folder's files grouped so that each group fits one transfer.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -29,7 +33,7 @@ if not __package__:  # run as a file: the checkout's `load_tests`, after the ins
     sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from load_tests.gpu.environment import CHECK_REQUIREMENTS
-from load_tests.gpu.wheelhouse import MEBIBYTE, carry_batches, join_parts, split_file, tree_size
+from load_tests.gpu.wheelhouse import BUNDLED_H2LOAD, MEBIBYTE, carry_batches, join_parts, split_file, tree_size
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON_VERSION = "3.12"
@@ -75,6 +79,38 @@ def build_cnnserve_wheel(folder: Path) -> Path:
     command = [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-deps", "-w", str(folder)]
     subprocess.run([*command, str(ROOT)], check=True)
     return next(folder.glob("cnnserve-*.whl"))
+
+
+_RUNTIME_LIBRARIES = ("linux-vdso", "ld-linux", "libc.so", "libm.so", "libpthread", "libdl.so", "librt.so")
+_RUNTIME_LIBRARIES += ("libstdc++", "libgcc_s")
+_H2LOAD_WRAPPER = """#!/bin/sh
+# h2load with the libraries bundled beside it (load_tests/gpu_wheels.py).
+here=$(dirname "$(readlink -f "$0")")
+LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$here/bin/h2load" "$@"
+"""
+
+
+def bundle_h2load(folder: Path) -> Path | None:
+    """Copy this machine's h2load and the shared libraries it needs into `folder`/h2load, with a wrapper script
+    `h2load` that runs it; None (and nothing written) when h2load is not installed here."""
+    executable = shutil.which("h2load")
+    if executable is None:
+        return None
+    bundle = folder / BUNDLED_H2LOAD
+    shutil.rmtree(bundle, ignore_errors=True)
+    (bundle / "bin").mkdir(parents=True)
+    (bundle / "lib").mkdir()
+    shutil.copy2(Path(executable).resolve(), bundle / "bin" / "h2load")
+    linked = subprocess.run(["ldd", executable], capture_output=True, text=True, check=True).stdout
+    for line in linked.splitlines():
+        name, arrow, rest = line.strip().partition(" => ")
+        if not arrow or name.startswith(_RUNTIME_LIBRARIES) or not rest.startswith("/"):
+            continue
+        shutil.copy2(Path(rest.split(" (")[0]).resolve(), bundle / "lib" / name)
+    wrapper = bundle / BUNDLED_H2LOAD
+    wrapper.write_text(_H2LOAD_WRAPPER)
+    wrapper.chmod(0o755)
+    return bundle
 
 
 def write_carry_plan(folder: Path, limit_mib: float, max_paths: int) -> list[list[str]]:
@@ -126,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
 
         names = write_model_repository(folder / "models")
         print(f"model repository {folder / 'models'}: {', '.join(names)}", flush=True)
+    bundle = bundle_h2load(folder)
+    print(
+        f"h2load bundled in {bundle}"
+        if bundle
+        else "h2load is not installed here: the check's front-end sweep will need it on the GPU host",
+        flush=True,
+    )
     if args.split_mb:
         for wheel in sorted(folder.glob("*.whl")):
             parts = split_file(wheel, int(args.split_mb * MEBIBYTE))

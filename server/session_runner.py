@@ -9,8 +9,9 @@ one of two ways, chosen at load (`RunPlan`):
   allocates every output afresh on each call;
 - IO binding (the default): each instance keeps, per batch size, an input and an output buffer on the session's
   device, bound to the session once. For the CPU provider they are views of one host array pair as large as the
-  largest batch, so every size stays bound at no extra memory; for CUDA they are GPU memory of their own, kept
-  for the buckets (or the sizes used last). A batch is copied
+  largest batch, so every size stays bound at no extra memory; for CUDA they are GPU memory of their own, one
+  pair per bucket (on CUDA a version with IO binding always has buckets: the powers of two up to max_batch_size
+  when none are given, see `resolve_plan`). A batch is copied
   into its size's input buffer, the session writes the classifier output (and computes nothing else) into the
   output buffer, and only the rows asked for are copied back. The CPU provider runs the very same code, so it is
   tested without a GPU.
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import queue
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -41,10 +41,6 @@ from cnnserve.server.settings import BatchingSettings, RuntimeSettings, cuda_gra
 CAPTURE_RUNS = 3
 """Warm-up runs per bucket with CUDA graphs: ONNX Runtime runs a graph id normally before it captures it (its
 allocations must settle first), then replays it."""
-KEPT_SIZES = 8
-"""On CUDA without buckets, the batch sizes whose buffers an instance keeps (most recently used first); a batch of
-another size allocates its own, evicting the least recently used. (The CPU keeps every size: its buffers are views
-of one array pair.)"""
 
 
 @dataclass(frozen=True)
@@ -73,7 +69,12 @@ def resolve_plan(
     """The run plan of a version on `provider`; `fixed_batch` is the graph's batch dimension when fixed.
 
     A fixed batch dimension is the one bucket there can be. CUDA graphs apply only on CUDA (a version that fell
-    back to the CPU runs without them) and default their buckets to the powers of two up to max_batch_size.
+    back to the CPU runs without them). On CUDA with IO binding (CUDA graphs need it), buckets default to the
+    powers of two up to max_batch_size: each size there keeps GPU buffers of its own, and batches under load come
+    in every size up to the largest, so without buckets a run would keep allocating and freeing GPU memory (a
+    free waits for the whole device) or hold a pair of buffers for each of max_batch_size sizes. Padding to the
+    next power of two costs a small model nothing (a GPU takes as long for 17 rows as for 32) and a large one at
+    most double the rows; `batch_buckets` gives a denser set.
     Raises ModelLoadError when CUDA graphs are asked for with settings they cannot work with.
     """
     on_cuda = provider == CUDA
@@ -81,7 +82,7 @@ def resolve_plan(
     buckets = batching.batch_buckets
     if fixed_batch is not None:
         buckets = (fixed_batch,)
-    elif graphs and not buckets:
+    elif on_cuda and runtime.io_binding and not buckets:
         buckets = powers_of_two_through(batching.max_batch_size)
     if graphs:
         conflict = cuda_graph_conflicts(batching.instances, runtime.io_binding)
@@ -92,8 +93,9 @@ def resolve_plan(
 
 def warm_up_sizes(plan: RunPlan, batching: BatchingSettings) -> set[int]:
     """The batch sizes to run before a version serves: with buckets, every bucket (the only sizes the session
-    sees); on CUDA, every size up to max_batch_size, because cuDNN picks its convolution algorithms per input
-    shape, and the first batch of a size not seen yet would wait for that search; on the CPU, which keeps no
+    sees); on CUDA (without IO binding, else there are buckets), every size up to max_batch_size, because cuDNN
+    picks its convolution algorithms per input shape, and the first batch of a size not seen yet would wait for
+    that search; on the CPU, which keeps no
     per-shape state worth warming, the sizes the batcher forms most (1, the preferred sizes, the largest)."""
     if plan.buckets:
         return set(plan.buckets)
@@ -208,7 +210,7 @@ class SessionRunner:
         return run_sizes
 
     def _new_buffers(self) -> _BoundBuffers:
-        return _BoundBuffers(self._session, self._io, self.plan, len(self.plan.buckets) or KEPT_SIZES)
+        return _BoundBuffers(self._session, self._io, self.plan)
 
     def _as_input_type(self, batch: np.ndarray) -> np.ndarray:
         dtype = self._io.dtype
@@ -233,14 +235,13 @@ class _BoundBuffers:
     On the CPU every size's buffers are the leading rows of one input and one output array (regrown to at least
     twice the size, and the bindings made again, when a larger batch comes), so all sizes stay bound: batches of
     many different sizes (1 to `max_batch_size` under load) never make buffers afresh. On CUDA each size has
-    memory of its own, and at most `keep` sizes are kept."""
+    memory of its own, made at its first run (the warm-up's, for every bucket) and kept."""
 
-    def __init__(self, session: ort.InferenceSession, io: _Io, plan: RunPlan, keep: int) -> None:
+    def __init__(self, session: ort.InferenceSession, io: _Io, plan: RunPlan) -> None:
         self._session = session
         self._io = io
         self._plan = plan
-        self._keep = keep
-        self._by_size: OrderedDict[int, _Binding] = OrderedDict()
+        self._by_size: dict[int, _Binding] = {}
         self._host: tuple[np.ndarray, np.ndarray] | None = None
         """CPU only: the input and output arrays whose leading rows every size's binding uses."""
         self._graph_ids = itertools.count(1)
@@ -255,8 +256,6 @@ class _BoundBuffers:
         binding = self._by_size.get(size)
         if binding is None:
             binding = self._bind(size)
-        else:
-            self._by_size.move_to_end(size)
         return binding.run(parts, rows)
 
     def _bind(self, size: int) -> _Binding:
@@ -270,8 +269,6 @@ class _BoundBuffers:
             binding = _Binding.on_host(self._session, io, inputs[:size], outputs[:size])
         else:
             binding = _Binding.on_device(self._session, io, self._plan, size, next(self._graph_ids))
-            if len(self._by_size) >= self._keep:
-                self._by_size.popitem(last=False)
         self._by_size[size] = binding
         return binding
 

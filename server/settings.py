@@ -123,8 +123,9 @@ class BatchingFields(BaseModel):
     batch_buckets: tuple[int, ...] = ()
     """Batch sizes the session runs at: a batch is padded with zero rows up to the smallest bucket that holds it
     (the padding's rows never reach a caller), so the session sees few shapes (each warmed up before the model is
-    ready, each its own CUDA graph with cuda_graphs). None: each batch runs at its own size, except that
-    cuda_graphs then uses the powers of two up to max_batch_size. The largest must be at least max_batch_size."""
+    ready, each its own CUDA graph with cuda_graphs). None: each batch runs at its own size, except on CUDA with
+    io_binding (the default there), which then uses the powers of two up to max_batch_size. The largest must be
+    at least max_batch_size."""
 
     @field_validator("preferred_batch_sizes", "batch_buckets")
     @classmethod

@@ -7,6 +7,7 @@ difference is everything else running on it). Readings come from psutil when it 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 try:
@@ -33,6 +34,58 @@ def process_cpu_seconds(pid: int) -> float:
     except OSError:
         return float("nan")
     return _stat_cpu_seconds(stat)
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds used so far by process `pid` and every process below it that is still
+    running: a server of several processes (a supervisor, its gRPC front-ends and its engine) counts whole.
+
+    A child that exited between two readings takes its seconds with it, so a difference spanning a restart
+    undercounts; NaN when `pid` itself is gone.
+    """
+    total = process_cpu_seconds(pid)
+    for child in _descendants(pid):
+        seconds = process_cpu_seconds(child)
+        if seconds == seconds:  # not NaN: a child that exited just now counts nothing
+            total += seconds
+    return total
+
+
+def _descendants(pid: int) -> list[int]:
+    if psutil is not None:
+        try:
+            return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return []
+    found, waiting = [], [pid]
+    while waiting:
+        parent = waiting.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                children = [int(child) for child in task.read_text().split()]
+            except OSError:
+                continue
+            found += children
+            waiting += children
+    return found
+
+
+@dataclass(frozen=True)
+class ProcessCpu:
+    """CPU seconds so far of one process: all its threads, and its main thread (an asyncio server's loop)."""
+
+    process: float
+    main_thread: float
+
+
+def tree_cpu(pid: int) -> dict[int, ProcessCpu]:
+    """ProcessCpu of `pid` and of every process below it, by pid (those that ended meanwhile are left out)."""
+    found = {}
+    for each in (pid, *_descendants(pid)):
+        reading = ProcessCpu(process_cpu_seconds(each), thread_cpu_seconds(each))
+        if reading.process == reading.process:  # not NaN
+            found[each] = reading
+    return found
 
 
 def thread_cpu_seconds(pid: int, thread: int | None = None) -> float:

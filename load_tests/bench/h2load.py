@@ -52,6 +52,10 @@ class Measurement:
     average_batch: float | None = None
     """Images per executed batch over the run, from the server's ModelStatistics; None when it counted no
     execution (the bare server runs no model)."""
+    stage_microseconds: dict[str, float] | None = None
+    """Per successful request over the run, microseconds in each of STAGES, from the server's ModelStatistics:
+    where a request's time goes inside the server (the rest of h2load's latency is the protocol and the network
+    stack). None for the bare server."""
 
     @property
     def requests_per_second(self) -> float:
@@ -104,6 +108,12 @@ class ServerCounts:
     successes: int
     inferences: int
     executions: int
+    nanoseconds: tuple[int, ...] = (0,) * 5
+    """Cumulative time of the successful requests, per STAGES (Triton's meaning: a request's whole time in the
+    server, its wait in the queue, and its share of each batch's input copy, run and output)."""
+
+
+STAGES = ("request", "queue", "compute_input", "compute_infer", "compute_output")
 
 
 def server_counts(target: str, model: str) -> ServerCounts:
@@ -111,10 +121,12 @@ def server_counts(target: str, model: str) -> ServerCounts:
     with grpc.insecure_channel(target) as channel:
         response = inference_stub(channel).ModelStatistics(_inference().ModelStatisticsRequest(name=model), timeout=10)
     stats = response.model_stats
+    fields = ("success", *STAGES[1:])
     return ServerCounts(
         sum(each.inference_stats.success.count for each in stats),
         sum(each.inference_count for each in stats),
         sum(each.execution_count for each in stats),
+        tuple(sum(getattr(each.inference_stats, field).ns for each in stats) for field in fields),
     )
 
 
@@ -132,8 +144,12 @@ def parse_summary(text: str) -> H2loadSummary:
     return H2loadSummary(int(requests.group(4)), int(requests.group(5)), seconds, float(finished.group(3)))
 
 
-def run_h2load(url: str, body: bytes, seconds: float, connections: int, streams: int) -> H2loadSummary:
-    """POST `body` to `url` for `seconds` over `connections` connections of `streams` concurrent streams each.
+def run_h2load(
+    url: str, body: bytes, seconds: float, connections: int, streams: int, threads: int = 1
+) -> H2loadSummary:
+    """POST `body` to `url` for `seconds` over `connections` connections of `streams` concurrent streams each,
+    from `threads` threads (h2load shares the connections out among them; one thread tops out near 50,000 small
+    calls/s, which a many-core server can pass).
 
     Raises H2loadMissing, or RuntimeError when h2load fails or prints no summary.
     """
@@ -143,7 +159,7 @@ def run_h2load(url: str, body: bytes, seconds: float, connections: int, streams:
         body_file.write_bytes(body)
         command = [
             executable,
-            *("-c", str(connections), "-m", str(streams), "-t", "1", "-D", f"{seconds:g}"),
+            *("-c", str(connections), "-m", str(streams), "-t", str(min(threads, connections)), "-D", f"{seconds:g}"),
             *("-d", str(body_file), "-H", "content-type: application/grpc", "-H", "te: trailers"),
             url,
         ]
@@ -156,19 +172,27 @@ def run_h2load(url: str, body: bytes, seconds: float, connections: int, streams:
         raise RuntimeError(str(exc)) from exc
 
 
-def measure(target: str, model: str, body: bytes, seconds: float, in_flight: int, connections: int = 4) -> Measurement:
+def measure(
+    target: str, model: str, body: bytes, seconds: float, in_flight: int, connections: int = 4, threads: int = 1
+) -> Measurement:
     """h2load against `target` (host:port) with `in_flight` calls in flight, and the server's successes over it.
 
-    `in_flight` is split over `connections` connections (it must be a multiple of it).
+    `in_flight` is split over `connections` connections (it must be a multiple of it), driven by `threads`.
     """
     if in_flight % connections:
         raise ValueError(f"in_flight {in_flight} is not a multiple of connections {connections}")
     before = server_counts(target, model)
-    summary = run_h2load(f"http://{target}{MODEL_INFER_PATH}", body, seconds, connections, in_flight // connections)
+    url = f"http://{target}{MODEL_INFER_PATH}"
+    summary = run_h2load(url, body, seconds, connections, in_flight // connections, threads)
     after = server_counts(target, model)
     executions = after.executions - before.executions
     average = (after.inferences - before.inferences) / executions if executions > 0 else None
-    return Measurement(summary, after.successes - before.successes, average)
+    successes = after.successes - before.successes
+    stages = None
+    if successes > 0:
+        spent = (end - start for start, end in zip(before.nanoseconds, after.nanoseconds, strict=True))
+        stages = {stage: ns / successes / 1000 for stage, ns in zip(STAGES, spent, strict=True)}
+    return Measurement(summary, successes, average, stages)
 
 
 def _inference() -> Any:

@@ -1,7 +1,7 @@
 """cnnserve against a bare grpc.aio server, side by side, under h2load (a C load generator).
 
     python -m load_tests.bench.h2load_compare [--frontends 0[,1,2...]] [--model-repository R] [--duration 10]
-        [--rounds 1] [--in-flight 64] [--connections C] [--json PATH] [--plot PATH]
+        [--rounds 1] [--in-flight 64] [--connections C] [--h2load-threads 1] [--json PATH] [--plot PATH]
 
 One run measures, one after the other on the same machine and for each front-end count listed in `--frontends`
 (default 0): `cnnserve serve` answering mnist_net's single-image ModelInfer (0: one process, as by default; N:
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -38,7 +39,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cnnserve.server import launcher
-from load_tests.bench import h2load
+from load_tests.bench import bare_grpc, h2load
+from load_tests.bench._cpu import ProcessCpu, tree_cpu
 from load_tests.bench.models import prepare_model, single_model_repository
 
 MODEL = "mnist_net"
@@ -62,6 +64,18 @@ class BareMeasurement:
 
 
 @dataclass(frozen=True)
+class ProcessLoad:
+    """One process of cnnserve over its measured run: its CPU (cores) and its main thread's share of one core
+    (the event loop of a front-end, of the engine or of the single-process server). A loop near 1.0 is what
+    stops the server; all of them well below it, with requests/s flat, means requests wait on something else."""
+
+    role: str
+    pid: int
+    cores: float
+    loop_busy: float
+
+
+@dataclass(frozen=True)
 class Row:
     """One front-end count in one round: cnnserve with it, and the bare server with as many processes."""
 
@@ -69,6 +83,7 @@ class Row:
     cnnserve: h2load.Measurement
     bare: BareMeasurement
     round: int = 0
+    cnnserve_processes: tuple[ProcessLoad, ...] = ()
 
     @property
     def processes(self) -> int:
@@ -106,6 +121,8 @@ class Sweep:
     connections: int
     seconds: float
     rows: tuple[Row, ...]
+    threads: int = 1
+    """h2load's threads."""
 
     @property
     def rounds(self) -> int:
@@ -154,6 +171,7 @@ class Sweep:
                         "requests_per_second": bare.requests_per_second,
                         "per_process_successes": list(row.bare.per_process),
                     },
+                    "cnnserve_processes": [asdict(load) for load in row.cnnserve_processes],
                     "ratio": row.ratio,
                     "relative_to_single_process": self.relative_to_single_process(row),
                 }
@@ -162,6 +180,7 @@ class Sweep:
             "model": MODEL,
             "in_flight": self.in_flight,
             "connections": self.connections,
+            "h2load_threads": self.threads,
             "seconds": self.seconds,
             "rounds": self.rounds,
             "rows": rows,
@@ -174,7 +193,7 @@ def running_bare_server(log_path: Path, processes: int = 1, ready_timeout: float
     """Start load_tests.bench.bare_grpc with `processes` processes, yield where it listens, then stop it."""
     with tempfile.TemporaryDirectory(prefix="cnnserve-bare-") as scratch:
         port_file = Path(scratch) / "ports.json"
-        command = [sys.executable, "-m", "load_tests.bench.bare_grpc", "--port-file", str(port_file)]
+        command = [*bare_grpc.start_command(), "--port-file", str(port_file)]
         with log_path.open("wb") as log:
             process = subprocess.Popen([*command, "--processes", str(processes)], stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -197,16 +216,18 @@ def running_bare_server(log_path: Path, processes: int = 1, ready_timeout: float
                 process.wait()
 
 
-def measure_bare(server: BareServer, body: bytes, seconds: float, in_flight: int, connections: int) -> BareMeasurement:
+def measure_bare(
+    server: BareServer, body: bytes, seconds: float, in_flight: int, connections: int, threads: int = 1
+) -> BareMeasurement:
     """h2load against the bare server's shared port, and the successes each process counted over it.
 
-    `in_flight` is split over `connections` connections (it must be a multiple of it).
+    `in_flight` is split over `connections` connections (it must be a multiple of it), driven by `threads`.
     """
     if in_flight % connections:
         raise ValueError(f"in_flight {in_flight} is not a multiple of connections {connections}")
     before = [h2load.success_count(target, MODEL) for target in server.stats_targets]
     url = f"http://{server.target}{h2load.MODEL_INFER_PATH}"
-    summary = h2load.run_h2load(url, body, seconds, connections, in_flight // connections)
+    summary = h2load.run_h2load(url, body, seconds, connections, in_flight // connections, threads)
     after = [h2load.success_count(target, MODEL) for target in server.stats_targets]
     per_process = tuple(end - start for start, end in zip(before, after, strict=True))
     return BareMeasurement(h2load.Measurement(summary, sum(per_process)), per_process)
@@ -221,10 +242,13 @@ def sweep(
     connections: int,
     rounds: int = 1,
     on_row: Callable[[Row], object] | None = None,
+    threads: int = 1,
+    server_flags: Sequence[str] = (),
 ) -> Sweep:
-    """For each front-end count, measure cnnserve (default settings, `--frontends N` unless N is 0) and then the
-    bare server with as many processes, each for `seconds` after a one-second warm-up at the same load; `rounds`
-    times, every other round in reverse order. `on_row` hears of each row once measured (progress).
+    """For each front-end count, measure cnnserve (default settings and `server_flags`, `--frontends N` unless N
+    is 0) and then the bare server with as many processes, each for `seconds` after a one-second warm-up at the
+    same load, h2load running `threads` threads; `rounds` times, every other round in reverse order. `on_row`
+    hears of each row once measured (progress).
 
     Raises h2load.H2loadMissing, launcher.ServerStartError, RuntimeError.
     """
@@ -232,19 +256,43 @@ def sweep(
     rows = []
     for round_index in range(rounds):
         for count in frontends if round_index % 2 == 0 else list(reversed(frontends)):
-            flags = ("--frontends", str(count)) if count else ()
+            flags = (*server_flags, *(("--frontends", str(count)) if count else ()))
             with launcher.running_server(repository, *flags, log_path=workdir / f"cnnserve-{count}.log") as server:
                 body = h2load.infer_body(MODEL, h2load.input_name(server.target, MODEL))
-                h2load.measure(server.target, MODEL, body, WARM_UP_SECONDS, in_flight, connections)
-                ours = h2load.measure(server.target, MODEL, body, seconds, in_flight, connections)
+                h2load.measure(server.target, MODEL, body, WARM_UP_SECONDS, in_flight, connections, threads)
+                before, started = tree_cpu(server.pid), time.monotonic()
+                ours = h2load.measure(server.target, MODEL, body, seconds, in_flight, connections, threads)
+                after, elapsed = tree_cpu(server.pid), time.monotonic() - started
+                loads = process_loads(server.pid, before, after, elapsed, server.log())
             processes = max(1, count)
             with running_bare_server(workdir / f"bare_grpc-{processes}.log", processes) as bare_server:
-                measure_bare(bare_server, body, WARM_UP_SECONDS, in_flight, connections)
-                bare = measure_bare(bare_server, body, seconds, in_flight, connections)
-            rows.append(Row(count, ours, bare, round_index))
+                measure_bare(bare_server, body, WARM_UP_SECONDS, in_flight, connections, threads)
+                bare = measure_bare(bare_server, body, seconds, in_flight, connections, threads)
+            rows.append(Row(count, ours, bare, round_index, loads))
             if on_row is not None:
                 on_row(rows[-1])
-    return Sweep(in_flight, connections, seconds, tuple(rows))
+    return Sweep(in_flight, connections, seconds, tuple(rows), threads)
+
+
+def process_loads(
+    server_pid: int, before: dict[int, ProcessCpu], after: dict[int, ProcessCpu], seconds: float, log: str
+) -> tuple[ProcessLoad, ...]:
+    """Each process's load between two tree_cpu readings of the server `server_pid` taken `seconds` apart,
+    named from the server's log (the supervisor logs each child's pid as it starts it; "other" is a helper such
+    as multiprocessing's resource tracker); busiest loop first."""
+    roles = {int(pid): "engine" for pid in re.findall(r"engine started \(pid (\d+)\)", log)}
+    roles |= {
+        int(pid): f"front-end {index}" for index, pid in re.findall(r"front-end (\d+) started \(pid (\d+)\)", log)
+    }
+    loads = []
+    for pid, end in after.items():
+        start = before.get(pid)
+        if start is None:
+            continue
+        role = roles.get(pid) or ("other" if pid != server_pid else "supervisor" if roles else "server")
+        cores = (end.process - start.process) / seconds
+        loads.append(ProcessLoad(role, pid, cores, (end.main_thread - start.main_thread) / seconds))
+    return tuple(sorted(loads, key=lambda load: -load.loop_busy))
 
 
 def row_report(row: Row, in_flight: int) -> str:
@@ -261,6 +309,14 @@ def row_report(row: Row, in_flight: int) -> str:
         )
     if row.processes > 1:
         lines.append(f"{'':<{width}} bare successes per process: {', '.join(map(str, row.bare.per_process))}")
+    stages = row.cnnserve.stage_microseconds
+    if stages:
+        spent = ", ".join(f"{stage} {microseconds:,.0f}" for stage, microseconds in stages.items())
+        lines.append(f"{'':<{width}} cnnserve per request, µs inside the server: {spent}")
+    if row.cnnserve_processes:
+        cores = sum(load.cores for load in row.cnnserve_processes)
+        busiest = ", ".join(f"{load.role} {load.loop_busy:.2f}" for load in row.cnnserve_processes[:3])
+        lines.append(f"{'':<{width}} cnnserve CPU {cores:.2f} cores; busiest event loops: {busiest}")
     lines.append(f"ratio cnnserve / bare: {row.ratio:.2f}  ({in_flight} in flight, {MODEL} single image)")
     return "\n".join(lines)
 
@@ -269,7 +325,9 @@ def report(result: Sweep) -> str:
     """A Markdown table of the whole sweep: per front-end count, the medians over its rounds."""
     rounds = result.rounds
     lines = [
-        f"{MODEL} single image, {result.in_flight} in flight over {result.connections} connections, "
+        f"{MODEL} single image, {result.in_flight} in flight over {result.connections} connections"
+        + (f" ({result.threads} h2load threads)" if result.threads > 1 else "")
+        + ", "
         f"{result.seconds:g} s per server"
         + (f"; medians of {rounds} rounds (ratios taken within each round)" if rounds > 1 else ""),
         "",
@@ -355,12 +413,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--connections", type=int, help="HTTP/2 connections (default 4, or 16 when a server runs several processes)"
     )
+    parser.add_argument(
+        "--h2load-threads", type=int, default=1, help="h2load's threads (default 1; a many-core host wants more)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--plot", type=Path, help="also draw requests/s against front-ends here (PNG)")
     args = parser.parse_args(argv)
     connections = args.connections if args.connections is not None else 16 if max(args.frontends) > 1 else 4
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, not {args.rounds}")
+    if args.h2load_threads < 1:
+        parser.error(f"--h2load-threads must be at least 1, not {args.h2load_threads}")
     if connections <= 0 or args.in_flight <= 0 or args.in_flight % connections:
         parser.error(f"--in-flight {args.in_flight} must be a positive multiple of {connections} connections")
     try:
@@ -382,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                 connections,
                 args.rounds,
                 on_row=lambda row: print(row_report(row, args.in_flight), flush=True),
+                threads=args.h2load_threads,
             )
         except (launcher.ServerStartError, RuntimeError) as exc:
             print(exc, file=sys.stderr)

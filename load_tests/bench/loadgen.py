@@ -45,6 +45,10 @@ class LoadPlan:
     window_end: float
     timeout_seconds: float = 30.0
     max_message_bytes: int = 64 * 1024 * 1024
+    connections_per_process: int = 1
+    """The fewest HTTP/2 connections each worker opens (it opens more for over 32 callers, never more than its
+    callers). A server of several processes sharing one port (SO_REUSEPORT) gets each connection in one of
+    them, so a few connections can leave some of its processes without work."""
 
 
 @dataclass
@@ -171,7 +175,7 @@ async def _run_plan(plan: LoadPlan, callers: int) -> tuple[array, Counter[str]]:
         ("grpc.max_receive_message_length", plan.max_message_bytes),
         ("grpc.max_send_message_length", plan.max_message_bytes),
     ]
-    connections = max(1, -(-callers // CALLERS_PER_CONNECTION))
+    connections = min(callers, max(plan.connections_per_process, -(-callers // CALLERS_PER_CONNECTION)))
     channels = [grpc.aio.insecure_channel(plan.target, options=options) for _ in range(connections)]
     latencies = array("d")
     errors: Counter[str] = Counter()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from load_tests.bench._cpu import machine_busy_seconds, process_cpu_seconds
+from load_tests.bench._cpu import machine_busy_seconds, process_cpu_seconds, process_tree_cpu_seconds
 from load_tests.bench.loadgen import LoadGenerator, LoadPlan
 from load_tests.bench.results import LatencySummary, ServerPoint
 from load_tests.bench.server import ModelCounters, ServerUnderTest
@@ -39,7 +39,7 @@ class _Snapshot:
 
 def _snapshot(server: ServerUnderTest, generator: LoadGenerator, model: str | None) -> _Snapshot:
     return _Snapshot(
-        server_cpu=process_cpu_seconds(server.pid),
+        server_cpu=process_tree_cpu_seconds(server.pid),
         generator_cpu=sum(process_cpu_seconds(pid) for pid in generator.pids),
         machine_cpu=machine_busy_seconds(),
         counters=server.counters(model) if model is not None else None,
@@ -62,11 +62,13 @@ def measure_point(
     window: Window,
     model: str | None,
     images_per_request: int = 1,
+    connections: int = 1,
 ) -> ServerPoint:
     """Run `callers` closed-loop callers of `method` and summarise the window.
 
     With `model` given, the average batch size comes from that model's counters; without it (a health check)
-    it is None.
+    it is None. `connections` is the fewest HTTP/2 connections the callers share in all (spread over the
+    generator's processes): a server of N processes sharing its port wants several per process.
     """
     if model is not None:
         server.wait_idle(model)
@@ -81,6 +83,7 @@ def measure_point(
         window_start=window_start,
         window_end=window_end,
         timeout_seconds=window.timeout_seconds,
+        connections_per_process=max(1, -(-connections // generator.processes)),
     )
     running = generator.start(plan, callers)
     _sleep_until(window_start)

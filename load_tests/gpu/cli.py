@@ -14,6 +14,9 @@ CUDA = "cuda"
 CPU = "cpu"
 DEFAULT_WHEELS = Path("gpu-wheels")
 DEFAULT_BUDGET_SECONDS = 480.0
+PHASES = ("correctness", "bare", "server", "frontends")
+"""What the check does, in order: every model on the provider against the CPU; bare ONNX Runtime; the server in
+several configurations; the front-end sweep under h2load."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class CheckOptions:
     venv: Path
     check_targets: bool
     device_id: int
+    phases: tuple[str, ...] = PHASES
 
     @property
     def dry_run(self) -> bool:
@@ -66,7 +70,21 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument("--venv", type=Path, default=None, help="where to install (default: WHEELS/venv)")
     parse.add_argument("--check-targets", action="store_true", help="exit 1 when a performance target is missed")
     parse.add_argument("--device-id", type=int, default=0, help="the CUDA device to use")
+    parse.add_argument(
+        "--phases",
+        type=_phases,
+        default=PHASES,
+        help=f"comma-separated, of {','.join(PHASES)} (default all; they run in that order whatever is given)",
+    )
     return parse
+
+
+def _phases(text: str) -> tuple[str, ...]:
+    asked = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = asked - set(PHASES)
+    if unknown or not asked:
+        raise argparse.ArgumentTypeError(f"phases are {', '.join(PHASES)}; got {text!r}")
+    return tuple(phase for phase in PHASES if phase in asked)
 
 
 def parse_options(argv: Sequence[str] | None = None) -> CheckOptions:
@@ -82,4 +100,5 @@ def parse_options(argv: Sequence[str] | None = None) -> CheckOptions:
         venv=(args.venv or wheels / "venv").resolve(),
         check_targets=args.check_targets,
         device_id=args.device_id,
+        phases=args.phases,
     )

@@ -84,6 +84,8 @@ def markdown(result: CheckResult) -> str:
     )
     lines += _bare_section(result)
     lines += _server_section(result)
+    if result.frontend_sweep_table:
+        lines += ["## Front-ends under h2load", "", result.frontend_sweep_table, ""]
     if result.skipped:
         lines += ["## Not measured", ""] + [f"- {s.what}: {s.reason}" for s in result.skipped] + [""]
     return "\n".join(lines).rstrip() + "\n"

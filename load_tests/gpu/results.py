@@ -138,6 +138,10 @@ class CheckResult:
     bare: list[BarePoint] = field(default_factory=list)
     servers: list[ServerRun] = field(default_factory=list)
     server_points: list[ServerMeasurement] = field(default_factory=list)
+    frontend_sweep: dict[str, Any] | None = None
+    """load_tests.bench.h2load_compare's figures (Sweep.to_dict) for the front-end sweep, when it ran."""
+    frontend_sweep_table: str = ""
+    """Its Markdown table."""
     targets: list[Target] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)

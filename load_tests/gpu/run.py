@@ -1,4 +1,5 @@
-"""The measuring stage of the GPU check: correctness, bare ONNX Runtime, the server, then the report.
+"""The measuring stage of the GPU check: correctness, bare ONNX Runtime, the server, the front-end sweep, then
+the report (`--phases` picks some).
 
 Runs in the interpreter the first stage chose, with the CUDA libraries on LD_LIBRARY_PATH. The phases run in
 order of importance (a run short of time still says whether the GPU computes the right answers), each step
@@ -6,7 +7,8 @@ checks the budget first, and the report is written whatever happened, from what 
 
 `MeasurePlan.for_provider` sizes everything: on CUDA, both benchmark models, six ways of running bare ONNX
 Runtime at batch sizes 1 to 256 and every server configuration, in about four minutes; on the CPU (the dry run
-the test suite makes), mnist_net only, with windows of a fraction of a second.
+the test suite makes), mnist_net only, with windows of a fraction of a second. The front-end sweep under h2load
+(load_tests/gpu/frontends.py) adds about two minutes on a 16-core host.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from load_tests.bench._cpu import cpu_count
+from load_tests.bench.h2load_compare import MODEL as SWEEP_MODEL
 from load_tests.bench.measure import CLASSIFY_METHOD, INFER_METHOD, Window
 from load_tests.gpu.bare import VARIANTS, measure_variant, unavailable_reason
 from load_tests.gpu.budget import Budget
 from load_tests.gpu.cli import CUDA, CheckOptions
 from load_tests.gpu.correctness import check_model, repository_models
+from load_tests.gpu.frontends import SweepPlan, measure_frontends
 from load_tests.gpu.report import write_reports
 from load_tests.gpu.results import BarePoint, CheckResult, Skipped
 from load_tests.gpu.serving import (
@@ -48,33 +52,38 @@ class MeasurePlan:
     bare_seconds: float
     """Timed seconds per batch size of each bare variant."""
     serving: ServingPlan
+    sweep: SweepPlan
 
     @classmethod
     def for_provider(cls, provider: str, device_id: int) -> MeasurePlan:
         if provider == CUDA:
+            on_the_gpu = ("--execution-provider", "cuda", "--cuda-device-id", str(device_id))
             serving = ServingPlan(
                 # Buckets keep each server's warm-up to 8 sizes: without them a CUDA version warms every size up
                 # to the max batch size, each with cuDNN's exhaustive algorithm search.
                 base_flags=(
-                    *("--execution-provider", "cuda", "--cuda-device-id", str(device_id)),
+                    *on_the_gpu,
                     *("--max-batch-size", "128", "--batch-buckets", *(str(2**power) for power in range(8))),
                 ),
-                configurations=configurations(frontends=(2, 4)),
+                configurations=configurations(frontends=(2, 4, 8)),
                 shapes=(RequestShape(CLASSIFY_METHOD, 1, 256), RequestShape(INFER_METHOD, 16, 32)),
                 window=Window(warmup_seconds=1.0, duration_seconds=2.5),
                 expected_startup_seconds=15.0,
                 generator_processes=min(8, max(2, cpu_count() // 2)),
             )
-            return cls(("catsdogs", "mnist_net"), BATCH_SIZES, 0.25, serving)
+            sweep = SweepPlan.for_host(cpu_count(), on_the_gpu, dry_run=False)
+            return cls(("catsdogs", "mnist_net"), BATCH_SIZES, 0.25, serving, sweep)
+        on_the_cpu = ("--execution-provider", "cpu")
         serving = ServingPlan(
-            base_flags=("--execution-provider", "cpu", "--max-batch-size", "32"),
+            base_flags=(*on_the_cpu, "--max-batch-size", "32"),
             configurations=configurations(frontends=(2,)),
             shapes=(RequestShape(CLASSIFY_METHOD, 1, 8), RequestShape(INFER_METHOD, 16, 2)),
             window=Window(warmup_seconds=0.2, duration_seconds=0.4),
             expected_startup_seconds=4.0,
             generator_processes=2,
         )
-        return cls(("mnist_net",), BATCH_SIZES, 0.02, serving)
+        sweep = SweepPlan.for_host(cpu_count(), on_the_cpu, dry_run=True)
+        return cls(("mnist_net",), BATCH_SIZES, 0.02, serving, sweep)
 
     def bare_seconds_per_variant(self) -> float:
         return len(self.batch_sizes) * (self.bare_seconds + 0.15) + 3.0
@@ -121,7 +130,7 @@ def _measure(options: CheckOptions, budget: Budget, result: CheckResult) -> None
     if not models:
         raise RuntimeError(f"{options.models} holds no model with a version")
 
-    for model_dir in models:
+    for model_dir in models if "correctness" in options.phases else []:
         if not budget.allows(CORRECTNESS_SECONDS[options.provider]):
             result.skipped.append(Skipped(f"correctness of {model_dir.name}", "out of time"))
             continue
@@ -140,19 +149,25 @@ def _measure(options: CheckOptions, budget: Budget, result: CheckResult) -> None
     for name in plan.bench_models:
         if name not in by_name:
             result.skipped.append(Skipped(f"{name} (bare and server)", f"not in {options.models}"))
-    for name in measured:
+    for name in measured if "bare" in options.phases else []:
         _bare(name, by_name[name], plan, options, budget, result)
 
-    supported = server_flags_supported()
     logs = options.out / "logs"
-    phase = ServingPhase(plan.serving, options.provider, options.device_id, budget, logs, supported)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
-        repository = scratch_repository([by_name[name] for name in measured], Path(scratch))
-        try:
-            phase.measure(repository, measured)
-        finally:
-            result.servers, result.server_points = phase.runs, phase.points
-            result.skipped += phase.skipped
+        if "server" in options.phases:
+            supported = server_flags_supported()
+            phase = ServingPhase(plan.serving, options.provider, options.device_id, budget, logs, supported)
+            repository = scratch_repository([by_name[name] for name in measured], Path(scratch))
+            try:
+                phase.measure(repository, measured)
+            finally:
+                result.servers, result.server_points = phase.runs, phase.points
+                result.skipped += phase.skipped
+        if "frontends" in options.phases and SWEEP_MODEL in by_name:
+            repository = scratch_repository([by_name[SWEEP_MODEL]], Path(scratch) / "sweep")
+            measure_frontends(plan.sweep, repository, options.wheels, logs, budget, result, options.out)
+        elif "frontends" in options.phases:
+            result.skipped.append(Skipped("front-end sweep", f"{SWEEP_MODEL} is not in {options.models}"))
 
 
 def _bare(name: str, model_dir: Path, plan: MeasurePlan, options: CheckOptions, budget: Budget, result: CheckResult):

@@ -34,6 +34,10 @@ from load_tests.gpu.system import GpuSampler
 
 POINT_OVERHEAD_SECONDS = 0.8
 """Per point, beyond warm-up and window: the generator's start delay, draining the queue, reading counters."""
+CONNECTIONS_PER_FRONTEND = 4
+"""The kernel hands each connection to one of the front-ends sharing the port, by a hash: with one connection per
+front-end, some get two or three and others none (the first GPU run measured 8 front-ends through 8 connections
+barely faster than 4); four per front-end leave none idle in practice."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,9 @@ class ServerConfiguration:
     expected_run: tuple[tuple[str, object], ...] = ()
     """Fields of GetModel's RunInfo the flags must have produced, e.g. (("cuda_graphs", True),): a setting that
     did not take effect fails the configuration rather than measuring something else under its name."""
+    connections: int = 1
+    """The fewest HTTP/2 connections the load generator opens: each lands in one process of a server whose
+    front-ends share the port, so a server of N front-ends gets CONNECTIONS_PER_FRONTEND * N."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,12 @@ def configurations(frontends: tuple[int, ...]) -> tuple[ServerConfiguration, ...
         ServerConfiguration(
             "cuda_graphs", ("--cuda-graphs", "--instances", "1"), cuda_only=True, expected_run=(("cuda_graphs", True),)
         ),
-        *(ServerConfiguration(f"frontends_{count}", ("--frontends", str(count))) for count in frontends),
+        *(
+            ServerConfiguration(
+                f"frontends_{count}", ("--frontends", str(count)), connections=CONNECTIONS_PER_FRONTEND * count
+            )
+            for count in frontends
+        ),
     )
 
 
@@ -155,7 +167,7 @@ class ServingPhase:
                 self.budget.say(f"server {configuration.name} ready in {run.ready_seconds:.1f} s: {' '.join(flags)}")
                 if run.status == "measured":
                     for model in models:
-                        self._model(server, configuration.name, model, generator)
+                        self._model(server, configuration, model, generator)
         except (ServerStartError, RuntimeError, OSError) as exc:
             run.status, run.reason = "failed", f"{type(exc).__name__}: {exc}"[-3000:]
             self.budget.say(f"server {configuration.name}: failed: {str(exc).splitlines()[0]}")
@@ -185,10 +197,12 @@ class ServingPhase:
                 run.status = "failed"
                 run.reason = f"GetModel says {model} runs with {differing}, expected {expected}"
 
-    def _model(self, server: ServerUnderTest, configuration: str, model: str, generator: LoadGenerator) -> None:
+    def _model(
+        self, server: ServerUnderTest, configuration: ServerConfiguration, model: str, generator: LoadGenerator
+    ) -> None:
         model_input = ModelInput.from_model_info(server.model_info(model))
         for shape in self.plan.shapes:
-            what = f"{configuration} {model}, {shape.words}"
+            what = f"{configuration.name} {model}, {shape.words}"
             if not self.budget.allows(self.plan.point_seconds()):
                 self.skipped.append(Skipped(what, "out of time"))
                 continue
@@ -204,10 +218,11 @@ class ServingPhase:
                     window=self.plan.window,
                     model=model,
                     images_per_request=shape.images,
+                    connections=configuration.connections,
                 )
             if server.process.poll() is not None:
                 raise RuntimeError(f"the server exited with {server.process.returncode}:\n{server.log_tail()}")
-            measurement = ServerMeasurement(configuration, model, shape.words, shape.images, point, sampler.result)
+            measurement = ServerMeasurement(configuration.name, model, shape.words, shape.images, point, sampler.result)
             self.points.append(measurement)
             batch = f", avg batch {point.average_batch_size:.1f}" if point.average_batch_size else ""
             gpu = f", GPU {sampler.result.mean_utilization:.0f}%" if sampler.result else ""

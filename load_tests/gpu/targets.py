@@ -6,6 +6,11 @@
 
 Both are judged on catsdogs (compute-bound: where a GPU and half precision matter), or on the first model
 measured when catsdogs was not (the CPU dry run), and say which.
+
+Two more come from the front-end sweep under h2load (mnist_net single-image ModelInfer, 64 in flight), the
+targets of the front-end/engine split, judged at the front-end count that answered most:
+- front-ends pay: at least 2 times the single-process server's requests/s;
+- front-ends cost little: at least 0.8 of a bare grpc.aio server with as many processes.
 """
 
 from __future__ import annotations
@@ -16,12 +21,45 @@ SERVER_SHARE = 0.8
 FP16_SPEEDUP = 1.5
 FP16_BATCH = 64
 PREFERRED_MODEL = "catsdogs"
+FRONTENDS_SPEEDUP = 2.0
+FRONTENDS_BARE_SHARE = 0.8
 
 
 def evaluate(result: CheckResult) -> list[Target]:
     measured = list(dict.fromkeys(point.model for point in result.bare))
     model = PREFERRED_MODEL if PREFERRED_MODEL in measured or not measured else measured[0]
-    return [_server_share(result, model), _fp16_speedup(result, model)]
+    return [_server_share(result, model), _fp16_speedup(result, model), *_frontend_targets(result)]
+
+
+def _frontend_targets(result: CheckResult) -> list[Target]:
+    scaling = f"front-ends >= {FRONTENDS_SPEEDUP} x the single-process server (mnist_net, h2load, best count)"
+    share = f"front-ends >= {FRONTENDS_BARE_SHARE} x bare grpc.aio with as many processes (at that count)"
+    sweep = result.frontend_sweep
+    medians = [m for m in (sweep or {}).get("medians", []) if m["frontends"] > 0]
+    if not medians:
+        return [
+            Target(name, None, threshold, None, "not measured")
+            for name, threshold in ((scaling, FRONTENDS_SPEEDUP), (share, FRONTENDS_BARE_SHARE))
+        ]
+    best = max(medians, key=lambda m: m["cnnserve"])
+    where = f"{best['frontends']} front-ends: {best['cnnserve']:,.0f} requests/s"
+    relative = best["relative_to_single_process"]
+    return [
+        Target(
+            scaling,
+            relative,
+            FRONTENDS_SPEEDUP,
+            None if relative is None else relative >= FRONTENDS_SPEEDUP,
+            f"{where}, single process measured beside it" if relative is not None else "no single-process run",
+        ),
+        Target(
+            share,
+            best["ratio"],
+            FRONTENDS_BARE_SHARE,
+            best["ratio"] >= FRONTENDS_BARE_SHARE,
+            f"{where} vs bare {best['bare']:,.0f} ({best['processes']} processes)",
+        ),
+    ]
 
 
 def _server_share(result: CheckResult, model: str) -> Target:

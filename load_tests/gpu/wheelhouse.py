@@ -20,6 +20,9 @@ from pathlib import Path
 
 PART_MARKER = ".part-"
 MEBIBYTE = 1024 * 1024
+BUNDLED_H2LOAD = "h2load"
+"""The folder holding a copy of h2load for a host without it (load_tests/gpu_wheels.py makes it), and the name of
+its wrapper script there: run from anywhere, it finds the binary and its libraries beside itself."""
 
 
 class WheelhouseError(RuntimeError):

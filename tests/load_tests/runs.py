@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from typing import Any
 
 
 def run_module(module: str, *arguments: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -12,3 +14,13 @@ def run_module(module: str, *arguments: str, timeout: float) -> subprocess.Compl
     return subprocess.run(
         [sys.executable, "-m", module, *arguments], capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def run_script(script: str, *arguments: str, timeout: float = 60) -> Any:
+    """`python -c script arguments` in a process of its own (see run_module), which must succeed and print JSON
+    on its last line; returns that JSON."""
+    completed = subprocess.run(
+        [sys.executable, "-c", script, *arguments], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.splitlines()[-1])

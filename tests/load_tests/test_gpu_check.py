@@ -21,6 +21,7 @@ from cnnserve.server.model_import import import_model
 from cnnserve.server.spec_files import SpecTables
 from load_tests.gpu.bare import VARIANTS, measure_variant
 from load_tests.gpu.budget import Budget
+from load_tests.gpu.cli import parse_options
 from load_tests.gpu.environment import (
     DEADLINE_VARIABLE,
     STAGE_VARIABLE,
@@ -29,7 +30,7 @@ from load_tests.gpu.environment import (
     measuring_environment,
 )
 from load_tests.gpu.wheelhouse import WheelhouseError, carry_batches, join_parts, split_file
-from load_tests.gpu_wheels import download_command, project_dependencies
+from load_tests.gpu_wheels import bundle_h2load, download_command, project_dependencies
 from tests.plain_models import classifier_graph, save, write_labels
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +90,17 @@ def test_the_dry_run_checks_every_model_and_measures_every_way(dry_run: tuple[st
     assert all(p["point"]["requests"] > 0 and p["point"]["errors"] == {} for p in points)
 
     targets = {target["name"]: target for target in report["targets"]}
-    assert len(targets) == 2 and all(target["passed"] is not None for target in targets.values())
+    assert len(targets) == 4 and all(target["passed"] is not None for target in targets.values())
+
+    # The front-end sweep under h2load (make installs nghttp2-client): the single process and 2 front-ends,
+    # each beside a bare server of as many processes, with where each request's time went.
+    sweep = report["frontend_sweep"]
+    assert sweep is not None, f"no front-end sweep: {report['skipped']}"
+    assert [row["frontends"] for row in sweep["rows"]] == [0, 2]
+    for row in sweep["rows"]:
+        assert row["cnnserve"]["server_successes"] > 0 and row["bare_grpc_aio"]["server_successes"] > 0
+        assert row["cnnserve"]["stage_microseconds"]["compute_infer"] > 0 and row["cnnserve_processes"]
+    assert '"execution_provider":"cpu"' in (out / "logs" / "cnnserve-2.log").read_text(), "the check's provider"
 
 
 @pytest.mark.slow
@@ -99,8 +110,9 @@ def test_the_dry_run_writes_the_markdown_and_the_plots(dry_run: tuple[str, Path]
     markdown = (out / "gpu_check.md").read_text()
     for heading in ("## Result", "## Targets", "## Correctness", "## Bare ONNX Runtime", "## Server", "### mnist_net"):
         assert heading in markdown
+    assert "## Front-ends under h2load" in markdown and "| 0 (single process) |" in markdown
     assert "**passed**" in markdown and "| plain | CPUExecutionProvider |" in markdown
-    for plot in ("bare_onnxruntime.png", "server.png"):
+    for plot in ("bare_onnxruntime.png", "server.png", "frontends.png"):
         assert (out / plot).read_bytes().startswith(b"\x89PNG")
     assert list((out / "logs").glob("server-default.log"))
 
@@ -120,6 +132,27 @@ def test_the_script_runs_as_a_module_too() -> None:
         [sys.executable, "-m", "load_tests.gpu_check", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert completed.returncode == 0 and "--provider" in completed.stdout
+
+
+def test_phases_run_in_their_own_order_whatever_order_they_are_asked_in() -> None:
+    options = parse_options(["--out", "out", "--phases", "frontends, correctness"])
+    assert options.phases == ("correctness", "frontends")
+    assert parse_options(["--out", "out"]).phases == ("correctness", "bare", "server", "frontends")
+    with pytest.raises(SystemExit):
+        parse_options(["--out", "out", "--phases", "correctness,warp"])
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load is not installed (apt-get install nghttp2-client)")
+def test_the_bundled_h2load_runs_from_its_folder_with_its_own_libraries(tmp_path: Path) -> None:
+    bundle = bundle_h2load(tmp_path)
+    assert bundle == tmp_path / "h2load"
+    libraries = {path.name for path in (bundle / "lib").iterdir()}
+    assert any(name.startswith("libnghttp2.so") for name in libraries)
+    assert not any(name.startswith(("libc.so", "libstdc++", "ld-linux")) for name in libraries)
+    moved = tmp_path / "elsewhere"
+    bundle.rename(moved)  # the wrapper finds its binary and libraries beside itself, wherever it is
+    completed = subprocess.run([str(moved / "h2load"), "--version"], capture_output=True, text=True, timeout=30)
+    assert completed.returncode == 0 and completed.stdout.startswith("h2load nghttp2/")
 
 
 def test_a_split_wheel_is_joined_in_name_order_and_checked(tmp_path: Path) -> None:

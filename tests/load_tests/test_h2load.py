@@ -19,6 +19,7 @@ import pytest
 from load_tests.bench import h2load_compare
 from load_tests.bench.h2load import INSTALL_HINT, H2loadSummary, Measurement, grpc_frame, parse_summary
 from load_tests.bench.h2load_compare import BareMeasurement, Row, Sweep, report, row_report
+from tests.load_tests.runs import run_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 needs_h2load = pytest.mark.skipif(shutil.which("h2load") is None, reason=f"h2load is not installed: {INSTALL_HINT}")
@@ -111,17 +112,7 @@ print(json.dumps({"targets": [server.target, *server.stats_targets], "per_proces
 
 @needs_h2load
 def test_bare_server_of_two_processes_counts_every_call_over_both(tmp_path: Path) -> None:
-    # In a process of its own: the generated `inference` protobuf modules clash with tritonclient's, which other
-    # tests of the suite load.
-    completed = subprocess.run(
-        [sys.executable, "-c", _BARE_TWO_PROCESSES, str(tmp_path / "bare.log")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(completed.stdout.splitlines()[-1])
+    result = run_script(_BARE_TWO_PROCESSES, str(tmp_path / "bare.log"))
     assert len(result["per_process"]) == 2 and all(count > 0 for count in result["per_process"])  # 16 connections
     assert result["counted"] == sum(result["per_process"])
     assert result["seen"] > 0 and abs(result["counted"] - result["seen"]) <= 0.03 * result["seen"]
@@ -171,3 +162,17 @@ def test_the_front_end_sweep_measures_both_servers_and_counts_what_h2load_saw(
         assert seen > 0 and abs(counted - seen) <= 0.03 * seen, "the front-ends' calls are all counted"
         assert sum(row["bare_grpc_aio"]["per_process_successes"]) == row["bare_grpc_aio"]["server_successes"]
     assert single["ratio"] > 0 and single["relative_to_single_process"] == 1.0
+
+    # Where the time went: each request's stages inside cnnserve, and each process's CPU and event loop.
+    for row in (single, split):
+        stages = row["cnnserve"]["stage_microseconds"]
+        assert list(stages) == ["request", "queue", "compute_input", "compute_infer", "compute_output"]
+        assert stages["request"] >= max(stages["queue"], stages["compute_infer"]) and stages["compute_infer"] > 0
+        assert row["bare_grpc_aio"]["stage_microseconds"] is None
+    assert [load["role"] for load in single["cnnserve_processes"]] == ["server"]
+    roles = {load["role"] for load in split["cnnserve_processes"]} - {"other"}
+    assert roles == {"supervisor", "engine", "front-end 0", "front-end 1"}
+    for load in single["cnnserve_processes"] + split["cnnserve_processes"]:
+        assert 0 <= load["loop_busy"] <= load["cores"] + 0.05
+    working = [load for load in split["cnnserve_processes"] if load["role"] not in ("supervisor", "other")]
+    assert len(working) == 3 and all(load["loop_busy"] > 0.05 for load in working), working

@@ -19,7 +19,6 @@ from cnnserve.server.model_import import import_model
 from cnnserve.server.model_spec import ModelSpec, load_spec
 from cnnserve.server.runtime import CPU, CUDA, LoadedSession, create_session
 from cnnserve.server.session_runner import (
-    KEPT_SIZES,
     RunPlan,
     SessionRunner,
     plain_runner,
@@ -72,7 +71,7 @@ def reference(loaded: LoadedSession, spec: ModelSpec, batch: np.ndarray) -> np.n
 def test_io_binding_answers_as_plain_runs_do_at_every_batch_size(mnist_net: tuple[LoadedSession, ModelSpec]) -> None:
     loaded, spec = mnist_net
     runner = SessionRunner(loaded.session, spec, RunPlan(io_binding=True), instances=1)
-    sizes = [*range(1, KEPT_SIZES + 3), 5, 1, 32]  # more sizes than an instance keeps buffers for, then old ones
+    sizes = [*range(1, 11), 5, 1, 32]  # new sizes, then sizes seen before
     for seed, rows in enumerate(sizes):
         batch = digits_like(rows, spec, seed)
         np.testing.assert_allclose(runner.run(batch), reference(loaded, spec, batch), rtol=1e-5, atol=1e-6)
@@ -214,6 +213,11 @@ def test_the_run_plan_follows_the_settings_and_the_provider_got() -> None:
     batching = BatchingSettings(max_batch_size=24)
     graphs = RuntimeSettings(cuda_graphs=True)
     assert resolve_plan(batching, graphs, CUDA, None).buckets == (1, 2, 4, 8, 16, 24)
+    assert resolve_plan(batching, RuntimeSettings(), CUDA, None).buckets == (1, 2, 4, 8, 16, 24), (
+        "IO binding on CUDA keeps GPU buffers per size: a bounded set of them"
+    )
+    assert resolve_plan(batching, RuntimeSettings(io_binding=False), CUDA, None).buckets == ()
+    assert resolve_plan(batching, RuntimeSettings(), CPU, None).buckets == (), "the CPU binds every size in one array"
     assert resolve_plan(batching, graphs, CUDA, None).cuda_graphs
     on_cpu = resolve_plan(batching, graphs, CPU, None)
     assert (on_cpu.cuda_graphs, on_cpu.buckets, on_cpu.device) == (False, (), "cpu"), "CUDA graphs need CUDA"
