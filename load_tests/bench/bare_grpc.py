@@ -37,12 +37,7 @@ from cnnserve.inference import grpc_service_pb2 as inference
 from cnnserve.inference import grpc_service_pb2_grpc as inference_grpc
 
 SCRIPT = Path(__file__).resolve()
-
-
-def start_command() -> list[str]:
-    """How to start this server: as a file, which needs only installed packages, so it starts whether or not the
-    checkout is on the path (the GPU check measures with safe paths, where `-m load_tests...` finds nothing)."""
-    return [sys.executable, str(SCRIPT)]
+"""Its workers start as this file, as h2load_compare starts the server: that needs only installed packages."""
 
 
 LOOPBACK = "127.0.0.1"
@@ -113,7 +108,7 @@ def serve_processes(processes: int, port: int, port_file: Path | None) -> int:
             shared_port, stats_ports = port, []
             for index in range(processes):
                 child_file = Path(scratch) / f"ports-{index}.json"
-                command = [*start_command(), "--port", str(shared_port)]
+                command = [sys.executable, str(SCRIPT), "--port", str(shared_port)]
                 children.append(subprocess.Popen([*command, "--port-file", str(child_file)]))
                 ports = _wait_for_ports(children[-1], child_file, lambda: stop)
                 if ports is None:

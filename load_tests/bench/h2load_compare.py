@@ -1,7 +1,8 @@
 """cnnserve against a bare grpc.aio server, side by side, under h2load (a C load generator).
 
     python -m load_tests.bench.h2load_compare [--frontends 0[,1,2...]] [--model-repository R] [--duration 10]
-        [--rounds 1] [--in-flight 64] [--connections C] [--h2load-threads 1] [--json PATH] [--plot PATH]
+        [--rounds 1] [--in-flight 64] [--connections C] [--h2load-threads 1] [--profile-dir D] [--json PATH]
+        [--plot PATH]
 
 One run measures, one after the other on the same machine and for each front-end count listed in `--frontends`
 (default 0): `cnnserve serve` answering mnist_net's single-image ModelInfer (0: one process, as by default; N:
@@ -33,18 +34,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cnnserve.server import launcher
-from load_tests.bench import bare_grpc, h2load
+from load_tests.bench import h2load, profiling
 from load_tests.bench._cpu import ProcessCpu, tree_cpu
 from load_tests.bench.models import prepare_model, single_model_repository
 
 MODEL = "mnist_net"
 WARM_UP_SECONDS = 1.0
+BARE_SERVER = Path(__file__).with_name("bare_grpc.py")
+"""Started as a file, which needs only installed packages (the GPU check measures with safe paths, where
+`-m load_tests...` finds nothing); not imported here, since importing it loads the generated `inference` modules,
+which clash with tritonclient's in a process that has both."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,7 @@ def running_bare_server(log_path: Path, processes: int = 1, ready_timeout: float
     """Start load_tests.bench.bare_grpc with `processes` processes, yield where it listens, then stop it."""
     with tempfile.TemporaryDirectory(prefix="cnnserve-bare-") as scratch:
         port_file = Path(scratch) / "ports.json"
-        command = [*bare_grpc.start_command(), "--port-file", str(port_file)]
+        command = [sys.executable, str(BARE_SERVER), "--port-file", str(port_file)]
         with log_path.open("wb") as log:
             process = subprocess.Popen([*command, "--processes", str(processes)], stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -244,15 +249,19 @@ def sweep(
     on_row: Callable[[Row], object] | None = None,
     threads: int = 1,
     server_flags: Sequence[str] = (),
+    profile_dir: Path | None = None,
 ) -> Sweep:
     """For each front-end count, measure cnnserve (default settings and `server_flags`, `--frontends N` unless N
     is 0) and then the bare server with as many processes, each for `seconds` after a one-second warm-up at the
     same load, h2load running `threads` threads; `rounds` times, every other round in reverse order. `on_row`
-    hears of each row once measured (progress).
+    hears of each row once measured (progress). With `profile_dir`, py-spy samples every cnnserve process over
+    each measured run into `cnnserve-N-roundR.txt` there, with a `.summary.txt` of it (load_tests.bench.profiling).
 
     Raises h2load.H2loadMissing, launcher.ServerStartError, RuntimeError.
     """
     h2load.h2load_executable()
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for round_index in range(rounds):
         for count in frontends if round_index % 2 == 0 else list(reversed(frontends)):
@@ -260,10 +269,15 @@ def sweep(
             with launcher.running_server(repository, *flags, log_path=workdir / f"cnnserve-{count}.log") as server:
                 body = h2load.infer_body(MODEL, h2load.input_name(server.target, MODEL))
                 h2load.measure(server.target, MODEL, body, WARM_UP_SECONDS, in_flight, connections, threads)
+                profile = None if profile_dir is None else profile_dir / f"cnnserve-{count}-round{round_index + 1}.txt"
                 before, started = tree_cpu(server.pid), time.monotonic()
-                ours = h2load.measure(server.target, MODEL, body, seconds, in_flight, connections, threads)
+                with nullcontext() if profile is None else profiling.sampled(server.pid, seconds, profile):
+                    ours = h2load.measure(server.target, MODEL, body, seconds, in_flight, connections, threads)
                 after, elapsed = tree_cpu(server.pid), time.monotonic() - started
-                loads = process_loads(server.pid, before, after, elapsed, server.log())
+                roles = process_roles(server.pid, server.log(), after)
+                loads = process_loads(roles, before, after, elapsed)
+                if profile is not None and profile.is_file():
+                    profile.with_suffix(".summary.txt").write_text(profiling.summarize(profile, roles))
             processes = max(1, count)
             with running_bare_server(workdir / f"bare_grpc-{processes}.log", processes) as bare_server:
                 measure_bare(bare_server, body, WARM_UP_SECONDS, in_flight, connections, threads)
@@ -274,22 +288,29 @@ def sweep(
     return Sweep(in_flight, connections, seconds, tuple(rows), threads)
 
 
-def process_loads(
-    server_pid: int, before: dict[int, ProcessCpu], after: dict[int, ProcessCpu], seconds: float, log: str
-) -> tuple[ProcessLoad, ...]:
-    """Each process's load between two tree_cpu readings of the server `server_pid` taken `seconds` apart,
-    named from the server's log (the supervisor logs each child's pid as it starts it; "other" is a helper such
-    as multiprocessing's resource tracker); busiest loop first."""
-    roles = {int(pid): "engine" for pid in re.findall(r"engine started \(pid (\d+)\)", log)}
-    roles |= {
+def process_roles(server_pid: int, log: str, pids: Iterable[int]) -> dict[int, str]:
+    """What each of `pids` is in the server `server_pid`, from its log (the supervisor logs each child's pid as it
+    starts it): "server" (one process), "supervisor", "engine", "front-end N", or "other" (a helper such as
+    multiprocessing's resource tracker)."""
+    named = {int(pid): "engine" for pid in re.findall(r"engine started \(pid (\d+)\)", log)}
+    named |= {
         int(pid): f"front-end {index}" for index, pid in re.findall(r"front-end (\d+) started \(pid (\d+)\)", log)
     }
+    top = "supervisor" if named else "server"
+    return {pid: named.get(pid) or (top if pid == server_pid else "other") for pid in pids}
+
+
+def process_loads(
+    roles: dict[int, str], before: dict[int, ProcessCpu], after: dict[int, ProcessCpu], seconds: float
+) -> tuple[ProcessLoad, ...]:
+    """Each process's load between two tree_cpu readings taken `seconds` apart (`roles` from process_roles);
+    busiest loop first."""
     loads = []
     for pid, end in after.items():
         start = before.get(pid)
         if start is None:
             continue
-        role = roles.get(pid) or ("other" if pid != server_pid else "supervisor" if roles else "server")
+        role = roles.get(pid, "other")
         cores = (end.process - start.process) / seconds
         loads.append(ProcessLoad(role, pid, cores, (end.main_thread - start.main_thread) / seconds))
     return tuple(sorted(loads, key=lambda load: -load.loop_busy))
@@ -416,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--h2load-threads", type=int, default=1, help="h2load's threads (default 1; a many-core host wants more)"
     )
+    parser.add_argument(
+        "--profile-dir", type=Path, help="sample every cnnserve process with py-spy over each run, into this folder"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--plot", type=Path, help="also draw requests/s against front-ends here (PNG)")
     args = parser.parse_args(argv)
@@ -446,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.rounds,
                 on_row=lambda row: print(row_report(row, args.in_flight), flush=True),
                 threads=args.h2load_threads,
+                profile_dir=args.profile_dir,
             )
         except (launcher.ServerStartError, RuntimeError) as exc:
             print(exc, file=sys.stderr)

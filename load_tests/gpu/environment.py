@@ -40,9 +40,9 @@ STARTED_VARIABLE = "GPU_CHECK_STARTED_AT"
 DEADLINE_VARIABLE = "GPU_CHECK_DEADLINE"
 INSTALLED_MARKER = "gpu-check-installed.txt"
 PARENT_PATH_FILE = "gpu-check-parent-site.pth"
-CHECK_REQUIREMENTS = ("matplotlib", "psutil")
-"""What the check itself needs beyond cnnserve's dependencies: its plots and its CPU readings. gpu_wheels.py
-downloads them too."""
+CHECK_REQUIREMENTS = ("matplotlib", "psutil", "py-spy")
+"""What the check itself needs beyond cnnserve's dependencies: its plots, its CPU readings and the profiles of
+the front-end sweep. gpu_wheels.py downloads them too."""
 _INSTALL_TIMEOUT_SECONDS = 300
 
 _PROBE = r"""

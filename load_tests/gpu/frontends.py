@@ -5,7 +5,9 @@ A GPU host is where the split into front-ends and one engine is meant to pay: ma
 a GPU that runs a small CNN's batch in a fraction of a millisecond. This phase runs `load_tests.bench.h2load_compare`'s
 sweep there (mnist_net single-image ModelInfer, the issue's measure), with the server on the check's provider, so
 each GPU run says how requests/s grow with front-ends and how close each count comes to a bare server of as many
-processes. A Python load generator could not tell: it saturates below what several front-ends answer.
+processes. A Python load generator could not tell: it saturates below what several front-ends answer. Each
+cnnserve run is also sampled with py-spy (installed with the check) into the logs, with a summary per process,
+so a run that falls short says where the time went.
 
 h2load is Debian's (`nghttp2-client`); a host without it can run the copy `gpu_wheels.py` bundles into the wheel
 folder (`h2load/`, the binary, its libraries beyond the C runtime and a wrapper that finds them). Without either,
@@ -107,6 +109,7 @@ def measure_frontends(
             on_row=on_row,
             threads=plan.threads,
             server_flags=plan.server_flags,
+            profile_dir=logs,
         )
     except (ServerStartError, RuntimeError, OSError, ValueError) as exc:
         result.errors.append(f"{what}: {type(exc).__name__}: {str(exc)[-2000:]}")
