@@ -95,8 +95,8 @@ def warm_up_sizes(plan: RunPlan, batching: BatchingSettings) -> set[int]:
     """The batch sizes to run before a version serves: with buckets, every bucket (the only sizes the session
     sees); on CUDA (without IO binding, else there are buckets), every size up to max_batch_size, because cuDNN
     picks its convolution algorithms per input shape, and the first batch of a size not seen yet would wait for
-    that search; on the CPU, which keeps no
-    per-shape state worth warming, the sizes the batcher forms most (1, the preferred sizes, the largest)."""
+    that search; on the CPU, which keeps no per-shape state worth warming, the sizes the batcher forms most (1,
+    the preferred sizes, the largest)."""
     if plan.buckets:
         return set(plan.buckets)
     if plan.device == "cuda":

@@ -266,18 +266,11 @@ def sweep(
     for round_index in range(rounds):
         for count in frontends if round_index % 2 == 0 else list(reversed(frontends)):
             flags = (*server_flags, *(("--frontends", str(count)) if count else ()))
+            profile = None if profile_dir is None else profile_dir / f"cnnserve-{count}-round{round_index + 1}.txt"
             with launcher.running_server(repository, *flags, log_path=workdir / f"cnnserve-{count}.log") as server:
                 body = h2load.infer_body(MODEL, h2load.input_name(server.target, MODEL))
                 h2load.measure(server.target, MODEL, body, WARM_UP_SECONDS, in_flight, connections, threads)
-                profile = None if profile_dir is None else profile_dir / f"cnnserve-{count}-round{round_index + 1}.txt"
-                before, started = tree_cpu(server.pid), time.monotonic()
-                with nullcontext() if profile is None else profiling.sampled(server.pid, seconds, profile):
-                    ours = h2load.measure(server.target, MODEL, body, seconds, in_flight, connections, threads)
-                after, elapsed = tree_cpu(server.pid), time.monotonic() - started
-                roles = process_roles(server.pid, server.log(), after)
-                loads = process_loads(roles, before, after, elapsed)
-                if profile is not None and profile.is_file():
-                    profile.with_suffix(".summary.txt").write_text(profiling.summarize(profile, roles))
+                ours, loads = _measure_cnnserve(server, body, seconds, in_flight, connections, threads, profile)
             processes = max(1, count)
             with running_bare_server(workdir / f"bare_grpc-{processes}.log", processes) as bare_server:
                 measure_bare(bare_server, body, WARM_UP_SECONDS, in_flight, connections, threads)
@@ -286,6 +279,27 @@ def sweep(
             if on_row is not None:
                 on_row(rows[-1])
     return Sweep(in_flight, connections, seconds, tuple(rows), threads)
+
+
+def _measure_cnnserve(
+    server: launcher.ServerProcess,
+    body: bytes,
+    seconds: float,
+    in_flight: int,
+    connections: int,
+    threads: int,
+    profile: Path | None,
+) -> tuple[h2load.Measurement, tuple[ProcessLoad, ...]]:
+    """One measured h2load run against cnnserve, with each of its processes' load over it and, given `profile`,
+    py-spy's samples of them there (and their summary beside)."""
+    before, started = tree_cpu(server.pid), time.monotonic()
+    with nullcontext() if profile is None else profiling.sampled(server.pid, seconds, profile):
+        measured = h2load.measure(server.target, MODEL, body, seconds, in_flight, connections, threads)
+    after, elapsed = tree_cpu(server.pid), time.monotonic() - started
+    roles = process_roles(server.pid, server.log(), after)
+    if profile is not None and profile.is_file():
+        profile.with_suffix(".summary.txt").write_text(profiling.summarize(profile, roles))
+    return measured, process_loads(roles, before, after, elapsed)
 
 
 def process_roles(server_pid: int, log: str, pids: Iterable[int]) -> dict[int, str]:
