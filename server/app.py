@@ -217,6 +217,7 @@ async def serve(settings: ServerSettings, engine: EngineClient | None = None) ->
 
     A front-end also takes SIGUSR1 from its supervisor: the engine died, so every request fails UNAVAILABLE now.
     """
+    settings.apply_to_interpreter()
     server = Server(settings, engine)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()

@@ -441,6 +441,7 @@ def run_engine(settings: ServerSettings, run_dir: Path, metrics_dir: Path, log_l
 
     die_with_parent()
     configure_logging(log_level, settings.log_format.value)
+    settings.apply_to_interpreter()
 
     async def main() -> None:
         stop = asyncio.Event()

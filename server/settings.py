@@ -15,6 +15,7 @@ naming the setting, never halfway through serving.
 
 from __future__ import annotations
 
+import sys
 from contextvars import ContextVar
 from enum import StrEnum
 from pathlib import Path
@@ -250,6 +251,12 @@ class ServerSettings(BaseSettings, BatchingSettings, RuntimeSettings):
     frontends: int = Field(0, ge=0, le=256)
     """gRPC front-end processes sharing the port, feeding one engine process that batches and runs the models
     (docs/architecture.md); 0: one process does everything."""
+    gil_switch_interval_ms: float = Field(0.0, ge=0.0, le=100.0)
+    """How long a Python thread may keep the interpreter lock while another waits for it (sys.setswitchinterval),
+    in every process of the server; 0 keeps Python's 5 ms. The thread that runs a batch needs the lock for a
+    moment after each run while the event loop holds it, so a batch can wait up to this long to be answered; on
+    a GPU, where a batch takes a fraction of a millisecond, such waits may bound the batches a second. Smaller
+    hands the lock over sooner, at the price of more switching between threads."""
     repository_poll_seconds: float = Field(0.0, ge=0.0)
     """Poll the repository for new or removed versions this often; 0: never."""
     required_models: tuple[str, ...] = ()
@@ -293,6 +300,12 @@ class ServerSettings(BaseSettings, BatchingSettings, RuntimeSettings):
     """Log one line per inference request, with its request id (it costs time on the hot path)."""
     port_file: Path | None = None
     """When set, the bound ports are written here as JSON once every model is ready."""
+
+    def apply_to_interpreter(self) -> None:
+        """Set what these settings say of the Python process itself (gil_switch_interval_ms); every process of
+        the server calls it once at start."""
+        if self.gil_switch_interval_ms:
+            sys.setswitchinterval(self.gil_switch_interval_ms / 1000)
 
     @classmethod
     def load(cls, config_file: Path | None = None, **values: Any) -> ServerSettings:

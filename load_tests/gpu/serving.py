@@ -34,6 +34,8 @@ from load_tests.gpu.system import GpuSampler
 
 POINT_OVERHEAD_SECONDS = 0.8
 """Per point, beyond warm-up and window: the generator's start delay, draining the queue, reading counters."""
+GIL_SWITCH_MS = 0.5
+"""The GIL switch interval the gil_switch configurations try, against Python's 5 ms."""
 CONNECTIONS_PER_FRONTEND = 4
 """The kernel hands each connection to one of the front-ends sharing the port, by a hash: with one connection per
 front-end, some get two or three and others none (the first GPU run measured 8 front-ends through 8 connections
@@ -81,7 +83,11 @@ class ServingPlan:
 
 
 def configurations(frontends: tuple[int, ...]) -> tuple[ServerConfiguration, ...]:
-    """The default server, then one change at a time: no IO binding, fp16, CUDA graphs, several front-ends."""
+    """The default server, then one change at a time: no IO binding, fp16, CUDA graphs, several front-ends; then
+    a GIL switch interval of GIL_SWITCH_MS (a candidate for what bounds the batches a second on a GPU host, see
+    docs/gpu.md) in the single process and in the most front-ends."""
+    gil = ("--gil-switch-interval-ms", str(GIL_SWITCH_MS))
+    most = max(frontends)
     return (
         ServerConfiguration("default", (), expected_run=(("io_binding", True), ("precision", "fp32"))),
         ServerConfiguration("no_io_binding", ("--no-io-binding",), expected_run=(("io_binding", False),)),
@@ -94,6 +100,12 @@ def configurations(frontends: tuple[int, ...]) -> tuple[ServerConfiguration, ...
                 f"frontends_{count}", ("--frontends", str(count)), connections=CONNECTIONS_PER_FRONTEND * count
             )
             for count in frontends
+        ),
+        ServerConfiguration("gil_switch", gil),
+        ServerConfiguration(
+            f"frontends_{most}_gil_switch",
+            ("--frontends", str(most), *gil),
+            connections=CONNECTIONS_PER_FRONTEND * most,
         ),
     )
 

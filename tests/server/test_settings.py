@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -289,3 +290,14 @@ def test_the_log_format_is_resolved_like_every_setting(
     monkeypatch.setenv("CNNSERVE_LOG_FORMAT", "text")
     assert server_cli.log_format(parser.parse_args(["serve", "--config", str(config)])) == "text"
     assert server_cli.log_format(parser.parse_args(["serve", "--log-format", "json"])) == "json"
+
+
+def test_the_gil_switch_interval_is_set_for_the_process_only_when_asked(tmp_path: Path) -> None:
+    before = sys.getswitchinterval()
+    try:
+        ServerSettings(model_repository=tmp_path).apply_to_interpreter()
+        assert sys.getswitchinterval() == before, "0 keeps Python's own"
+        ServerSettings(model_repository=tmp_path, gil_switch_interval_ms=0.5).apply_to_interpreter()
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(before)
