@@ -29,11 +29,7 @@ def process_cpu_seconds(pid: int) -> float:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return float("nan")
         return times.user + times.system
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return float("nan")
-    return _stat_cpu_seconds(stat)
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def process_tree_cpu_seconds(pid: int) -> float:
@@ -43,12 +39,8 @@ def process_tree_cpu_seconds(pid: int) -> float:
     A child that exited between two readings takes its seconds with it, so a difference spanning a restart
     undercounts; NaN when `pid` itself is gone.
     """
-    total = process_cpu_seconds(pid)
-    for child in _descendants(pid):
-        seconds = process_cpu_seconds(child)
-        if seconds == seconds:  # not NaN: a child that exited just now counts nothing
-            total += seconds
-    return total
+    readings = tree_cpu(pid)
+    return sum(reading.process for reading in readings.values()) if pid in readings else float("nan")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -91,14 +83,15 @@ def tree_cpu(pid: int) -> dict[int, ProcessCpu]:
 def thread_cpu_seconds(pid: int, thread: int | None = None) -> float:
     """User plus system CPU seconds used so far by one thread of process `pid` (by default its main thread: the
     event loop of an asyncio server). NaN when it is gone."""
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/task/{thread or pid}/stat"))
+
+
+def _stat_cpu_seconds(stat_file: Path) -> float:
+    """User plus system seconds from a /proc `stat` file of a process or thread; NaN when it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/task/{thread or pid}/stat").read_text()
+        stat = stat_file.read_text()
     except OSError:
         return float("nan")
-    return _stat_cpu_seconds(stat)
-
-
-def _stat_cpu_seconds(stat: str) -> float:
     # The command name (field 2) may contain spaces; fields after the closing parenthesis are space-separated.
     fields = stat.rsplit(")", 1)[1].split()
     utime, stime = int(fields[11]), int(fields[12])

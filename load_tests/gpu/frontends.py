@@ -17,7 +17,6 @@ the phase is skipped and says so.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,14 +62,15 @@ class SweepPlan:
 
 def find_h2load(wheels: Path) -> str | None:
     """h2load on PATH, else the wheel folder's bundled copy (put first on PATH, so the sweep finds it)."""
-    found = shutil.which("h2load")
-    if found:
-        return found
+    try:
+        return h2load.h2load_executable()
+    except h2load.H2loadMissing:
+        pass
     bundled = wheels / BUNDLED_H2LOAD
-    if (bundled / BUNDLED_H2LOAD).is_file():
-        os.environ["PATH"] = os.pathsep.join([str(bundled), os.environ.get("PATH", "")])
-        return shutil.which("h2load")
-    return None
+    if not (bundled / BUNDLED_H2LOAD).is_file():
+        return None
+    os.environ["PATH"] = os.pathsep.join([str(bundled), os.environ.get("PATH", "")])
+    return h2load.h2load_executable()
 
 
 def measure_frontends(
