@@ -21,6 +21,7 @@ from cnnserve.inference import grpc_service_pb2_grpc as inference_pb2_grpc
 from cnnserve.server.api.classifier import ImageClassifierServicer
 from cnnserve.server.api.inference import SERVICE_NAME as INFERENCE_SERVICE
 from cnnserve.server.api.inference import InferenceServicer
+from cnnserve.server.api.registration import add_reflection, add_service
 from cnnserve.server.auth import BearerTokenInterceptor, read_tokens
 from cnnserve.server.dataplane import DataPlane
 from cnnserve.server.engine_client import EngineClient, RemoteRepository
@@ -88,13 +89,19 @@ class Server:
         """Listen, load every model, then report SERVING. Returns when the server is ready (or failed models)."""
         quiet_onnxruntime()
         settings = self.settings
-        classifier_pb2_grpc.add_ImageClassifierServicer_to_server(ImageClassifierServicer(self.dataplane), self._grpc)
-        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane, self.shared_memory), self._grpc
+        add_service(
+            self._grpc,
+            inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+            InferenceServicer(self.dataplane, self.shared_memory),
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        add_service(
+            self._grpc,
+            classifier_pb2_grpc.add_ImageClassifierServicer_to_server,
+            ImageClassifierServicer(self.dataplane),
+        )
+        add_service(self._grpc, health_pb2_grpc.add_HealthServicer_to_server, self.health)
         services = (*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-        reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), self._grpc)
+        add_reflection(self._grpc, (*services, reflection.SERVICE_NAME))
         for service in ("", *self.service_names):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.engine is None:

@@ -1,7 +1,8 @@
 """A bare grpc.aio server that answers ModelInfer with a fixed response: the protocol's ceiling on this machine.
 
 It decodes each request and encodes one prebuilt response, and does nothing else, so what it sustains under
-h2load is the most a Python grpc.aio server can do here; cnnserve's figure beside it says what its own work
+h2load is the most a Python grpc.aio server can do here (its service is added as cnnserve adds its own, as a
+generic handler only: server/api/registration.py); cnnserve's figure beside it says what its own work
 costs. It also answers ModelStatistics with the number of calls it answered, so load_tests.bench.h2load counts
 its successes as it counts cnnserve's.
 
@@ -35,6 +36,7 @@ import grpc
 
 from cnnserve.inference import grpc_service_pb2 as inference
 from cnnserve.inference import grpc_service_pb2_grpc as inference_grpc
+from cnnserve.server.api.registration import add_service
 
 SCRIPT = Path(__file__).resolve()
 """Its workers start as this file, as h2load_compare starts the server: that needs only installed packages."""
@@ -74,7 +76,7 @@ async def serve(port: int, port_file: Path | None) -> None:
     """Listen on loopback `port` (0: any free one; shareable with SO_REUSEPORT) and on a stats port of its own
     until SIGTERM or SIGINT; write {"grpc_port": P, "stats_ports": [S]} to `port_file` once listening."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-    inference_grpc.add_GRPCInferenceServiceServicer_to_server(_FixedInference(), server)
+    add_service(server, inference_grpc.add_GRPCInferenceServiceServicer_to_server, _FixedInference())
     bound = server.add_insecure_port(f"{LOOPBACK}:{port}")
     stats_port = server.add_insecure_port(f"{LOOPBACK}:0")
     await server.start()
