@@ -27,7 +27,6 @@ from cnnserve.server.dataplane import DataPlane
 from cnnserve.server.engine_client import EngineClient, RemoteRepository
 from cnnserve.server.http_port import serve_health_and_metrics
 from cnnserve.server.launcher import write_port_file
-from cnnserve.server.logs import RequestIdInterceptor
 from cnnserve.server.metrics import ServerMetrics
 from cnnserve.server.repository import ModelRepository, ServedVersions
 from cnnserve.server.runtime import quiet_onnxruntime
@@ -66,9 +65,7 @@ class Server:
         tokens = read_tokens(
             settings.auth_token_file, settings.auth_tokens.get_secret_value() if settings.auth_tokens else None
         )
-        interceptors: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor()]
-        if tokens:
-            interceptors.append(BearerTokenInterceptor(tokens))
+        interceptors: list[grpc.aio.ServerInterceptor] = [BearerTokenInterceptor(tokens)] if tokens else []
         self._grpc = grpc.aio.server(
             interceptors=interceptors,
             options=[

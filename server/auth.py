@@ -13,6 +13,8 @@ from pathlib import Path
 
 import grpc
 
+from cnnserve.server.logs import with_request_ids
+
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 """Method prefixes that need no token: probes and tooling must work without credentials."""
 
@@ -83,4 +85,4 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         return grpc.stream_unary_rpc_method_handler(_refuse, deserializer, serializer)
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(_refuse_streaming, deserializer, serializer)
-    return grpc.unary_unary_rpc_method_handler(_refuse, deserializer, serializer)
+    return with_request_ids(grpc.unary_unary_rpc_method_handler(_refuse, deserializer, serializer))

@@ -4,9 +4,9 @@ Request ids: a client may send metadata `x-request-id`; the server uses it (or m
 as trailing metadata `x-request-id` on every unary call, so a client can quote it and an operator can find the
 call's log line. Trailing, not initial: a call whose headers were sent is committed, and gRPC clients no longer
 retry it, so an UNAVAILABLE or RESOURCE_EXHAUSTED answer must go out as a bare status (trailers only).
-`RequestIdInterceptor` does that for every service, and keeps
-the id and the call's deadline in context variables of the request's own task (gRPC cancels a handler when its
-deadline passes; `call_deadline_passed` lets the metrics count that as DEADLINE_EXCEEDED, not CANCELLED).
+`with_request_ids` does that for every unary method of every service, and keeps the id and the call's deadline in
+context variables of the request's own task (gRPC cancels a handler when its deadline passes;
+`call_deadline_passed` lets the metrics count that as DEADLINE_EXCEEDED, not CANCELLED).
 
 The request log (`log_request`, logger `cnnserve.server.requests`) is off unless the server runs with
 `request_log` on (`cnnserve serve --request-log` or CNNSERVE_REQUEST_LOG=true), because the request path is
@@ -36,8 +36,6 @@ current_request_id: ContextVar[str] = ContextVar("cnnserve_request_id", default=
 """The id of the request the running task serves; empty outside a gRPC call."""
 _call_deadline: ContextVar[float | None] = ContextVar("cnnserve_call_deadline", default=None)
 _DEADLINE_TOLERANCE_SECONDS = 0.005
-_MAX_CACHED_HANDLERS = 256
-"""Methods are few; the bound only matters if another interceptor made a new handler per call."""
 
 _request_log = logging.getLogger("cnnserve.server.requests")
 _REQUEST_LINE = (
@@ -81,34 +79,21 @@ def call_deadline_passed() -> bool:
     return deadline is not None and time.monotonic() >= deadline - _DEADLINE_TOLERANCE_SECONDS
 
 
-class RequestIdInterceptor(grpc.aio.ServerInterceptor):
-    """Gives every unary call a request id and echoes it as trailing metadata (see the module docstring).
+def with_request_ids(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler` giving every call a request id (see the module docstring), when it is a unary coroutine method;
+    streaming methods (health Watch, reflection) are returned untouched.
 
-    Streaming calls (health Watch, reflection) pass through untouched. Wrapped handlers are built once per
-    method and reused, so a call costs the metadata lookup and one extra coroutine frame.
+    Services are wrapped once, as they join the server (server/api/registration.py), not by an interceptor:
+    grpc.aio runs an interceptor chain as coroutines on every call, and measured side by side that cost a
+    front-end's loop 10-13% of its CPU per call (docs/benchmarks.md, "Generic handlers").
     """
-
-    def __init__(self) -> None:
-        self._wrapped: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or not inspect.iscoroutinefunction(handler.unary_unary):
-            return handler
-        wrapped = self._wrapped.get(handler)
-        if wrapped is None:
-            wrapped = grpc.unary_unary_rpc_method_handler(
-                _with_request_id(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-            if len(self._wrapped) < _MAX_CACHED_HANDLERS:
-                self._wrapped[handler] = wrapped
-        return wrapped
+    if handler.unary_unary is None or not inspect.iscoroutinefunction(handler.unary_unary):
+        return handler
+    return grpc.unary_unary_rpc_method_handler(
+        _with_request_id(handler.unary_unary),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 def log_request(

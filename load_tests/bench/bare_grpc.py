@@ -2,9 +2,9 @@
 
 It decodes each request and encodes one prebuilt response, and does nothing else, so what it sustains under
 h2load is the most a Python grpc.aio server can do here (its service is added as cnnserve adds its own, as a
-generic handler only: server/api/registration.py); cnnserve's figure beside it says what its own work
-costs. It also answers ModelStatistics with the number of calls it answered, so load_tests.bench.h2load counts
-its successes as it counts cnnserve's.
+generic handler only, but without request ids: server/api/registration.py); cnnserve's figure beside it says
+what its own work costs. It also answers ModelStatistics with the number of calls it answered, so
+load_tests.bench.h2load counts its successes as it counts cnnserve's.
 
     python -m load_tests.bench.bare_grpc --port-file F [--port 0] [--processes 1]
 
@@ -76,7 +76,7 @@ async def serve(port: int, port_file: Path | None) -> None:
     """Listen on loopback `port` (0: any free one; shareable with SO_REUSEPORT) and on a stats port of its own
     until SIGTERM or SIGINT; write {"grpc_port": P, "stats_ports": [S]} to `port_file` once listening."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-    add_service(server, inference_grpc.add_GRPCInferenceServiceServicer_to_server, _FixedInference())
+    add_service(server, inference_grpc.add_GRPCInferenceServiceServicer_to_server, _FixedInference(), request_ids=False)
     bound = server.add_insecure_port(f"{LOOPBACK}:{port}")
     stats_port = server.add_insecure_port(f"{LOOPBACK}:0")
     await server.start()

@@ -1,5 +1,6 @@
 """How a service joins a grpc.aio server: as a generic handler only, so that accepting a call costs the same
-whatever the number of methods.
+whatever the number of methods, and with every unary method already giving its calls request ids, so that no
+interceptor runs per call for them.
 
 The code grpcio's compiler generates (`add_<Service>Servicer_to_server`) adds a service twice: as a generic
 handler, and as "registered methods". grpc.aio's server (grpcio 1.85; grpc/grpc pull request 41796) keeps one
@@ -19,24 +20,45 @@ from typing import Any
 import grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from cnnserve.server.logs import with_request_ids
+
 
 class GenericHandlersOnly:
-    """Stands in for a grpc.aio server where generated code adds a service: passes its generic handler on, drops
-    the registered-method copy of the same handlers."""
+    """Stands in for a grpc.aio server where generated code adds a service.
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    Generated code hands over the same method handlers twice: in a generic handler, then as a dictionary of
+    registered methods. The dictionary is the one that can be changed, so this drops the generic handler and adds
+    the dictionary's handlers, each wrapped by `with_request_ids` unless told not to, as one generic handler of
+    its own.
+    """
+
+    def __init__(self, server: grpc.aio.Server, request_ids: bool = True) -> None:
         self._server = server
+        self._request_ids = request_ids
+        self.services: list[str] = []
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(handlers)
+        """Dropped: `add_registered_method_handlers` adds the same methods."""
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        """Dropped: the generic handler added beside it answers the same methods."""
+        if self._request_ids:
+            handlers = {method: with_request_ids(handler) for method, handler in handlers.items()}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        self.services.append(service)
 
 
-def add_service(server: grpc.aio.Server, add_to_server: Callable[[Any, Any], None], servicer: Any) -> None:
-    """Add `servicer` with its generated `add_<Service>Servicer_to_server`, as a generic handler only."""
-    add_to_server(servicer, GenericHandlersOnly(server))
+def add_service(
+    server: grpc.aio.Server, add_to_server: Callable[[Any, Any], None], servicer: Any, *, request_ids: bool = True
+) -> None:
+    """Add `servicer` with its generated `add_<Service>Servicer_to_server`, as a generic handler only, its unary
+    methods giving request ids unless `request_ids` is False. Raises RuntimeError for code generated without
+    registered methods (grpcio-tools before 1.62), which this cannot wrap."""
+    registration = GenericHandlersOnly(server, request_ids)
+    add_to_server(servicer, registration)
+    if not registration.services:
+        raise RuntimeError(
+            f"{add_to_server.__qualname__} added no registered methods; regenerate it with grpcio-tools >= 1.62"
+        )
 
 
 def add_reflection(server: grpc.aio.Server, service_names: Sequence[str]) -> None:

@@ -112,6 +112,13 @@ def test_a_call_without_a_valid_token_is_unauthenticated(channel, metadata) -> N
     with pytest.raises(grpc.RpcError) as refused:
         pb_grpc.ImageClassifierStub(channel).Classify(X_REQUEST, timeout=10, metadata=metadata)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_refused_call_still_echoes_its_request_id(channel) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        pb_grpc.ImageClassifierStub(channel).Classify(X_REQUEST, timeout=10, metadata=(("x-request-id", "refused-7"),))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert dict(refused.value.trailing_metadata()).get("x-request-id") == "refused-7"
     assert "authorization: Bearer <token>" in refused.value.details()
 
 

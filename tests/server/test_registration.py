@@ -1,5 +1,6 @@
 """Services join the gRPC server as generic handlers only (server/api/registration.py): grpc.aio then waits on one
-request-call future per accepted call instead of one per registered method, and every method still answers.
+request-call future per accepted call instead of one per registered method, every method still answers, and unary
+methods echo request ids without an interceptor.
 
 The servers run in a child interpreter: cnnserve's generated inference protos and tritonclient's (which other
 tests load into this process) cannot both be loaded into one."""
@@ -45,7 +46,9 @@ _CHILD = textwrap.dedent(
         answers = {"waits": registered_call_waits()}
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = inference_grpc.GRPCInferenceServiceStub(channel)
-            answers["live"] = (await stub.ServerLive(inference.ServerLiveRequest())).live
+            call = stub.ServerLive(inference.ServerLiveRequest(), metadata=(("x-request-id", "registration-1"),))
+            answers["live"] = (await call).live
+            answers["request_id"] = dict(await call.trailing_metadata()).get("x-request-id")
             if not cnnserve:
                 try:
                     await stub.ServerReady(inference.ServerReadyRequest())
@@ -64,10 +67,12 @@ _CHILD = textwrap.dedent(
         return answers
 
 
-    async def plain_server(generic_only):
+    async def plain_server(generic_only, request_ids=True):
         server = grpc.aio.server()
         if generic_only:
-            add_service(server, inference_grpc.add_GRPCInferenceServiceServicer_to_server, Live())
+            add_service(
+                server, inference_grpc.add_GRPCInferenceServiceServicer_to_server, Live(), request_ids=request_ids
+            )
         else:
             inference_grpc.add_GRPCInferenceServiceServicer_to_server(Live(), server)
         port = server.add_insecure_port("127.0.0.1:0")
@@ -92,6 +97,7 @@ _CHILD = textwrap.dedent(
         print(json.dumps({
             "generated": await plain_server(generic_only=False),
             "generic_only": await plain_server(generic_only=True),
+            "without_request_ids": await plain_server(generic_only=True, request_ids=False),
             "cnnserve": await cnnserve_server(Path(sys.argv[1])),
             "methods": len(inference.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods),
         }))
@@ -126,10 +132,18 @@ def test_add_service_leaves_no_per_method_wait_and_every_method_answers(answers:
     assert generic["unimplemented"] == "UNIMPLEMENTED"  # a method the servicer does not define, as before
 
 
+def test_add_service_gives_request_ids_without_an_interceptor_unless_told_not_to(answers: dict) -> None:
+    assert answers["generated"]["request_id"] is None
+    assert answers["generic_only"]["request_id"] == "registration-1"
+    assert answers["without_request_ids"]["request_id"] is None
+    assert answers["without_request_ids"]["waits"] == 0
+
+
 def test_cnnserve_adds_every_service_generic_only_and_each_answers(answers: dict) -> None:
     server = answers["cnnserve"]
     assert server["waits"] == 0
     assert server["live"] is True and server["models"] == 0
+    assert server["request_id"] == "registration-1"
     assert server["health"] == "NOT_SERVING"  # no model in the repository: not ready
     assert {"inference.GRPCInferenceService", "cnnserve.v1.ImageClassifier", "grpc.health.v1.Health"} <= set(
         server["services"]
