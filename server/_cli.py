@@ -19,15 +19,16 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic.fields import FieldInfo
 from pydantic_settings import EnvSettingsSource, TomlConfigSettingsSource
 
 from cnnserve.repository_layout import MODEL_FILE
-from cnnserve.server.settings import BatchingFields, RuntimeSettings, ServerSettings, spellings
+from cnnserve.server.settings import AUTO, BatchingFields, RuntimeSettings, ServerSettings, spellings
 from cnnserve.server.spec_files import LABELS_FILE, InputTable, OutputTable, PreprocessingTable, SpecTables
 
 CONFIG_ENVIRONMENT_VARIABLE = "CNNSERVE_CONFIG"
@@ -213,7 +214,11 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 def _argument_kind(annotation: Any) -> dict[str, Any]:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        words = tuple(word for member in members if typing.get_origin(member) is Literal for word in member.__args__)
+        if words:
+            return {"type": _number_or(words)}
+        annotation = members[0]
     if annotation is bool:
         return {"action": argparse.BooleanOptionalAction}
     if typing.get_origin(annotation) is tuple:
@@ -221,6 +226,20 @@ def _argument_kind(annotation: Any) -> dict[str, Any]:
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         return {"choices": [member.value for member in annotation]}
     return {"type": annotation}
+
+
+def _number_or(words: tuple[str, ...]) -> Callable[[str], int | str]:
+    """The argparse type of a whole-number setting that also takes `words` (`--frontends auto`)."""
+
+    def parse(text: str) -> int | str:
+        if text in words:
+            return text
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number or {' or '.join(words)}, got {text!r}") from None
+
+    return parse
 
 
 def _help(field: FieldInfo) -> str:
@@ -266,6 +285,27 @@ def log_format(args: argparse.Namespace) -> str:
     return str(field.default if value is None else value)
 
 
+def frontend_count(settings: ServerSettings) -> int:
+    """The front-end processes to start: `frontends`, with auto worked out for this machine (and logged, so an
+    operator sees what auto chose and why)."""
+    if settings.frontends != AUTO:
+        return settings.frontends
+    import logging
+
+    from cnnserve.server.supervisor import auto_frontends, cuda_provider_installed, nvidia_gpu_visible, usable_cpus
+
+    cores, gpu = usable_cpus(), cuda_provider_installed() and nvidia_gpu_visible()
+    count = auto_frontends(settings, cores, gpu)
+    logging.getLogger(__name__).info(
+        "frontends auto: %s (%d usable cores, %s, execution provider %s; docs/architecture.md)",
+        f"{count} front-end processes and an engine" if count else "one process",
+        cores,
+        "an NVIDIA GPU and ONNX Runtime's CUDA provider" if gpu else "no NVIDIA GPU with ONNX Runtime's CUDA provider",
+        settings.execution_provider.value,
+    )
+    return count
+
+
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -279,10 +319,12 @@ def _run(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError) as exc:
         print(f"cnnserve serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    if settings.frontends > 0:
+    frontends = frontend_count(settings)
+    settings = settings.model_copy(update={"frontends": frontends})
+    if frontends > 0:
         from cnnserve.server.supervisor import supervise
 
-        return asyncio.run(supervise(settings, settings.frontends, args.log_level))
+        return asyncio.run(supervise(settings, frontends, args.log_level))
     try:
         asyncio.run(serve(settings))
     except ExecutionProviderError as exc:

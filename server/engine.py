@@ -127,6 +127,8 @@ class _Frontend:
     arena: TensorArena
     requests: dict[int, asyncio.Future] = field(default_factory=dict)
     """Each waiting request's future (a plain request's) or task (the rest's), by its id."""
+    submitted: int = 0
+    """Requests received from it so far (logged with the messages they came in when it leaves)."""
 
 
 class Engine:
@@ -195,6 +197,7 @@ class Engine:
         for message in decode_to_engine(payload):
             if isinstance(message, Submit):
                 if frontend is not None:
+                    frontend.submitted += 1
                     self._admit(frontend, message)
             elif isinstance(message, Cancel):
                 if frontend is not None and (task := frontend.requests.get(message.id)) is not None:
@@ -404,6 +407,15 @@ class Engine:
         task.add_done_callback(self._tasks.discard)
 
     def _forget(self, frontend: _Frontend) -> None:
+        channel = frontend.channel
+        _log.info(
+            "engine: front-end %d sent %d requests in %d messages (%.2f a message) and got %d messages back",
+            frontend.pid,
+            frontend.submitted,
+            channel.messages_received,
+            frontend.submitted / max(1, channel.messages_received),
+            channel.messages_sent,
+        )
         self._frontends.pop(frontend.channel, None)
         frontend.channel.close()
         for task in list(frontend.requests.values()):

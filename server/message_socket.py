@@ -54,6 +54,9 @@ class MessageSocket:
         self._backlog: deque[tuple[bytes, bytes | memoryview]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
+        self.messages_received = 0
+        self.messages_sent = 0
+        """Whole messages so far, each way: with the requests they carried, what the channel cost per request."""
 
     @classmethod
     async def connect(
@@ -86,6 +89,7 @@ class MessageSocket:
         closed, drop it (`on_close` has told the owner)."""
         if self.closed:
             return
+        self.messages_sent += 1
         if len(message) <= PART_BYTES:
             parts = [(_LAST, message)]
         else:
@@ -152,6 +156,7 @@ class MessageSocket:
             if self._parts:
                 part = b"".join([*self._parts, part])
                 self._parts = []
+            self.messages_received += 1
             try:
                 self._on_message(part)
             except Exception:

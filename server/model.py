@@ -129,7 +129,7 @@ class ModelVersion:
             on_batch=lambda record: self._on_batch(record, metrics),
             run_output=self._run_output,
             finish_batch=self._probabilities,
-            run_inline_below=INLINE_BATCH_SECONDS if server.frontends else 0.0,
+            run_inline_below=INLINE_BATCH_SECONDS if server.serves_frontends else 0.0,
         )
         self.batcher.start()
         self.load_seconds = time.monotonic() - started

@@ -19,11 +19,14 @@ import sys
 from contextvars import ContextVar
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+AUTO = "auto"
+"""The value of a setting that the server works out for the machine it runs on."""
 
 
 class ExecutionProvider(StrEnum):
@@ -248,9 +251,10 @@ class ServerSettings(BaseSettings, BatchingSettings, RuntimeSettings):
     """The gRPC port; 0 picks a free port."""
     metrics_port: int = Field(8002, ge=0, le=65535)
     """Prometheus /metrics over HTTP; 0 picks a free port."""
-    frontends: int = Field(0, ge=0, le=256)
+    frontends: Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = AUTO
     """gRPC front-end processes sharing the port, feeding one engine process that batches and runs the models
-    (docs/architecture.md); 0: one process does everything."""
+    (docs/architecture.md); 0: one process does everything. auto: half the usable cores on a host with an NVIDIA
+    GPU and at least 8 cores, else 0 (server/supervisor.py, `auto_frontends`)."""
     gil_switch_interval_ms: float = Field(0.0, ge=0.0, le=100.0)
     """How long a Python thread may keep the interpreter lock while another waits for it (sys.setswitchinterval),
     in every process of the server; 0 keeps Python's 5 ms. The thread that runs a batch needs the lock for a
@@ -300,6 +304,13 @@ class ServerSettings(BaseSettings, BatchingSettings, RuntimeSettings):
     """Log one line per inference request, with its request id (it costs time on the hot path)."""
     port_file: Path | None = None
     """When set, the bound ports are written here as JSON once every model is ready."""
+
+    @property
+    def serves_frontends(self) -> bool:
+        """Whether a process with these settings is the engine of front-end processes. `cnnserve serve` resolves
+        `auto` to a count before any process starts, so settings that still say auto belong to a single process
+        (one started in code)."""
+        return isinstance(self.frontends, int) and self.frontends > 0
 
     def apply_to_interpreter(self) -> None:
         """Set what these settings say of the Python process itself (gil_switch_interval_ms); every process of

@@ -26,20 +26,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import socket
 import tempfile
 import time
+from collections.abc import Mapping
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from cnnserve.server.launcher import write_port_file
-from cnnserve.server.settings import ServerSettings
+from cnnserve.server.settings import ExecutionProvider, ServerSettings
 
 _log = logging.getLogger(__name__)
 _RESTARTS_PER_MINUTE = 5
@@ -56,14 +59,68 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return reserved
 
 
-def usable_cpus() -> int:
-    """The cores this process may use: its CPU affinity, capped by the container's CPU quota (cgroup v2 cpu.max)."""
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by the container's CPU quota (`cpu_quota`)."""
     cores = len(os.sched_getaffinity(0))
+    quota = cpu_quota(cgroup)
+    return cores if quota is None else min(cores, quota)
+
+
+def cpu_quota(cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The whole CPUs this container's quota allows (a fraction rounds up), or None where it sets none: cgroup
+    v2's cpu.max, else cgroup v1's cpu/cpu.cfs_quota_us over cpu.cfs_period_us (nodes that still run v1, where
+    a Kubernetes CPU limit lands)."""
     with contextlib.suppress(OSError, ValueError):
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cores = min(cores, max(1, -(-int(quota) // int(period))))
-    return cores
+        quota, period = (cgroup / "cpu.max").read_text().split()
+        return None if quota == "max" else max(1, -(-int(quota) // int(period)))
+    with contextlib.suppress(OSError, ValueError):
+        quota_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else max(1, -(-quota_us // period_us))
+    return None
+
+
+AUTO_FRONTENDS_MIN_CORES = 8
+"""The fewest usable cores at which `--frontends auto` splits the server (see `auto_frontends`)."""
+
+
+def auto_frontends(settings: ServerSettings, cores: int | None = None, gpu: bool | None = None) -> int:
+    """The front-end count of `--frontends auto`: half the usable cores (the other half left to the engine's loop
+    and ONNX Runtime's threads) where the models run on an NVIDIA GPU and there are at least
+    AUTO_FRONTENDS_MIN_CORES cores; else 0, one process. `cores` and `gpu` default to this machine's.
+
+    Why these numbers, measured on a 16-vCPU H100 host (docs/gpu.md, five workloads): 8 front-ends answered
+    1.4x-4.2x the calls of one process in every one, because there the GPU computes and one process's event loop
+    is the bound; 4 front-ends 1.6x-2.4x in four and 0.92x in one; 2 front-ends as little as 0.47x in one. On a
+    CPU-only host the inference threads need the same cores as the front-ends, so the split pays or costs by
+    how much the model computes per call (on 2 cores, a compute-bound model lost a third of its throughput to it,
+    a light one gained up to 1.5x: docs/benchmarks.md); one process stays the default there, and `--frontends N`
+    is the operator's choice.
+    """
+    if settings.execution_provider is ExecutionProvider.CPU:
+        return 0
+    cores = usable_cpus() if cores is None else cores
+    if gpu is None:
+        gpu = cuda_provider_installed() and nvidia_gpu_visible()
+    return cores // 2 if gpu and cores >= AUTO_FRONTENDS_MIN_CORES else 0
+
+
+def cuda_provider_installed() -> bool:
+    """Whether the installed ONNX Runtime has its CUDA provider (onnxruntime-gpu), found without importing it."""
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or spec.origin is None:
+        return False
+    return (Path(spec.origin).parent / "capi" / "libonnxruntime_providers_cuda.so").is_file()
+
+
+def nvidia_gpu_visible(devices: Path = Path("/dev"), environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process can see an NVIDIA GPU: a /dev/nvidiaN device (what the NVIDIA container runtime
+    mounts), unless CUDA_VISIBLE_DEVICES hides every device."""
+    if environ.get("CUDA_VISIBLE_DEVICES", "0").strip() in ("", "-1", "none", "NoDevFiles"):
+        return False
+    with contextlib.suppress(OSError):
+        return any(re.fullmatch(r"nvidia\d+", device.name) for device in devices.iterdir())
+    return False
 
 
 def engine_settings(settings: ServerSettings, frontends: int, port_file: Path) -> ServerSettings:
@@ -73,7 +130,7 @@ def engine_settings(settings: ServerSettings, frontends: int, port_file: Path) -
     Front-ends are busy whenever requests are, so inference threads that assume every core would preempt them
     (and each other) exactly under load.
     """
-    update: dict[str, object] = {"port_file": port_file}
+    update: dict[str, object] = {"port_file": port_file, "frontends": frontends}
     if settings.intra_op_threads == 0:
         update["intra_op_threads"] = max(1, usable_cpus() - frontends)
     return settings.model_copy(update=update)

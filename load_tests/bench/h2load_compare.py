@@ -251,11 +251,12 @@ def sweep(
     server_flags: Sequence[str] = (),
     profile_dir: Path | None = None,
 ) -> Sweep:
-    """For each front-end count, measure cnnserve (default settings and `server_flags`, `--frontends N` unless N
-    is 0) and then the bare server with as many processes, each for `seconds` after a one-second warm-up at the
-    same load, h2load running `threads` threads; `rounds` times, every other round in reverse order. `on_row`
-    hears of each row once measured (progress). With `profile_dir`, py-spy samples every cnnserve process over
-    each measured run into `cnnserve-N-roundR.txt` there, with a `.summary.txt` of it (load_tests.bench.profiling).
+    """For each front-end count, measure cnnserve (default settings and `server_flags`, and `--frontends N`: 0 is
+    one process whatever auto would choose) and then the bare server with as many processes, each for `seconds`
+    after a one-second warm-up at the same load, h2load running `threads` threads; `rounds` times, every other
+    round in reverse order. `on_row` hears of each row once measured (progress). With `profile_dir`, py-spy
+    samples every cnnserve process over each measured run into `cnnserve-N-roundR.txt` there, with a
+    `.summary.txt` of it (load_tests.bench.profiling).
 
     Raises h2load.H2loadMissing, launcher.ServerStartError, RuntimeError.
     """
@@ -265,7 +266,7 @@ def sweep(
     rows = []
     for round_index in range(rounds):
         for count in frontends if round_index % 2 == 0 else list(reversed(frontends)):
-            flags = (*server_flags, *(("--frontends", str(count)) if count else ()))
+            flags = (*server_flags, "--frontends", str(count))
             profile = None if profile_dir is None else profile_dir / f"cnnserve-{count}-round{round_index + 1}.txt"
             with launcher.running_server(repository, *flags, log_path=workdir / f"cnnserve-{count}.log") as server:
                 body = h2load.infer_body(MODEL, h2load.input_name(server.target, MODEL))

@@ -4,12 +4,12 @@
         [--model-repository R] [--json PATH]
 
 A caller alone never shares a batch, so what it waits for is the path itself: with front-ends, two more hops
-between processes and the engine's steps. For each front-end count in `--frontends` (0: one process, as by
-default; N: `cnnserve serve --frontends N`), one round starts the server, sends `--warm-up` and then `--calls`
-single-image ModelInfer calls of mnist_net from one synchronous caller, one after the other, and stops it; the
-rounds alternate their order. Each server's p50 and p99 are printed as measured, then a Markdown table of their
-medians over the rounds and of the ratios to the single process taken within each round (the machine's speed
-drifts between rounds, not within one). Issue 17's target is a p99 ratio of at most 1.
+between processes and the engine's steps. For each front-end count in `--frontends` (`cnnserve serve
+--frontends N`; 0: one process, the default on a host without a GPU), one round starts the server, sends
+`--warm-up` and then `--calls` single-image ModelInfer calls of mnist_net from one synchronous caller, one after
+the other, and stops it; the rounds alternate their order. Each server's p50 and p99 are printed as measured,
+then a Markdown table of their medians over the rounds and of the ratios to the single process taken within each
+round (the machine's speed drifts between rounds, not within one). Issue 17's target is a p99 ratio of at most 1.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def run(
     measured = []
     for round_index in range(rounds):
         for count in frontends if round_index % 2 == 0 else list(reversed(frontends)):
-            flags = ("--frontends", str(count)) if count else ()
+            flags = ("--frontends", str(count))
             with launcher.running_server(repository, *flags, log_path=workdir / f"cnnserve-{count}.log") as server:
                 p50, p99 = measure(server.target, calls, warm_up)
             measured.append(Latency(count, round_index, p50, p99, calls))

@@ -83,17 +83,23 @@ class ServingPlan:
 
 
 def configurations(frontends: tuple[int, ...]) -> tuple[ServerConfiguration, ...]:
-    """The default server, then one change at a time: no IO binding, fp16, CUDA graphs, several front-ends; then
-    a GIL switch interval of GIL_SWITCH_MS (a candidate for what bounds the batches a second on a GPU host, see
-    docs/gpu.md) in the single process and in the most front-ends."""
+    """The default server as one process, then one change at a time: no IO binding, fp16, CUDA graphs, several
+    front-ends; then a GIL switch interval of GIL_SWITCH_MS (a candidate for what bounds the batches a second on a
+    GPU host, see docs/gpu.md) in the single process and in the most front-ends. The single-process ones say
+    `--frontends 0`: on a GPU host the default (auto) starts front-ends, as many as half the cores, which the
+    frontends_N configuration of that count measures."""
     gil = ("--gil-switch-interval-ms", str(GIL_SWITCH_MS))
+    single = ("--frontends", "0")
     most = max(frontends)
     return (
-        ServerConfiguration("default", (), expected_run=(("io_binding", True), ("precision", "fp32"))),
-        ServerConfiguration("no_io_binding", ("--no-io-binding",), expected_run=(("io_binding", False),)),
-        ServerConfiguration("fp16", ("--precision", "fp16"), expected_run=(("precision", "fp16"),)),
+        ServerConfiguration("default", single, expected_run=(("io_binding", True), ("precision", "fp32"))),
+        ServerConfiguration("no_io_binding", (*single, "--no-io-binding"), expected_run=(("io_binding", False),)),
+        ServerConfiguration("fp16", (*single, "--precision", "fp16"), expected_run=(("precision", "fp16"),)),
         ServerConfiguration(
-            "cuda_graphs", ("--cuda-graphs", "--instances", "1"), cuda_only=True, expected_run=(("cuda_graphs", True),)
+            "cuda_graphs",
+            (*single, "--cuda-graphs", "--instances", "1"),
+            cuda_only=True,
+            expected_run=(("cuda_graphs", True),),
         ),
         *(
             ServerConfiguration(
@@ -101,7 +107,7 @@ def configurations(frontends: tuple[int, ...]) -> tuple[ServerConfiguration, ...
             )
             for count in frontends
         ),
-        ServerConfiguration("gil_switch", gil),
+        ServerConfiguration("gil_switch", (*single, *gil)),
         ServerConfiguration(
             f"frontends_{most}_gil_switch",
             ("--frontends", str(most), *gil),

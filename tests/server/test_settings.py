@@ -91,6 +91,7 @@ def sample(name: str, files: dict[str, Path]) -> Any:
         "required_models": ("xo", "mnist_net"),
         "batch_buckets": (4, 32),
         "fp16_max_disagreement": 0.25,
+        "frontends": 3,
     }
     if name in special:
         return special[name]
@@ -206,6 +207,25 @@ def test_flags_win_over_the_environment_over_the_file_over_the_defaults_whatever
     monkeypatch.setenv("CNNSERVE_DRAIN_TIMEOUT_SECONDS", "2")
     assert drain_timeout("--config", str(config)) == 2.0
     assert drain_timeout("--config", str(config), "--drain-timeout", "3") == 3.0
+
+
+def test_frontends_take_a_count_or_auto_in_every_spelling(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser, _ = serve_parser()
+    repository = ["--model-repository", str(files["repository"])]
+    assert server_cli.settings_from_args(parser.parse_args(["serve", *repository])).frontends == "auto"
+    assert server_cli.settings_from_args(parser.parse_args(["serve", *repository, "--frontends", "0"])).frontends == 0
+    config = write_config(tmp_path / "settings.toml", {"model_repository": files["repository"], "frontends": 2})
+    assert server_cli.settings_from_args(parser.parse_args(["serve", "--config", str(config)])).frontends == 2
+    monkeypatch.setenv("CNNSERVE_FRONTENDS", "auto")
+    assert server_cli.settings_from_args(parser.parse_args(["serve", "--config", str(config)])).frontends == "auto"
+
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", *repository, "--frontends", "many"])
+    assert "expected a whole number or auto, got 'many'" in capsys.readouterr().err
+    with pytest.raises(ValidationError, match="frontends"):
+        ServerSettings(model_repository=files["repository"], frontends=-1)
 
 
 @pytest.mark.parametrize(
