@@ -59,6 +59,7 @@ class Round:
     round: int
     feeders: int
     in_flight: int
+    one_per_message: bool
     answers_per_second: float
     engine_cpu_us_per_answer: float
     engine_loop_busy: float
@@ -77,9 +78,14 @@ class _Fed:
     cpu_seconds: float
 
 
-def _feed(run_dir: str, repository: str, in_flight: int, opens: float, closes: float, results) -> None:
+def _feed(
+    run_dir: str, repository: str, in_flight: int, one_per_message: bool, opens: float, closes: float, results
+) -> None:
     """A feeder process: `in_flight` callers sending single images through `EngineClient` until `closes` (on
-    time.monotonic()), counting the answers that arrive between `opens` and `closes`."""
+    time.monotonic()), counting the answers that arrive between `opens` and `closes`. With `one_per_message`,
+    caller i waits i turns of the event loop before each next request, so that each leaves in a message of its
+    own, as a front-end's do (gRPC hands it its calls one at a time); else the callers an answer message woke
+    send their next requests together in one."""
     from cnnserve.server.engine_client import EngineClient, RemoteRepository
     from cnnserve.server.engine_protocol import ENDPOINT_FILE
     from cnnserve.server.settings import ServerSettings
@@ -95,7 +101,7 @@ def _feed(run_dir: str, repository: str, in_flight: int, opens: float, closes: f
         answers = failures = 0
         cpu_at_open = 0.0
 
-        async def caller() -> None:
+        async def caller(index: int) -> None:
             """One caller, doing per request what a front-end does with the engine: the inference, then the
             request's statistics, which go to the engine."""
             nonlocal answers, failures
@@ -110,13 +116,15 @@ def _feed(run_dir: str, repository: str, in_flight: int, opens: float, closes: f
                 model.statistics.record_success(time.monotonic() - now, statistics)
                 if opens <= time.monotonic() < closes:
                     answers += 1
+                for _ in range(index if one_per_message else 0):
+                    await asyncio.sleep(0)
 
         async def note_cpu_at_open() -> None:
             nonlocal cpu_at_open
             await asyncio.sleep(max(0.0, opens - time.monotonic()))
             cpu_at_open = time.process_time()
 
-        await asyncio.gather(note_cpu_at_open(), *(caller() for _ in range(in_flight)))
+        await asyncio.gather(note_cpu_at_open(), *(caller(index) for index in range(in_flight)))
         fed = _Fed(answers, failures, time.process_time() - cpu_at_open)
         client.close()
         return fed
@@ -129,7 +137,13 @@ def _feed(run_dir: str, repository: str, in_flight: int, opens: float, closes: f
 
 
 def measure_round(
-    repository: Path, feeders: int, in_flight: int, duration: float, round_index: int, log_path: Path
+    repository: Path,
+    feeders: int,
+    in_flight: int,
+    duration: float,
+    round_index: int,
+    log_path: Path,
+    one_per_message: bool = False,
 ) -> Round:
     """Start an engine and `feeders` feeders, measure one window, stop them. Raises RuntimeError when the engine
     does not come up."""
@@ -160,7 +174,9 @@ def measure_round(
         closes = opens + duration
         for _ in range(feeders):
             process = context.Process(
-                target=_feed, args=(str(run_dir), str(repository), in_flight, opens, closes, results), daemon=True
+                target=_feed,
+                args=(str(run_dir), str(repository), in_flight, one_per_message, opens, closes, results),
+                daemon=True,
             )
             process.start()
             feeder_processes.append(process)
@@ -193,6 +209,7 @@ def measure_round(
         round=round_index,
         feeders=feeders,
         in_flight=in_flight,
+        one_per_message=one_per_message,
         answers_per_second=answers / duration,
         engine_cpu_us_per_answer=1e6 * engine_cpu / max(answers, 1),
         engine_loop_busy=loop_cpu / wall,
@@ -255,7 +272,8 @@ def report(rounds: list[Round]) -> str:
     loop_us = median("engine_loop_us_per_answer")
     return "\n".join(
         [
-            f"{MODEL} single images, {first.feeders} feeder(s) x {first.in_flight} in flight; "
+            f"{MODEL} single images, {first.feeders} feeder(s) x {first.in_flight} in flight, "
+            f"{'one request per message' if first.one_per_message else 'requests sent together'}; "
             f"medians of {len(rounds)} round(s)",
             "",
             "| answers/s | engine CPU per answer | loop busy | loop CPU per answer | loop ceiling (answers/s) "
@@ -279,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-repository", type=Path, help=f"holding {MODEL} (else exported with random weights)")
     parser.add_argument("--cache-dir", type=Path, default=Path("load_tests/results/models"))
     parser.add_argument("--json", type=Path, help="also write every round's figures here")
+    parser.add_argument(
+        "--one-per-message",
+        action="store_true",
+        help="send each request in a message of its own, as gRPC front-ends do (default: together when possible)",
+    )
     args = parser.parse_args(argv)
     if args.feeders < 1 or args.in_flight < 1 or args.rounds < 1 or args.duration <= 0:
         parser.error("--feeders, --in-flight and --rounds must be at least 1, --duration above 0")
@@ -290,7 +313,13 @@ def main(argv: list[str] | None = None) -> int:
         for index in range(args.rounds):
             try:
                 measured = measure_round(
-                    repository, args.feeders, args.in_flight, args.duration, index, workdir / "engine.log"
+                    repository,
+                    args.feeders,
+                    args.in_flight,
+                    args.duration,
+                    index,
+                    workdir / "engine.log",
+                    args.one_per_message,
                 )
             except RuntimeError as exc:
                 print(f"{exc}; its log:\n{(workdir / 'engine.log').read_text()}", file=sys.stderr)
