@@ -60,8 +60,9 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
-    """The cores this process may use: its CPU affinity, capped by the container's CPU quota (`cpu_quota`)."""
-    cores = len(os.sched_getaffinity(0))
+    """The cores this process may use: its CPU affinity (the core count where the system keeps none, as macOS),
+    capped by the container's CPU quota (`cpu_quota`)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     quota = cpu_quota(cgroup)
     return cores if quota is None else min(cores, quota)
 

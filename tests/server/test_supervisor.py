@@ -18,6 +18,12 @@ def test_usable_cores_never_exceed_the_affinity() -> None:
     assert 1 <= usable_cpus() <= len(os.sched_getaffinity(0))
 
 
+def test_without_cpu_affinity_the_core_count_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on macOS, whose os module has no sched_getaffinity."""
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert usable_cpus(tmp_path) == os.cpu_count()
+
+
 def test_a_container_quota_is_read_from_cgroup_v2_or_v1(tmp_path: Path) -> None:
     v2, v1 = tmp_path / "v2", tmp_path / "v1"
     (v1 / "cpu").mkdir(parents=True)
