@@ -24,6 +24,7 @@ from cnnserve.server.api.inference import InferenceServicer
 from cnnserve.server.api.registration import add_reflection, add_service
 from cnnserve.server.auth import BearerTokenInterceptor, read_tokens
 from cnnserve.server.dataplane import DataPlane
+from cnnserve.server.drain import CallGate
 from cnnserve.server.engine_client import EngineClient, RemoteRepository
 from cnnserve.server.http_port import serve_health_and_metrics
 from cnnserve.server.launcher import write_port_file
@@ -49,12 +50,14 @@ class Server:
         self.metrics = ServerMetrics()
         self.engine = engine
         self.repository: ServedVersions
+        gate = CallGate()
         if engine is None:
-            self.repository = ModelRepository(settings, self.metrics)
+            # One process: a lone call's batch may run on the event loop (server/batcher.py).
+            self.repository = ModelRepository(settings, self.metrics, inline_when=gate.serves_one_call)
             self.metrics.watch_models(self.repository.versions)
         else:
             self.repository = RemoteRepository(settings, engine)
-        self.dataplane = DataPlane(self.repository, settings, self.metrics)
+        self.dataplane = DataPlane(self.repository, settings, self.metrics, gate)
         self.readiness = self.dataplane.readiness
         self.shared_memory = SystemSharedMemory() if settings.allow_shared_memory else None
         if engine is not None and self.shared_memory is not None:

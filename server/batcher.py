@@ -24,11 +24,15 @@ run in batches of at most a quarter of `max_batch_size` (`background_rows`), so 
 meanwhile waits at most one small batch. Their rows do not count against `max_queue_size` (the lane has a bound
 of its own, the same size) and do not wait out the queue delay.
 
-Where the event loop has nothing else to do (the engine process of a multi-process server), a batch expected to
-compute in under `run_inline_below` seconds (the running average of this batcher's session calls) runs on the
-loop's own thread instead of an instance's worker thread. Handing a batch to a thread and its answer back costs
-two thread wake-ups, which on a virtual machine take longer than a small CNN's batch (mnist_net: about 0.3 ms
-for 8 images); meanwhile the requests that arrive simply queue for the next batch.
+Where the event loop has nothing else to do, a batch expected to compute in under `run_inline_below` seconds
+(the running average of this batcher's session calls) runs on the loop's own thread instead of an instance's
+worker thread. Handing a batch to a thread and its answer back costs two thread wake-ups, which on a virtual
+machine take longer than a small CNN's batch (mnist_net: about 0.3 ms for 8 images). In the engine process of a
+multi-process server the loop only feeds the batchers, so every such batch runs there, and the requests that
+arrive meanwhile simply queue for the next one. In a single process the loop also does every call's gRPC work,
+so a batch runs there only while `inline_when()` says so: while the server runs no call but the batch's own (a
+lone caller, whose every call then skips both wake-ups), never under load, where the loop's time is worth more
+to the calls waiting for it than a thread hand-off costs.
 
 Requests larger than `max_batch_size` are cut into slices that queue separately. A full queue refuses at once
 (QueueFullError). Each request carries a deadline on the monotonic clock. The batcher keeps the deadlines in a heap
@@ -160,6 +164,7 @@ class DynamicBatcher:
         run_output: RunOutput | None = None,
         finish_batch: FinishBatch | None = None,
         run_inline_below: float = 0.0,
+        inline_when: Callable[[], bool] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._run_output = run_output
@@ -181,6 +186,7 @@ class DynamicBatcher:
         """Batches handed to the executor and not finished: running, or one staged behind the running ones."""
         self._instance_freed = asyncio.Event()
         self._inline_below = run_inline_below
+        self._inline_when = inline_when
         self._compute_estimate: float | None = None
         """The running average of session calls' seconds (None before the first)."""
         self._executor = ThreadPoolExecutor(settings.instances, thread_name_prefix=f"infer-{name}")
@@ -615,7 +621,9 @@ class DynamicBatcher:
     def _runs_inline(self) -> bool:
         """Whether the next batch runs on the event loop's thread (see the module docstring)."""
         estimate = self._compute_estimate
-        return estimate is not None and estimate < self._inline_below
+        if estimate is None or estimate >= self._inline_below:
+            return False
+        return self._inline_when is None or self._inline_when()
 
     def _learn_compute(self, seconds: float) -> None:
         estimate = self._compute_estimate

@@ -33,11 +33,18 @@ _Result = TypeVar("_Result")
 
 
 class DataPlane:
-    def __init__(self, repository: ServedVersions, settings: ServerSettings, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        repository: ServedVersions,
+        settings: ServerSettings,
+        metrics: ServerMetrics,
+        gate: CallGate | None = None,
+    ) -> None:
         self.repository = repository
         self.settings = settings
         self.metrics = metrics
-        self.gate = CallGate()
+        self.gate = gate or CallGate()
+        """Every call of every API passes it (`observe`); made by the server when its models need to know too."""
         self.readiness = Readiness(repository, settings.required_models)
 
     def deadline(self, model: ModelVersion, time_remaining: float | None) -> float:

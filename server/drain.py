@@ -51,6 +51,11 @@ class CallGate:
     def leave(self) -> None:
         self._running -= 1
 
+    def serves_one_call(self) -> bool:
+        """Whether at most one call runs: then a quick batch for it may take the event loop, which has no other
+        call to serve (server/batcher.py, `inline_when`)."""
+        return self._running <= 1
+
     async def refuse(self) -> NoReturn:
         """Wait until parked calls are released, then raise UnavailableError."""
         self._parked += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -90,9 +91,16 @@ class ModelVersion:
         """Why the version runs on the CPU although CUDA was wanted; empty otherwise."""
         return self.loaded.fallback_reason if self.loaded else ""
 
-    async def load(self, config: ModelConfig, server: ServerSettings, metrics: ServerMetrics) -> None:
+    async def load(
+        self,
+        config: ModelConfig,
+        server: ServerSettings,
+        metrics: ServerMetrics,
+        inline_when: Callable[[], bool] | None = None,
+    ) -> None:
         """Create the session off the event loop, resolve the specification and the settings, warm up, start
-        batching.
+        batching. Quick batches run on the event loop in an engine process always, in a single process while
+        `inline_when()` says so (server/batcher.py), and never when neither applies.
 
         Never raises for a bad model: the version is left FAILED with the reason, so one broken file cannot take
         the other models down. Raises ExecutionProviderError when CUDA was required and is not usable, because
@@ -129,7 +137,8 @@ class ModelVersion:
             on_batch=lambda record: self._on_batch(record, metrics),
             run_output=self._run_output,
             finish_batch=self._probabilities,
-            run_inline_below=INLINE_BATCH_SECONDS if server.serves_frontends else 0.0,
+            run_inline_below=INLINE_BATCH_SECONDS if server.serves_frontends or inline_when else 0.0,
+            inline_when=None if server.serves_frontends else inline_when,
         )
         self.batcher.start()
         self.load_seconds = time.monotonic() - started

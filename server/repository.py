@@ -171,9 +171,13 @@ class ServedVersions:
 class ModelRepository(ServedVersions):
     """Loads the models under one folder and finds the version a request asks for."""
 
-    def __init__(self, settings: ServerSettings, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, settings: ServerSettings, metrics: ServerMetrics, inline_when: Callable[[], bool] | None = None
+    ) -> None:
         super().__init__(settings)
         self._metrics = metrics
+        self._inline_when = inline_when
+        """In a single process, when a quick batch may run on the event loop (see ModelVersion.load)."""
         self._signatures: dict[str, Signature] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -264,7 +268,7 @@ class ModelRepository(ServedVersions):
             for number in wanted
             if changed or number not in current or not current[number].ready
         ]
-        await asyncio.gather(*(v.load(config, self._settings, self._metrics) for v in fresh))
+        await asyncio.gather(*(v.load(config, self._settings, self._metrics, self._inline_when) for v in fresh))
         self._signatures[name] = signature
         failed = [v for v in fresh if not v.ready]
         ready_new = [v for v in fresh if v.ready]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cnnserve.server.batcher import BatchRecord, DynamicBatcher
+from cnnserve.server.drain import CallGate
 from cnnserve.server.errors import (
     DeadlineExceededError,
     InferenceError,
@@ -74,6 +75,7 @@ async def make_batcher(model: GatedModel) -> AsyncIterator[MakeBatcher]:
         on_batch: Callable[[BatchRecord], None] | None = None,
         run_inline_below: float = 0.0,
         finish_batch: Callable[[np.ndarray], np.ndarray] | None = None,
+        inline_when: Callable[[], bool] | None = None,
         **settings: object,
     ) -> DynamicBatcher:
         defaults: dict[str, object] = {
@@ -90,6 +92,7 @@ async def make_batcher(model: GatedModel) -> AsyncIterator[MakeBatcher]:
             on_batch=on_batch,
             finish_batch=finish_batch,
             run_inline_below=run_inline_below,
+            inline_when=inline_when,
         )
         batcher.start()
         made.append(batcher)
@@ -402,6 +405,49 @@ async def test_batches_slower_than_the_inline_bound_stay_off_the_event_loop(make
     for value in range(3):
         await batcher.submit(rows(value), far())
     assert threading.get_ident() not in threads
+
+
+async def test_where_the_loop_serves_calls_too_a_quick_batch_takes_it_only_while_allowed(
+    make_batcher: MakeBatcher,
+) -> None:
+    """A single process: `inline_when` says whether the loop has no other call to serve (a lone caller)."""
+    threads: list[int] = []
+    alone = [False]
+    batcher = make_batcher(
+        thread_recording(threads), run_inline_below=1.0, inline_when=lambda: alone[0], max_queue_delay_ms=0
+    )
+    for value in range(3):
+        await batcher.submit(rows(value), far())
+    loop_thread = threading.get_ident()
+    assert loop_thread not in threads, "with other calls to serve, every batch runs in a worker thread"
+    alone[0] = True
+    for value in range(3):
+        await batcher.submit(rows(value), far())
+    assert threads[3:] == [loop_thread] * 3
+
+
+async def test_a_single_process_runs_the_batches_of_its_only_call_on_the_loop(make_batcher: MakeBatcher) -> None:
+    """The call gate of a single-process server decides: one call running is the batch's own."""
+    threads: list[int] = []
+    gate = CallGate()
+    batcher = make_batcher(
+        thread_recording(threads), run_inline_below=1.0, inline_when=gate.serves_one_call, max_queue_delay_ms=0
+    )
+
+    async def call(value: int) -> None:
+        assert gate.arrive()
+        try:
+            await batcher.submit(rows(value), far())
+        finally:
+            gate.leave()
+
+    for value in range(3):
+        await call(value)
+    assert threads[1:] == [threading.get_ident()] * 2, "the first batch has no measured time yet"
+    assert gate.arrive()  # another call is running: its batches and everyone's go to a worker thread
+    await call(3)
+    gate.leave()
+    assert threads[3] != threading.get_ident()
 
 
 async def test_without_an_inline_bound_every_batch_runs_in_a_worker_thread(make_batcher: MakeBatcher) -> None:
