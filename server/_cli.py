@@ -292,9 +292,9 @@ def frontend_count(settings: ServerSettings) -> int:
         return settings.frontends
     import logging
 
-    from cnnserve.server.supervisor import auto_frontends, cuda_provider_installed, nvidia_gpu_visible, usable_cpus
+    from cnnserve.server.supervisor import auto_frontends, nvidia_gpu_usable, usable_cpus
 
-    cores, gpu = usable_cpus(), cuda_provider_installed() and nvidia_gpu_visible()
+    cores, gpu = usable_cpus(), nvidia_gpu_usable()
     count = auto_frontends(settings, cores, gpu)
     logging.getLogger(__name__).info(
         "frontends auto: %s (%d usable cores, %s, execution provider %s; docs/architecture.md)",

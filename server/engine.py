@@ -137,7 +137,8 @@ class Engine:
     def __init__(self, settings: ServerSettings, run_dir: Path, metrics_dir: Path) -> None:
         self.settings = settings
         self.metrics = ServerMetrics()
-        self.repository = ModelRepository(settings, self.metrics)
+        # The engine's loop only feeds the batchers: every quick batch may run on it (server/batcher.py).
+        self.repository = ModelRepository(settings, self.metrics, inline_when=lambda: True)
         self.metrics.watch_models(self.repository.versions)
         self.readiness = Readiness(self.repository, settings.required_models)
         self._metrics_dir = metrics_dir

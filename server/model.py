@@ -33,9 +33,9 @@ from cnnserve.server.statistics import ModelStatistics, RequestStatistics, curre
 
 _log = logging.getLogger(__name__)
 INLINE_BATCH_SECONDS = 0.001
-"""In the engine of a multi-process server, whose event loop only feeds the batchers, batches that take less than
-this on average run on the loop's thread (see server/batcher.py), so that is about the longest one batch holds up
-the engine's messages and the other models' batchers."""
+"""Batches that take less than this on average may run on the event loop's thread (see server/batcher.py): always
+in the engine of a multi-process server, whose loop only feeds the batchers, and for a lone call in a single
+process. So that is about the longest one batch holds up the loop's other work."""
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,8 @@ class ModelVersion:
         inline_when: Callable[[], bool] | None = None,
     ) -> None:
         """Create the session off the event loop, resolve the specification and the settings, warm up, start
-        batching. Quick batches run on the event loop in an engine process always, in a single process while
-        `inline_when()` says so (server/batcher.py), and never when neither applies.
+        batching. Quick batches run on the event loop while `inline_when()` says so (the engine: always; a single
+        process: for a lone call; server/batcher.py), in worker threads always without it.
 
         Never raises for a bad model: the version is left FAILED with the reason, so one broken file cannot take
         the other models down. Raises ExecutionProviderError when CUDA was required and is not usable, because
@@ -137,8 +137,8 @@ class ModelVersion:
             on_batch=lambda record: self._on_batch(record, metrics),
             run_output=self._run_output,
             finish_batch=self._probabilities,
-            run_inline_below=INLINE_BATCH_SECONDS if server.serves_frontends or inline_when else 0.0,
-            inline_when=None if server.serves_frontends else inline_when,
+            run_inline_below=INLINE_BATCH_SECONDS if inline_when is not None else 0.0,
+            inline_when=inline_when,
         )
         self.batcher.start()
         self.load_seconds = time.monotonic() - started

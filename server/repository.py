@@ -177,7 +177,7 @@ class ModelRepository(ServedVersions):
         super().__init__(settings)
         self._metrics = metrics
         self._inline_when = inline_when
-        """In a single process, when a quick batch may run on the event loop (see ModelVersion.load)."""
+        """When a quick batch may run on the event loop (see ModelVersion.load); None: never."""
         self._signatures: dict[str, Signature] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 

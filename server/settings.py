@@ -305,13 +305,6 @@ class ServerSettings(BaseSettings, BatchingSettings, RuntimeSettings):
     port_file: Path | None = None
     """When set, the bound ports are written here as JSON once every model is ready."""
 
-    @property
-    def serves_frontends(self) -> bool:
-        """Whether a process with these settings is the engine of front-end processes. `cnnserve serve` resolves
-        `auto` to a count before any process starts, so settings that still say auto belong to a single process
-        (one started in code)."""
-        return isinstance(self.frontends, int) and self.frontends > 0
-
     def apply_to_interpreter(self) -> None:
         """Set what these settings say of the Python process itself (gil_switch_interval_ms); every process of
         the server calls it once at start."""

@@ -85,10 +85,10 @@ AUTO_FRONTENDS_MIN_CORES = 8
 """The fewest usable cores at which `--frontends auto` splits the server (see `auto_frontends`)."""
 
 
-def auto_frontends(settings: ServerSettings, cores: int | None = None, gpu: bool | None = None) -> int:
+def auto_frontends(settings: ServerSettings, cores: int, gpu: bool) -> int:
     """The front-end count of `--frontends auto`: half the usable cores (the other half left to the engine's loop
     and ONNX Runtime's threads) where the models run on an NVIDIA GPU and there are at least
-    AUTO_FRONTENDS_MIN_CORES cores; else 0, one process. `cores` and `gpu` default to this machine's.
+    AUTO_FRONTENDS_MIN_CORES cores; else 0, one process. `cores`: `usable_cpus()`; `gpu`: `nvidia_gpu_usable()`.
 
     Why these numbers, measured on a 16-vCPU H100 host (docs/gpu.md, five workloads): 8 front-ends answered
     1.4x-4.2x the calls of one process in every one, because there the GPU computes and one process's event loop
@@ -100,10 +100,12 @@ def auto_frontends(settings: ServerSettings, cores: int | None = None, gpu: bool
     """
     if settings.execution_provider is ExecutionProvider.CPU:
         return 0
-    cores = usable_cpus() if cores is None else cores
-    if gpu is None:
-        gpu = cuda_provider_installed() and nvidia_gpu_visible()
     return cores // 2 if gpu and cores >= AUTO_FRONTENDS_MIN_CORES else 0
+
+
+def nvidia_gpu_usable() -> bool:
+    """Whether models here can run on an NVIDIA GPU: ONNX Runtime has its CUDA provider and a GPU is visible."""
+    return cuda_provider_installed() and nvidia_gpu_visible()
 
 
 def cuda_provider_installed() -> bool:
