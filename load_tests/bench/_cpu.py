@@ -43,7 +43,8 @@ def process_tree_cpu_seconds(pid: int) -> float:
     return sum(reading.process for reading in readings.values()) if pid in readings else float("nan")
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """The pids of every process below `pid` that is running now (children, their children, ...)."""
     if psutil is not None:
         try:
             return [child.pid for child in psutil.Process(pid).children(recursive=True)]
@@ -73,7 +74,7 @@ class ProcessCpu:
 def tree_cpu(pid: int) -> dict[int, ProcessCpu]:
     """ProcessCpu of `pid` and of every process below it, by pid (those that ended meanwhile are left out)."""
     found = {}
-    for each in (pid, *_descendants(pid)):
+    for each in (pid, *descendants(pid)):
         reading = ProcessCpu(process_cpu_seconds(each), thread_cpu_seconds(each))
         if reading.process == reading.process:  # not NaN
             found[each] = reading
