@@ -6,7 +6,8 @@ optional ``<root>/<name>/config.toml`` (server/model_config.py) whose version po
 
 Changes are safe while serving: new versions load and warm up beside the old ones, and the old ones are drained
 and unloaded only once a new one is READY, so a failed reload keeps the old version serving and no request in
-flight is lost. Loads and unloads of one model are serialised by a per-model lock.
+flight is lost. Loads and unloads of one model are serialised by a per-model lock. After each, the retired
+versions' memory goes back to the system (server/memory.py): a server that reloads models does not grow.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from cnnserve.repository_layout import MODEL_FILE, is_model_name, model_versions
 from cnnserve.server.errors import ModelLoadError, ModelLoadFailedError, ModelNotFoundError, UnavailableError
+from cnnserve.server.memory import release_freed_memory
 from cnnserve.server.metrics import ServerMetrics
 from cnnserve.server.model import ModelState, ModelVersion
 from cnnserve.server.model_config import CONFIG_FILE_NAME, ModelConfig
@@ -203,6 +205,7 @@ class ModelRepository(ServedVersions):
                 await self._reconcile(name)
             finally:
                 self._notify()
+                await release_freed_memory()
 
     async def unload(self, name: str) -> None:
         """Stop serving `name`: new requests are refused at once, queued ones finish, then it is dropped.
@@ -210,17 +213,9 @@ class ModelRepository(ServedVersions):
         Raises ModelNotFoundError when it is not loaded.
         """
         async with self._lock(name):
-            versions = self._models.get(name)
-            if not versions:
-                raise ModelNotFoundError(f"model {name!r} is not loaded")
-            for version in versions.values():
-                version.state = ModelState.UNAVAILABLE
-            self._notify()
-            await self._drain(list(versions.values()))
-            del self._models[name]
-            self._signatures.pop(name, None)
-            _log.info("model %s unloaded", name)
+            await self._retire(name)
         self._notify()
+        await release_freed_memory()
 
     async def poll(self, interval: float) -> None:
         """Watch the repository forever: load new or changed models, unload models removed from disk."""
@@ -290,6 +285,20 @@ class ModelRepository(ServedVersions):
             raise ModelLoadFailedError(
                 f"model {name!r} failed to load ({reasons}); versions serving before still serve"
             )
+
+    async def _retire(self, name: str) -> None:
+        """`unload`'s work under the model's lock. (A function of its own so that nothing refers to the
+        versions once it returns, and `release_freed_memory` can free them.)"""
+        versions = self._models.get(name)
+        if not versions:
+            raise ModelNotFoundError(f"model {name!r} is not loaded")
+        for version in versions.values():
+            version.state = ModelState.UNAVAILABLE
+        self._notify()
+        await self._drain(list(versions.values()))
+        del self._models[name]
+        self._signatures.pop(name, None)
+        _log.info("model %s unloaded", name)
 
     def _hold_failed(self, name: str, model_dir: Path, reason: str) -> None:
         """Hold a model that could not even be configured as its newest version, FAILED with `reason`: GetModel

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import grpc
@@ -14,8 +16,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cnnserve.export import render_o, render_x
+from cnnserve.server.metrics import ServerMetrics
 from cnnserve.server.model_import import import_model
-from cnnserve.server.repository import disk_signature
+from cnnserve.server.repository import ModelRepository, disk_signature
+from cnnserve.server.settings import ServerSettings
 from cnnserve.server.spec_files import SpecTables
 from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
@@ -174,6 +178,23 @@ def test_a_poll_notices_an_edit_of_labels_txt_alone(tmp_path: Path) -> None:
         )
         answer = stub.Classify(pb.ClassifyRequest(model="plain", images=X_REQUEST.images), timeout=10)
         assert answer.results[0].top[0].label in {"cat", "dog", "bird", "fish"}
+
+
+async def test_a_retired_version_is_freed_as_its_reload_or_unload_returns(xo_only: Path) -> None:
+    """The replaced or unloaded version's session is gone once `load` or `unload` returns, not at some later
+    collection: its native memory then goes back to the system at once (server/memory.py)."""
+    settings = ServerSettings.load(None, model_repository=xo_only, execution_provider="cpu")
+    repository = ModelRepository(settings, ServerMetrics())
+    await repository.load("xo")
+    before_reload = weakref.ref(repository.get("xo").loaded.session)
+    model_file = xo_only / "xo" / "1" / "model.onnx"
+    modified = model_file.stat().st_mtime_ns + 10**9
+    os.utime(model_file, ns=(modified, modified))
+    await repository.load("xo")
+    assert before_reload() is None, "the replaced version's session outlived its reload"
+    before_unload = weakref.ref(repository.get("xo").loaded.session)
+    await repository.unload("xo")
+    assert before_unload() is None, "the unloaded version's session outlived its unload"
 
 
 @pytest.mark.parametrize("edited", ["labels.txt", "config.toml", "1/model.onnx.data", "1/model.onnx"])
