@@ -36,9 +36,10 @@ _READY = f"model {RELOADED} version 1 ready"
 
 
 def cycle_over_rpc(target: str) -> None:
+    from cnnserve.inference import grpc_service_pb2 as messages  # here, as in h2load: tritonclient's clash
+
     with grpc.insecure_channel(target) as channel:
         stub = h2load.inference_stub(channel)
-        messages = h2load._inference()
         stub.RepositoryModelUnload(messages.RepositoryModelUnloadRequest(model_name=RELOADED), timeout=60)
         stub.RepositoryModelLoad(messages.RepositoryModelLoadRequest(model_name=RELOADED), timeout=60)
 
