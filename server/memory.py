@@ -4,9 +4,10 @@ A version's ONNX Runtime session holds its graph, weights and kernel buffers in 
 (replaced by a reload, or unloaded) is freed only by Python's cycle collector, because the version and its
 batcher refer to each other, and glibc's allocator then keeps the freed chunks in its arenas, scattered among live
 ones, instead of returning them. So a server's resident memory grew with every reload and never came back:
-measured on the 2-core VM, one process reloading mnist_net 800 times in a row grew 93 → 237 MiB, and 93 → 140 MiB
-(level after about 400) with the chunks trimmed after each reload (docs/benchmarks.md, "Soak").
-`release_freed_memory` runs after every load and unload of the repository, in a single process and in the engine.
+measured on the 2-core VM, a repository reloading mnist_net 800 times in a row grew 93 → 237 MiB, and stayed at
+92-94 MiB with `release_freed_memory` after each reload (docs/benchmarks.md, "Soak";
+`python -m load_tests.bench.reload_memory` measures a whole server). It runs after every load and unload of the
+repository, in a single process and in the engine.
 """
 
 from __future__ import annotations
