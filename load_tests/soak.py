@@ -385,24 +385,27 @@ def server_memory(pid: int, log_path: Path) -> Memory:
         children = descendants(pid)
         if any(child not in names for child in children):
             name_children()
+            for child in children:
+                if child not in names and (helper := helper_name(child)) is not None:
+                    names[child] = helper
         found = {}
         for each in (pid, *children):
             value = process_rss(each)
             if value is not None:
-                own = "supervisor" if names else SERVER
-                found[own if each == pid else names.get(each) or helper_name(each)] = value
+                own = "supervisor" if len(children) else SERVER
+                found[own if each == pid else names.get(each, f"pid {each}")] = value
         return found
 
     return read
 
 
-def helper_name(pid: int) -> str:
-    """What to call a child process the supervisor does not introduce: Python's multiprocessing resource tracker
-    (which every multi-process server has), or its pid."""
+def helper_name(pid: int) -> str | None:
+    """What to call a child process the supervisor does not introduce: "resource tracker" for Python's
+    multiprocessing resource tracker (which every multi-process server has); None for anything else."""
     with contextlib.suppress(OSError):
         if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes():
             return "resource tracker"
-    return f"pid {pid}"
+    return None
 
 
 def metrics_memory(url: str) -> Memory:

@@ -428,6 +428,8 @@ class DynamicBatcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            # The finished task keeps its CancelledError, whose traceback keeps this batcher's frames: a cycle.
+            self._task = None
         self._fail_queued(UnavailableError(f"model {self._name} was unloaded before this request ran; retry"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -1,20 +1,18 @@
 """Giving the memory of retired model versions back to the operating system.
 
-A version's ONNX Runtime session holds its graph, weights and kernel buffers in native memory. A retired version
-(replaced by a reload, or unloaded) is freed only by Python's cycle collector, because the version and its
-batcher refer to each other, and glibc's allocator then keeps the freed chunks in its arenas, scattered among live
-ones, instead of returning them. So a server's resident memory grew with every reload and never came back:
-measured on the 2-core VM, a repository reloading mnist_net 800 times in a row grew 93 → 237 MiB, and stayed at
-92-94 MiB with `release_freed_memory` after each reload (docs/benchmarks.md, "Soak";
-`python -m load_tests.bench.reload_memory` measures a whole server). It runs after every load and unload of the
-repository, in a single process and in the engine.
+A version's ONNX Runtime session holds its graph, weights and kernel buffers in native memory. When a reload or an
+unload retires a version, the session is freed (ModelVersion.unload lets go of the batcher, so nothing keeps the
+version alive once the repository drops it), but glibc's allocator keeps the freed chunks in its arenas,
+scattered among live ones, instead of returning them. So a server's resident memory grew with every reload and
+never came back: measured on the 2-core VM, a repository reloading mnist_net 800 times in a row grew
+93 → 237 MiB. `release_freed_memory` runs after every load and unload of the repository, in a single process and
+in the engine (docs/benchmarks.md, "Soak"; `python -m load_tests.bench.reload_memory` measures a whole server).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
-import gc
 from collections.abc import Callable
 
 
@@ -31,9 +29,8 @@ _TRIM = _malloc_trim()
 
 
 async def release_freed_memory() -> None:
-    """Free retired versions now (a full collection: they live in reference cycles), then hand the allocator's
-    free pages back to the operating system. The trim walks every arena, so it runs in a worker thread; the
-    collection takes a few milliseconds of the event loop, once per load or unload."""
-    gc.collect()
+    """Hand the allocator's free pages back to the operating system, in a worker thread (the trim walks every
+    arena). No garbage collection here: a full one took 35-60 ms of the event loop on the 2-core VM, and retired
+    versions are freed without one."""
     if _TRIM is not None:
         await asyncio.to_thread(_TRIM, 0)

@@ -207,9 +207,14 @@ class ModelVersion:
         return to_probabilities(outputs, self.metadata.output_kind)
 
     async def unload(self, drain_seconds: float) -> None:
+        """Refuse new requests, let the queued ones finish (up to `drain_seconds`), then let go of the batcher.
+        The batcher holds this version's methods, so keeping it would make the pair a reference cycle that only
+        the cycle collector frees, some time later; without it the version and its session are freed as soon as
+        the repository drops them (server/memory.py)."""
         self.state = ModelState.UNAVAILABLE
         if self.batcher is not None:
             await self.batcher.close(drain_seconds)
+            self.batcher = None
 
     def _run(self, parts: list[np.ndarray]) -> np.ndarray:
         assert self.runner is not None

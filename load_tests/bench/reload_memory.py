@@ -35,13 +35,12 @@ _POLL_SECONDS = 0.05
 _READY = f"model {RELOADED} version 1 ready"
 
 
-def cycle_over_rpc(target: str) -> None:
+def cycle_over_rpc(channel: grpc.Channel) -> None:
     from cnnserve.inference import grpc_service_pb2 as messages  # here, as in h2load: tritonclient's clash
 
-    with grpc.insecure_channel(target) as channel:
-        stub = h2load.inference_stub(channel)
-        stub.RepositoryModelUnload(messages.RepositoryModelUnloadRequest(model_name=RELOADED), timeout=60)
-        stub.RepositoryModelLoad(messages.RepositoryModelLoadRequest(model_name=RELOADED), timeout=60)
+    stub = h2load.inference_stub(channel)
+    stub.RepositoryModelUnload(messages.RepositoryModelUnloadRequest(model_name=RELOADED), timeout=60)
+    stub.RepositoryModelLoad(messages.RepositoryModelLoadRequest(model_name=RELOADED), timeout=60)
 
 
 def cycle_by_poll(model_file: Path, log_path: Path, loads_before: int) -> None:
@@ -63,7 +62,10 @@ def run(repository: Path, workdir: Path, way: str, cycles: int, flags: list[str]
         serve_flags += ["--repository-poll-seconds", str(_POLL_SECONDS)]
     model_file = repository / RELOADED / "1" / "model.onnx"
     readings = []
-    with launcher.running_server(repository, *serve_flags, log_path=log_path) as server:
+    with (
+        launcher.running_server(repository, *serve_flags, log_path=log_path) as server,
+        grpc.insecure_channel(server.target) as channel,
+    ):
         memory = server_memory(server.pid, log_path)
 
         def read(done: int) -> None:
@@ -74,7 +76,7 @@ def run(repository: Path, workdir: Path, way: str, cycles: int, flags: list[str]
         read(0)
         for done in range(1, cycles + 1):
             if way == "rpc":
-                cycle_over_rpc(server.target)
+                cycle_over_rpc(channel)
             else:
                 cycle_by_poll(model_file, log_path, log_path.read_text(errors="replace").count(_READY))
             if done % max(1, cycles // 4) == 0 or done == cycles:
