@@ -30,9 +30,10 @@ worker thread. Handing a batch to a thread and its answer back costs two thread 
 machine take longer than a small CNN's batch (mnist_net: about 0.3 ms for 8 images). In the engine process of a
 multi-process server the loop only feeds the batchers, so every such batch runs there, and the requests that
 arrive meanwhile simply queue for the next one. In a single process the loop also does every call's gRPC work,
-so a batch runs there only while `inline_when()` says so: while the server runs no call but the batch's own (a
-lone caller, whose every call then skips both wake-ups), never under load, where the loop's time is worth more
-to the calls waiting for it than a thread hand-off costs.
+so a batch runs there only when `await inline_when()` says so: when the server runs no call but the batch's own
+(a lone caller, whose every call then skips both wake-ups), never under load, where the loop's time is worth more
+to the calls waiting for it than a thread hand-off costs. (That predicate may let the loop turn a few times before
+it answers, so that calls the transport already holds show up first: server/drain.py, `CallGate.serves_one_call`.)
 
 Requests larger than `max_batch_size` are cut into slices that queue separately. A full queue refuses at once
 (QueueFullError). Each request carries a deadline on the monotonic clock. The batcher keeps the deadlines in a heap
@@ -54,7 +55,7 @@ import math
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -72,6 +73,8 @@ from cnnserve.server.settings import BatchingSettings
 from cnnserve.server.statistics import RequestStatistics, current_request
 
 _log = logging.getLogger(__name__)
+InlineWhen = Callable[[], Awaitable[bool]]
+"""Whether a quick batch may run on the event loop's own thread now (awaited just before the batch runs)."""
 _DEADLINE_HEAP_PURGE = 1024
 """The deadline heap's size below which answered requests are left in it (see `_forget_answered`)."""
 
@@ -164,7 +167,7 @@ class DynamicBatcher:
         run_output: RunOutput | None = None,
         finish_batch: FinishBatch | None = None,
         run_inline_below: float = 0.0,
-        inline_when: Callable[[], bool] | None = None,
+        inline_when: InlineWhen | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._run_output = run_output
@@ -563,7 +566,7 @@ class DynamicBatcher:
 
     async def _execute(self, batch: list[_QueuedRequest]) -> None:
         try:
-            if self._runs_inline():
+            if await self._runs_inline():
                 run = self._run_live(batch)
             else:
                 run = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_live, batch)
@@ -620,12 +623,12 @@ class DynamicBatcher:
                 )
             )
 
-    def _runs_inline(self) -> bool:
+    async def _runs_inline(self) -> bool:
         """Whether the next batch runs on the event loop's thread (see the module docstring)."""
         estimate = self._compute_estimate
         if estimate is None or estimate >= self._inline_below:
             return False
-        return self._inline_when is None or self._inline_when()
+        return self._inline_when is None or await self._inline_when()
 
     def _learn_compute(self, seconds: float) -> None:
         estimate = self._compute_estimate

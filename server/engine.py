@@ -131,14 +131,19 @@ class _Frontend:
     """Requests received from it so far (logged with the messages they came in when it leaves)."""
 
 
+async def _always() -> bool:
+    """The engine's inline policy: its loop only feeds the batchers, so every quick batch may run on it at once
+    (server/batcher.py). The requests that arrive meanwhile wait in the socket and form the next batch."""
+    return True
+
+
 class Engine:
     """Holds the repository and answers the front-ends connected to `run_dir`'s socket."""
 
     def __init__(self, settings: ServerSettings, run_dir: Path, metrics_dir: Path) -> None:
         self.settings = settings
         self.metrics = ServerMetrics()
-        # The engine's loop only feeds the batchers: every quick batch may run on it (server/batcher.py).
-        self.repository = ModelRepository(settings, self.metrics, inline_when=lambda: True)
+        self.repository = ModelRepository(settings, self.metrics, inline_when=_always)
         self.metrics.watch_models(self.repository.versions)
         self.readiness = Readiness(self.repository, settings.required_models)
         self._metrics_dir = metrics_dir

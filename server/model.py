@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from cnnserve.metadata import ModelMetadata
 from cnnserve.repository_layout import MODEL_FILE
-from cnnserve.server.batcher import BatchRecord, DynamicBatcher, OnDone
+from cnnserve.server.batcher import BatchRecord, DynamicBatcher, InlineWhen, OnDone
 from cnnserve.server.errors import ExecutionProviderError, UnavailableError
 from cnnserve.server.metrics import ServerMetrics
 from cnnserve.server.model_config import ModelConfig
@@ -96,10 +95,10 @@ class ModelVersion:
         config: ModelConfig,
         server: ServerSettings,
         metrics: ServerMetrics,
-        inline_when: Callable[[], bool] | None = None,
+        inline_when: InlineWhen | None = None,
     ) -> None:
         """Create the session off the event loop, resolve the specification and the settings, warm up, start
-        batching. Quick batches run on the event loop while `inline_when()` says so (the engine: always; a single
+        batching. Quick batches run on the event loop when `await inline_when()` says so (the engine: always; a single
         process: for a lone call; server/batcher.py), in worker threads always without it.
 
         Never raises for a bad model: the version is left FAILED with the reason, so one broken file cannot take

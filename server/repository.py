@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnserve.repository_layout import MODEL_FILE, is_model_name, model_versions
+from cnnserve.server.batcher import InlineWhen
 from cnnserve.server.errors import ModelLoadError, ModelLoadFailedError, ModelNotFoundError, UnavailableError
 from cnnserve.server.memory import release_freed_memory
 from cnnserve.server.metrics import ServerMetrics
@@ -173,9 +174,7 @@ class ServedVersions:
 class ModelRepository(ServedVersions):
     """Loads the models under one folder and finds the version a request asks for."""
 
-    def __init__(
-        self, settings: ServerSettings, metrics: ServerMetrics, inline_when: Callable[[], bool] | None = None
-    ) -> None:
+    def __init__(self, settings: ServerSettings, metrics: ServerMetrics, inline_when: InlineWhen | None = None) -> None:
         super().__init__(settings)
         self._metrics = metrics
         self._inline_when = inline_when

@@ -7,7 +7,7 @@ import gc
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
 import pytest
@@ -413,8 +413,12 @@ async def test_where_the_loop_serves_calls_too_a_quick_batch_takes_it_only_while
     """A single process: `inline_when` says whether the loop has no other call to serve (a lone caller)."""
     threads: list[int] = []
     alone = [False]
+
+    async def inline_when() -> bool:
+        return alone[0]
+
     batcher = make_batcher(
-        thread_recording(threads), run_inline_below=1.0, inline_when=lambda: alone[0], max_queue_delay_ms=0
+        thread_recording(threads), run_inline_below=1.0, inline_when=inline_when, max_queue_delay_ms=0
     )
     for value in range(3):
         await batcher.submit(rows(value), far())
@@ -426,9 +430,8 @@ async def test_where_the_loop_serves_calls_too_a_quick_batch_takes_it_only_while
     assert threads[3:] == [loop_thread] * 3
 
 
-async def test_a_single_process_runs_the_batches_of_its_only_call_on_the_loop(make_batcher: MakeBatcher) -> None:
-    """The call gate of a single-process server decides: one call running is the batch's own."""
-    threads: list[int] = []
+def gated_calls(make_batcher: MakeBatcher, threads: list[int]) -> tuple[CallGate, Callable[[int], Awaitable[None]]]:
+    """A single process's call gate, and a call through it of one row: the gate decides where its batch runs."""
     gate = CallGate()
     batcher = make_batcher(
         thread_recording(threads), run_inline_below=1.0, inline_when=gate.serves_one_call, max_queue_delay_ms=0
@@ -441,6 +444,13 @@ async def test_a_single_process_runs_the_batches_of_its_only_call_on_the_loop(ma
         finally:
             gate.leave()
 
+    return gate, call
+
+
+async def test_a_single_process_runs_the_batches_of_its_only_call_on_the_loop(make_batcher: MakeBatcher) -> None:
+    """The call gate of a single-process server decides: one call running is the batch's own."""
+    threads: list[int] = []
+    gate, call = gated_calls(make_batcher, threads)
     for value in range(3):
         await call(value)
     assert threads[1:] == [threading.get_ident()] * 2, "the first batch has no measured time yet"
@@ -448,6 +458,22 @@ async def test_a_single_process_runs_the_batches_of_its_only_call_on_the_loop(ma
     await call(3)
     gate.leave()
     assert threads[3] != threading.get_ident()
+
+
+async def test_a_call_that_reaches_its_handler_while_a_lone_batch_waits_sends_that_batch_to_a_thread(
+    make_batcher: MakeBatcher,
+) -> None:
+    """gRPC's transport hands over the calls it holds a few loop turns apart; the gate waits that long before it
+    lets a lone call's batch take the loop, so that a burst is seen as one instead of as a convoy of lone calls."""
+    threads: list[int] = []
+    _, call = gated_calls(make_batcher, threads)
+    for value in range(2):
+        await call(value)
+    assert threads[1] == threading.get_ident(), "a lone call's batch runs on the loop"
+    loop = asyncio.get_running_loop()
+    loop.call_soon(lambda: loop.call_soon(lambda: loop.create_task(call(3))))  # arrives two turns later
+    await call(2)
+    assert threads[2] != threading.get_ident(), "the next call arrived before the batch took the loop"
 
 
 async def test_without_an_inline_bound_every_batch_runs_in_a_worker_thread(make_batcher: MakeBatcher) -> None:
