@@ -19,6 +19,7 @@ import pytest
 
 from cnnserve.server.model_import import import_model
 from cnnserve.server.spec_files import SpecTables
+from load_tests.bench.h2load import INSTALL_HINT
 from load_tests.gpu.bare import VARIANTS, measure_variant
 from load_tests.gpu.budget import Budget
 from load_tests.gpu.cli import parse_options
@@ -60,6 +61,7 @@ def dry_run(check_repository: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+@pytest.mark.skipif(shutil.which("h2load") is None, reason=f"the check's front-end sweep needs h2load: {INSTALL_HINT}")
 def test_the_dry_run_checks_every_model_and_measures_every_way(dry_run: tuple[str, Path]) -> None:
     progress, out = dry_run
     assert "using this interpreter as it is" in progress and "correctness plain on CPUExecutionProvider" in progress
