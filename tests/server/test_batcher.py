@@ -471,8 +471,10 @@ async def test_a_call_that_reaches_its_handler_while_a_lone_batch_waits_sends_th
         await call(value)
     assert threads[1] == threading.get_ident(), "a lone call's batch runs on the loop"
     loop = asyncio.get_running_loop()
-    loop.call_soon(lambda: loop.call_soon(lambda: loop.create_task(call(3))))  # arrives two turns later
+    arriving: list[asyncio.Task[None]] = []
+    loop.call_soon(lambda: loop.call_soon(lambda: arriving.append(loop.create_task(call(3)))))  # a few turns on
     await call(2)
+    await asyncio.gather(*arriving)
     assert threads[2] != threading.get_ident(), "the next call arrived before the batch took the loop"
 
 
