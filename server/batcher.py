@@ -566,8 +566,8 @@ class DynamicBatcher:
 
     async def _execute(self, batch: list[_QueuedRequest]) -> None:
         try:
-            if await self._runs_inline():
-                run = self._run_live(batch)
+            if self._computes_quickly() and (self._inline_when is None or await self._inline_when()):
+                run = self._run_live(batch)  # on the event loop's thread (see the module docstring)
             else:
                 run = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_live, batch)
         except Exception as exc:
@@ -623,12 +623,12 @@ class DynamicBatcher:
                 )
             )
 
-    async def _runs_inline(self) -> bool:
-        """Whether the next batch runs on the event loop's thread (see the module docstring)."""
+    def _computes_quickly(self) -> bool:
+        """Whether this batcher's batches take under `run_inline_below` (on average, once one was timed): quick
+        enough to run on the event loop's thread where `inline_when` allows. Checked first, so that a batch bound
+        for a worker thread awaits no predicate."""
         estimate = self._compute_estimate
-        if estimate is None or estimate >= self._inline_below:
-            return False
-        return self._inline_when is None or await self._inline_when()
+        return estimate is not None and estimate < self._inline_below
 
     def _learn_compute(self, seconds: float) -> None:
         estimate = self._compute_estimate
