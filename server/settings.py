@@ -58,10 +58,12 @@ class Precision(StrEnum):
 
 
 class ConvAlgoSearch(StrEnum):
-    """How cuDNN picks a convolution algorithm, once per input shape (CUDA's `cudnn_conv_algo_search`)."""
+    """How cuDNN picks a convolution algorithm (CUDA's `cudnn_conv_algo_search`): again at every run whose input
+    shape differs from the last one's, which is why CUDA batches run at one shape by default."""
 
     EXHAUSTIVE = "exhaustive"
-    """Time every algorithm (ONNX Runtime's default): the fastest kernels, a slower first call per shape."""
+    """Time every algorithm (ONNX Runtime's default): the fastest kernels, and the slowest change of shape (23-33
+    ms for mnist_net on an H200, against 4-6 ms heuristic; `load_tests.bench.shape_changes`)."""
     HEURISTIC = "heuristic"
     """cuDNN's guess, without timing."""
     DEFAULT = "default"
@@ -127,9 +129,9 @@ class BatchingFields(BaseModel):
     batch_buckets: tuple[int, ...] = ()
     """Batch sizes the session runs at: a batch is padded with zero rows up to the smallest bucket that holds it
     (the padding's rows never reach a caller), so the session sees few shapes (each warmed up before the model is
-    ready, each its own CUDA graph with cuda_graphs). None: each batch runs at its own size, except on CUDA with
-    io_binding (the default there), which then uses the powers of two up to max_batch_size. The largest must be
-    at least max_batch_size."""
+    ready, each its own CUDA graph with cuda_graphs). None: each batch runs at its own size on the CPU, and at
+    max_batch_size on CUDA, where each change of input shape makes cuDNN choose its algorithms again (docs/gpu.md).
+    The largest must be at least max_batch_size."""
 
     @field_validator("preferred_batch_sizes", "batch_buckets")
     @classmethod

@@ -22,7 +22,6 @@ from cnnserve.server.session_runner import (
     RunPlan,
     SessionRunner,
     plain_runner,
-    powers_of_two_through,
     resolve_plan,
     warm_up_sizes,
 )
@@ -135,10 +134,10 @@ def test_warm_up_runs_every_bucket_whatever_sizes_were_asked_for(mnist_net: tupl
     assert unbucketed.warm_up({32, 1, 8}) == (1, 8, 32)
 
 
-def test_cuda_warms_every_batch_size_because_cudnn_searches_per_shape() -> None:
+def test_warm_up_runs_every_bucket_and_on_the_cpu_the_sizes_batches_come_in_most() -> None:
     batching = BatchingSettings(max_batch_size=8, preferred_batch_sizes=(4,))
-    assert warm_up_sizes(RunPlan(device="cuda"), batching) == set(range(1, 9))
     assert warm_up_sizes(RunPlan(device="cpu"), batching) == {1, 4, 8}
+    assert warm_up_sizes(RunPlan(device="cuda", buckets=(8,)), batching) == {8}
     assert warm_up_sizes(RunPlan(device="cuda", buckets=(2, 8)), batching) == {2, 8}
 
 
@@ -212,11 +211,11 @@ def test_uint8_and_fixed_batch_graphs_run_bound_as_well(imported: Path) -> None:
 def test_the_run_plan_follows_the_settings_and_the_provider_got() -> None:
     batching = BatchingSettings(max_batch_size=24)
     graphs = RuntimeSettings(cuda_graphs=True)
-    assert resolve_plan(batching, graphs, CUDA, None).buckets == (1, 2, 4, 8, 16, 24)
-    assert resolve_plan(batching, RuntimeSettings(), CUDA, None).buckets == (1, 2, 4, 8, 16, 24), (
-        "IO binding on CUDA keeps GPU buffers per size: a bounded set of them"
+    assert resolve_plan(batching, RuntimeSettings(), CUDA, None).buckets == (24,), (
+        "on CUDA every batch runs at one shape: a change of shape makes cuDNN choose its algorithms again"
     )
-    assert resolve_plan(batching, RuntimeSettings(io_binding=False), CUDA, None).buckets == ()
+    assert resolve_plan(batching, graphs, CUDA, None).buckets == (24,)
+    assert resolve_plan(batching, RuntimeSettings(io_binding=False), CUDA, None).buckets == (24,)
     assert resolve_plan(batching, RuntimeSettings(), CPU, None).buckets == (), "the CPU binds every size in one array"
     assert resolve_plan(batching, graphs, CUDA, None).cuda_graphs
     on_cpu = resolve_plan(batching, graphs, CPU, None)
@@ -226,8 +225,6 @@ def test_the_run_plan_follows_the_settings_and_the_provider_got() -> None:
     assert resolve_plan(chosen, graphs, CUDA, None).buckets == (8, 24)
     with pytest.raises(ModelLoadError, match="instances = 1"):
         resolve_plan(BatchingSettings(instances=2), graphs, CUDA, None)
-    assert powers_of_two_through(32) == (1, 2, 4, 8, 16, 32)
-    assert powers_of_two_through(1) == (1,)
     assert RunPlan(buckets=(4, 8)).size_for(5) == 8
     assert RunPlan(buckets=(4, 8)).size_for(3) == 4
     assert RunPlan().size_for(3) == 3
