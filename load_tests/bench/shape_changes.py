@@ -40,6 +40,7 @@ from load_tests.bench.models import prepare_model
 
 @dataclass(frozen=True)
 class ShapeCost:
+    model: str
     search: str
     provider: str
     one_shape_ms: float
@@ -90,6 +91,7 @@ def measure(
             runner.run(images[:size])
             timings[name].append(time.perf_counter() - started)
     return ShapeCost(
+        model_dir.name,
         search.value,
         loaded.provider,
         statistics.median(timings["one"]) * 1e3,
@@ -97,16 +99,17 @@ def measure(
     )
 
 
-def report(costs: list[ShapeCost], model: str, max_batch_size: int) -> str:
+def report(costs: list[ShapeCost], max_batch_size: int) -> str:
+    """A Markdown table of `costs`, one row per model and search, under a line saying what was run."""
     lines = [
-        f"{model}, batches of 1 to {max_batch_size} in a shuffled order, medians per batch",
+        f"Batches of 1 to {max_batch_size} in a shuffled order, medians per batch",
         "",
-        "| cuDNN search | provider | one shape (ms) | changing shapes (ms) | changing / one |",
-        "|---|---|---|---|---|",
+        "| model | cuDNN search | provider | one shape (ms) | changing shapes (ms) | changing / one |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {cost.search} | {cost.provider} | {cost.one_shape_ms:.3f} | {cost.changing_shapes_ms:.3f} | "
-        f"{cost.ratio:.2f} |"
+        f"| {cost.model} | {cost.search} | {cost.provider} | {cost.one_shape_ms:.3f} | "
+        f"{cost.changing_shapes_ms:.3f} | {cost.ratio:.2f} |"
         for cost in costs
     ]
     return "\n".join(lines)
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         costs.append(cost)
     print()
-    print(report(costs, args.model, args.max_batch_size))
+    print(report(costs, args.max_batch_size))
     if args.json is not None:
         args.json.write_text(json.dumps([{**asdict(cost), "ratio": cost.ratio} for cost in costs], indent=2))
     return 0

@@ -14,7 +14,7 @@ CUDA = "cuda"
 CPU = "cpu"
 DEFAULT_WHEELS = Path("gpu-wheels")
 DEFAULT_BUDGET_SECONDS = 480.0
-PHASES = ("correctness", "bare", "server", "frontends")
+PHASES = ("correctness", "bare", "shapes", "server", "frontends")
 """What the check does, in order: every model on the provider against the CPU; bare ONNX Runtime; the server in
 several configurations; the front-end sweep under h2load."""
 

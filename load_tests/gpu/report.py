@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from load_tests.bench.shape_changes import report as shape_table
 from load_tests.gpu.plots import plot_bare, plot_server
 from load_tests.gpu.results import FP16_MIN_AGREEMENT, FP32_TOLERANCE, CheckResult, Correctness
 
@@ -13,6 +14,8 @@ JSON_FILE = "gpu_check.json"
 MARKDOWN_FILE = "gpu_check.md"
 BARE_PLOT = "bare_onnxruntime.png"
 SERVER_PLOT = "server.png"
+SHAPE_MAX_BATCH = 32
+"""The largest batch of the shapes phase: the server's default max_batch_size."""
 
 
 def write_reports(result: CheckResult, out: Path) -> list[Path]:
@@ -83,6 +86,16 @@ def markdown(result: CheckResult) -> str:
         [_correctness_row(c) for c in result.correctness],
     )
     lines += _bare_section(result)
+    if result.shape_costs:
+        lines += [
+            "## Changes of batch shape",
+            "",
+            "The same batch sizes through the server's runner, padded to one shape or to the next power of two "
+            "(the shape changing from batch to batch): why CUDA batches run at one shape by default.",
+            "",
+            shape_table(result.shape_costs, SHAPE_MAX_BATCH),
+            "",
+        ]
     lines += _server_section(result)
     if result.frontend_sweep_table:
         lines += ["## Front-ends under h2load", "", result.frontend_sweep_table, ""]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from load_tests.bench.results import LatencySummary, ServerPoint
+from load_tests.bench.shape_changes import ShapeCost
 from load_tests.gpu.system import GpuSample
 
 FP32_TOLERANCE = 1e-4
@@ -136,6 +137,8 @@ class CheckResult:
     preload_messages: str = ""
     correctness: list[Correctness] = field(default_factory=list)
     bare: list[BarePoint] = field(default_factory=list)
+    shape_costs: list[ShapeCost] = field(default_factory=list)
+    """The same batches at one shape and at changing shapes, per model and cuDNN search (`shapes` phase)."""
     servers: list[ServerRun] = field(default_factory=list)
     server_points: list[ServerMeasurement] = field(default_factory=list)
     frontend_sweep: dict[str, Any] | None = None

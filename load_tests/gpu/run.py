@@ -1,5 +1,5 @@
-"""The measuring stage of the GPU check: correctness, bare ONNX Runtime, the server, the front-end sweep, then
-the report (`--phases` picks some).
+"""The measuring stage of the GPU check: correctness, bare ONNX Runtime, changes of batch shape, the server, the
+front-end sweep, then the report (`--phases` picks some).
 
 Runs in the interpreter the first stage chose, with the CUDA libraries on LD_LIBRARY_PATH. The phases run in
 order of importance (a run short of time still says whether the GPU computes the right answers), each step
@@ -18,15 +18,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnserve.server.settings import ConvAlgoSearch, ExecutionProvider
 from load_tests.bench._cpu import cpu_count
 from load_tests.bench.h2load_compare import MODEL as SWEEP_MODEL
 from load_tests.bench.measure import CLASSIFY_METHOD, INFER_METHOD, Window
+from load_tests.bench.shape_changes import measure as measure_shapes
 from load_tests.gpu.bare import VARIANTS, measure_variant, unavailable_reason
 from load_tests.gpu.budget import Budget
 from load_tests.gpu.cli import CUDA, CheckOptions
 from load_tests.gpu.correctness import check_model, repository_models
 from load_tests.gpu.frontends import SweepPlan, measure_frontends
-from load_tests.gpu.report import write_reports
+from load_tests.gpu.report import SHAPE_MAX_BATCH, write_reports
 from load_tests.gpu.results import BarePoint, CheckResult, Skipped
 from load_tests.gpu.serving import (
     RequestShape,
@@ -51,6 +53,11 @@ class MeasurePlan:
     batch_sizes: tuple[int, ...]
     bare_seconds: float
     """Timed seconds per batch size of each bare variant."""
+    shape_batches: int
+    """Batches run each way per model and cuDNN search in the shapes phase."""
+    shape_seconds: float
+    """Expected seconds for one model and search of the shapes phase (a changing shape costs tens of ms on
+    CUDA)."""
     serving: ServingPlan
     sweep: SweepPlan
 
@@ -69,7 +76,7 @@ class MeasurePlan:
                 generator_processes=min(8, max(2, cpu_count() // 2)),
             )
             sweep = SweepPlan.for_host(cpu_count(), on_the_gpu, dry_run=False)
-            return cls(("catsdogs", "mnist_net"), BATCH_SIZES, 0.25, serving, sweep)
+            return cls(("catsdogs", "mnist_net"), BATCH_SIZES, 0.25, 100, 10.0, serving, sweep)
         on_the_cpu = ("--execution-provider", "cpu")
         serving = ServingPlan(
             base_flags=(*on_the_cpu, "--max-batch-size", "32"),
@@ -80,7 +87,7 @@ class MeasurePlan:
             generator_processes=2,
         )
         sweep = SweepPlan.for_host(cpu_count(), on_the_cpu, dry_run=True)
-        return cls(("mnist_net",), BATCH_SIZES, 0.02, serving, sweep)
+        return cls(("mnist_net",), BATCH_SIZES, 0.02, 16, 2.0, serving, sweep)
 
     def bare_seconds_per_variant(self) -> float:
         return len(self.batch_sizes) * (self.bare_seconds + 0.15) + 3.0
@@ -148,6 +155,8 @@ def _measure(options: CheckOptions, budget: Budget, result: CheckResult) -> None
             result.skipped.append(Skipped(f"{name} (bare and server)", f"not in {options.models}"))
     for name in measured if "bare" in options.phases else []:
         _bare(name, by_name[name], plan, options, budget, result)
+    for name in measured if "shapes" in options.phases else []:
+        _shapes(name, by_name[name], plan, options, budget, result)
 
     logs = options.out / "logs"
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
@@ -165,6 +174,28 @@ def _measure(options: CheckOptions, budget: Budget, result: CheckResult) -> None
             measure_frontends(plan.sweep, repository, options.wheels, logs, budget, result, options.out)
         elif "frontends" in options.phases:
             result.skipped.append(Skipped("front-end sweep", f"{SWEEP_MODEL} is not in {options.models}"))
+
+
+def _shapes(
+    name: str, model_dir: Path, plan: MeasurePlan, options: CheckOptions, budget: Budget, result: CheckResult
+) -> None:
+    provider = ExecutionProvider.CUDA if options.provider == CUDA else ExecutionProvider.CPU
+    for search in (ConvAlgoSearch.EXHAUSTIVE, ConvAlgoSearch.HEURISTIC):
+        what = f"shape changes of {name}, {search.value} search"
+        if not budget.allows(plan.shape_seconds):
+            result.skipped.append(Skipped(what, "out of time"))
+            continue
+        try:
+            cost = measure_shapes(model_dir, provider, search, SHAPE_MAX_BATCH, plan.shape_batches)
+        except Exception as exc:
+            result.errors.append(f"{what}: {type(exc).__name__}: {exc}")
+            budget.say(f"{what}: failed: {type(exc).__name__}: {exc}")
+            continue
+        result.shape_costs.append(cost)
+        budget.say(
+            f"{what}: {cost.one_shape_ms:.3f} ms a batch at one shape, {cost.changing_shapes_ms:.3f} ms with the "
+            f"shape changing ({cost.ratio:.1f}x) on {cost.provider}"
+        )
 
 
 def _bare(name: str, model_dir: Path, plan: MeasurePlan, options: CheckOptions, budget: Budget, result: CheckResult):

@@ -78,6 +78,12 @@ def test_the_dry_run_checks_every_model_and_measures_every_way(dry_run: tuple[st
     assert variants == {"fp32 run", "fp32 io_binding", "fp16 run", "fp16 io_binding"}
     assert {point["batch_size"] for point in report["bare"]} == {1, 2, 4, 8, 16, 32, 64, 128, 256}
     assert all(point["model"] == "mnist_net" and point["images_per_second"] > 0 for point in report["bare"])
+    costs = report["shape_costs"]
+    assert [(cost["model"], cost["search"]) for cost in costs] == [
+        ("mnist_net", "exhaustive"),
+        ("mnist_net", "heuristic"),
+    ]
+    assert all(cost["one_shape_ms"] > 0 and cost["changing_shapes_ms"] > 0 for cost in costs)
 
     servers = {run["configuration"]: run for run in report["servers"]}
     assert servers["cuda_graphs"]["status"] == "skipped" and "CUDA" in servers["cuda_graphs"]["reason"]
@@ -110,8 +116,10 @@ def test_the_dry_run_checks_every_model_and_measures_every_way(dry_run: tuple[st
 def test_the_dry_run_writes_the_markdown_and_the_plots(dry_run: tuple[str, Path]) -> None:
     _, out = dry_run
     markdown = (out / "gpu_check.md").read_text()
-    for heading in ("## Result", "## Targets", "## Correctness", "## Bare ONNX Runtime", "## Server", "### mnist_net"):
+    headings = ("## Result", "## Targets", "## Correctness", "## Bare ONNX Runtime", "## Server", "### mnist_net")
+    for heading in (*headings, "## Changes of batch shape"):
         assert heading in markdown
+    assert "| mnist_net | heuristic | CPUExecutionProvider |" in markdown
     assert "## Front-ends under h2load" in markdown and "| 0 (single process) |" in markdown
     assert "**passed**" in markdown and "| plain | CPUExecutionProvider |" in markdown
     for plot in ("bare_onnxruntime.png", "server.png", "frontends.png"):
@@ -139,7 +147,7 @@ def test_the_script_runs_as_a_module_too() -> None:
 def test_phases_run_in_their_own_order_whatever_order_they_are_asked_in() -> None:
     options = parse_options(["--out", "out", "--phases", "frontends, correctness"])
     assert options.phases == ("correctness", "frontends")
-    assert parse_options(["--out", "out"]).phases == ("correctness", "bare", "server", "frontends")
+    assert parse_options(["--out", "out"]).phases == ("correctness", "bare", "shapes", "server", "frontends")
     with pytest.raises(SystemExit):
         parse_options(["--out", "out", "--phases", "correctness,warp"])
 

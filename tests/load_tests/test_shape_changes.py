@@ -24,10 +24,13 @@ def test_the_batches_cover_every_size_in_a_fixed_shuffled_order() -> None:
 
 
 def test_the_table_gives_each_search_with_its_ratio() -> None:
-    costs = [ShapeCost("exhaustive", "CUDAExecutionProvider", 0.2, 25.0), ShapeCost("heuristic", "CPU", 0.5, 0.4)]
-    table = report(costs, "mnist_net", 32)
-    assert "| exhaustive | CUDAExecutionProvider | 0.200 | 25.000 | 125.00 |" in table
-    assert "| heuristic | CPU | 0.500 | 0.400 | 0.80 |" in table
+    costs = [
+        ShapeCost("mnist_net", "exhaustive", "CUDAExecutionProvider", 0.2, 25.0),
+        ShapeCost("catsdogs", "heuristic", "CPU", 0.5, 0.4),
+    ]
+    table = report(costs, 32)
+    assert "| mnist_net | exhaustive | CUDAExecutionProvider | 0.200 | 25.000 | 125.00 |" in table
+    assert "| catsdogs | heuristic | CPU | 0.500 | 0.400 | 0.80 |" in table
 
 
 @pytest.mark.slow
@@ -41,7 +44,7 @@ def test_a_run_on_the_cpu_measures_each_search_both_ways(model_repository: Path,
         timeout=160,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "| exhaustive | CPUExecutionProvider |" in completed.stdout
+    assert "| mnist_net | exhaustive | CPUExecutionProvider |" in completed.stdout
     written = json.loads(figures.read_text())
     assert [cost["search"] for cost in written] == ["exhaustive", "heuristic"]
     assert all(cost["one_shape_ms"] > 0 and cost["changing_shapes_ms"] > 0 for cost in written)
