@@ -121,6 +121,8 @@ class ModelVersion:
             self.runner = SessionRunner(self.loaded.session, self.spec, plan, batching.instances)
             warmed = await asyncio.to_thread(self.runner.warm_up, warm_up_sizes(plan, batching))
             self.run_info = RunInfo(plan, warmed, agreement)
+            if plan.device == "cuda":
+                await asyncio.to_thread(self._warn_of_costly_shape_changes)
         except ExecutionProviderError:
             raise
         except Exception as exc:
@@ -222,6 +224,25 @@ class ModelVersion:
     def _run_output(self, batch: np.ndarray, output: str) -> np.ndarray:
         assert self.runner is not None
         return self.runner.run_output(batch, output)
+
+    def _warn_of_costly_shape_changes(self) -> None:
+        """With several batch buckets on CUDA, say so when a change of input shape costs far more than a run: each
+        change makes cuDNN choose its convolution algorithms again, and under load batches change size all the
+        time (docs/gpu.md)."""
+        assert self.runner is not None
+        cost = self.runner.shape_change_cost()
+        if cost is not None and cost.is_costly():
+            _log.warning(
+                "model %s version %d: a change of batch shape costs %.1f ms a run against %.2f ms for the same shape "
+                "(cuDNN chooses its algorithms again), and batches of %s buckets change shape under load: serve "
+                "without batch_buckets (one shape, the max batch size); cudnn_conv_algo_search = heuristic makes a "
+                "change cheaper, not free",
+                self.name,
+                self.version,
+                cost.after_a_change * 1e3,
+                cost.repeated * 1e3,
+                len(self.runner.plan.buckets),
+            )
 
     def _switch_to_fp16(self, model_file: Path, runtime: RuntimeSettings) -> Fp16Agreement:
         """Replace the float32 session by one of the graph converted to fp16, once the fp16 graph's top-1 labels

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -106,6 +107,20 @@ def plain_runner(session: ort.InferenceSession, spec: ModelSpec) -> SessionRunne
     import, outside serving."""
     fixed = spec.batch_dim
     return SessionRunner(session, spec, RunPlan(io_binding=False, buckets=(fixed,) if fixed else ()), 1)
+
+
+@dataclass(frozen=True)
+class ShapeChangeCost:
+    """The largest bucket's run repeated, and right after another shape, in seconds."""
+
+    repeated: float
+    after_a_change: float
+
+    def is_costly(self) -> bool:
+        """Whether a change of shape costs far more than the run itself (on CUDA, cuDNN choosing its convolution
+        algorithms again): over a millisecond more, and over four times the repeated run."""
+        extra = self.after_a_change - self.repeated
+        return extra > 1e-3 and self.after_a_change > 4 * self.repeated
 
 
 @dataclass(frozen=True)
@@ -199,6 +214,25 @@ class SessionRunner:
                     f"{self._io.width}] ({self._labels} labels, {self._output_kind.value} out)"
                 )
         return run_sizes
+
+    def shape_change_cost(self) -> ShapeChangeCost | None:
+        """What a change of input shape costs this session, measured on warmed buckets: the largest bucket's run
+        repeated, against the same run right after the smallest bucket's. None with fewer than two buckets or with
+        CUDA graphs (a replayed graph redoes no per-shape work). A few runs; call it after `warm_up`."""
+        buckets = self.plan.buckets
+        if len(buckets) < 2 or self.plan.cuda_graphs:
+            return None
+        smallest, largest = (
+            np.zeros((size, *self._io.item_shape), self._io.dtype) for size in (buckets[0], buckets[-1])
+        )
+        self.run(largest)
+        started = time.perf_counter()
+        self.run(largest)
+        repeated = time.perf_counter() - started
+        self.run(smallest)
+        started = time.perf_counter()
+        self.run(largest)
+        return ShapeChangeCost(repeated, time.perf_counter() - started)
 
     def _new_buffers(self) -> _BoundBuffers:
         return _BoundBuffers(self._session, self._io, self.plan)

@@ -15,8 +15,8 @@ CPU = "cpu"
 DEFAULT_WHEELS = Path("gpu-wheels")
 DEFAULT_BUDGET_SECONDS = 480.0
 PHASES = ("correctness", "bare", "shapes", "server", "frontends")
-"""What the check does, in order: every model on the provider against the CPU; bare ONNX Runtime; the server in
-several configurations; the front-end sweep under h2load."""
+"""What the check does, in order: every model on the provider against the CPU; bare ONNX Runtime; what a change of
+batch shape costs a session; the server in several configurations; the front-end sweep under h2load."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from cnnserve.server.runtime import CPU, CUDA, LoadedSession, create_session
 from cnnserve.server.session_runner import (
     RunPlan,
     SessionRunner,
+    ShapeChangeCost,
     plain_runner,
     resolve_plan,
     warm_up_sizes,
@@ -228,3 +229,22 @@ def test_the_run_plan_follows_the_settings_and_the_provider_got() -> None:
     assert RunPlan(buckets=(4, 8)).size_for(5) == 8
     assert RunPlan(buckets=(4, 8)).size_for(3) == 4
     assert RunPlan().size_for(3) == 3
+
+
+def test_the_cost_of_a_change_of_shape_is_measured_on_the_warmed_buckets(
+    mnist_net: tuple[LoadedSession, ModelSpec],
+) -> None:
+    loaded, spec = mnist_net
+    runner = SessionRunner(loaded.session, spec, RunPlan(buckets=(1, 8)), instances=1)
+    runner.warm_up(())
+    cost = runner.shape_change_cost()
+    assert cost is not None and cost.repeated > 0 and cost.after_a_change > 0
+    one_shape = SessionRunner(loaded.session, spec, RunPlan(buckets=(8,)), instances=1)
+    assert one_shape.shape_change_cost() is None, "one shape never changes"
+    assert SessionRunner(loaded.session, spec, RunPlan(), instances=1).shape_change_cost() is None
+
+
+def test_a_change_of_shape_is_costly_when_it_adds_a_millisecond_and_four_runs() -> None:
+    assert ShapeChangeCost(repeated=0.0002, after_a_change=0.025).is_costly(), "the H200's cuDNN search"
+    assert not ShapeChangeCost(repeated=0.0002, after_a_change=0.0009).is_costly(), "under a millisecond more"
+    assert not ShapeChangeCost(repeated=0.004, after_a_change=0.010).is_costly(), "a large run, under 4x"
