@@ -169,9 +169,18 @@ def _server_section(result: CheckResult) -> list[str]:
                 f"`{' '.join(run.flags)}`",
                 "-" if run.ready_seconds is None else f"{run.ready_seconds:.1f} s",
                 ", ".join(f"{model}: {provider}" for model, provider in run.execution_providers.items()) or "-",
-                run.reason.splitlines()[0] if run.reason else "",
+                run.reason.splitlines()[0] if run.reason else _shape_warning(run.ready_lines),
             ]
             for run in result.servers
         ],
     )
     return lines
+
+
+def _shape_warning(lines: list[str]) -> str:
+    """The server's warning of costly changes of batch shape, from its first "a change of batch shape" on."""
+    for line in lines:
+        at = line.find("a change of batch shape")
+        if at >= 0:
+            return "warned: " + line[at:].split(":", 1)[0]
+    return ""

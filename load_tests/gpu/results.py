@@ -109,7 +109,7 @@ class ServerRun:
     run_plans: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Model -> how GetModel says its batches really run (IO binding, buckets, CUDA graphs, precision)."""
     ready_lines: list[str] = field(default_factory=list)
-    """The server log's "model ... ready on ..." lines."""
+    """The server log's "model ... ready on ..." lines, and its warnings of costly changes of batch shape."""
     log: str = ""
     """The server's log, relative to the report's folder."""
 

@@ -36,6 +36,10 @@ POINT_OVERHEAD_SECONDS = 0.8
 """Per point, beyond warm-up and window: the generator's start delay, draining the queue, reading counters."""
 GIL_SWITCH_MS = 0.5
 """The GIL switch interval the gil_switch configurations try, against Python's 5 ms."""
+OLD_CUDA_BUCKETS = tuple(str(2**power) for power in range(8))
+"""1, 2, 4, ... 128: what CUDA's buckets were by default before they became one shape, measured beside it."""
+SHAPE_WARNING = "a change of batch shape costs"
+"""Words of the warning a CUDA version with several costly buckets logs at load (server/model.py)."""
 CONNECTIONS_PER_FRONTEND = 4
 """The kernel hands each connection to one of the front-ends sharing the port, by a hash: with one connection per
 front-end, some get two or three and others none (the first GPU run measured 8 front-ends through 8 connections
@@ -83,7 +87,8 @@ class ServingPlan:
 
 
 def configurations(frontends: tuple[int, ...]) -> tuple[ServerConfiguration, ...]:
-    """The default server as one process, then one change at a time: no IO binding, fp16, CUDA graphs, several
+    """The default server as one process, then one change at a time: no IO binding, fp16, CUDA graphs, batch
+    buckets of every power of two (the shape changing with the batch size, CUDA's default before one shape), several
     front-ends; then a GIL switch interval of GIL_SWITCH_MS (a candidate for what bounds the batches a second on a
     GPU host, see docs/gpu.md) in the single process and in the most front-ends. The single-process ones say
     `--frontends 0`: on a GPU host the default (auto) starts front-ends, as many as half the cores, which the
@@ -101,6 +106,7 @@ def configurations(frontends: tuple[int, ...]) -> tuple[ServerConfiguration, ...
             cuda_only=True,
             expected_run=(("cuda_graphs", True),),
         ),
+        ServerConfiguration("buckets", (*single, "--batch-buckets", *OLD_CUDA_BUCKETS)),
         *(
             ServerConfiguration(
                 f"frontends_{count}", ("--frontends", str(count)), connections=CONNECTIONS_PER_FRONTEND * count
@@ -203,7 +209,9 @@ class ServingPhase:
                 run.run_plans[model] = MessageToDict(
                     version.run, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
                 )
-        run.ready_lines = [line.strip() for line in server.server.log().splitlines() if " ready on " in line]
+        run.ready_lines = [
+            line.strip() for line in server.server.log().splitlines() if " ready on " in line or SHAPE_WARNING in line
+        ]
         wrong = {m: p for m, p in run.execution_providers.items() if p != expected_provider(self.provider)}
         if wrong:
             run.status = "failed"

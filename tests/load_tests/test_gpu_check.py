@@ -88,7 +88,7 @@ def test_the_dry_run_checks_every_model_and_measures_every_way(dry_run: tuple[st
     servers = {run["configuration"]: run for run in report["servers"]}
     assert servers["cuda_graphs"]["status"] == "skipped" and "CUDA" in servers["cuda_graphs"]["reason"]
     measured = [name for name, run in servers.items() if run["status"] == "measured"]
-    assert {"default", "frontends_2", "gil_switch", "frontends_2_gil_switch"} <= set(measured)
+    assert {"default", "buckets", "frontends_2", "gil_switch", "frontends_2_gil_switch"} <= set(measured)
     for name in measured:
         assert servers[name]["execution_providers"] == {"mnist_net": "CPUExecutionProvider"}
         assert servers[name]["ready_lines"], "the server's own log says the model is ready, and on what"
