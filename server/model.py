@@ -230,7 +230,13 @@ class ModelVersion:
         change makes cuDNN choose its convolution algorithms again, and under load batches change size all the
         time (docs/gpu.md)."""
         assert self.runner is not None
-        cost = self.runner.shape_change_cost()
+        try:
+            cost = self.runner.shape_change_cost()
+        except Exception as exc:  # the warm-up ran the same shapes; a diagnosis must not fail the load
+            _log.warning(
+                "model %s version %d: could not time a change of batch shape: %s", self.name, self.version, exc
+            )
+            return
         if cost is not None and cost.is_costly():
             _log.warning(
                 "model %s version %d: a change of batch shape costs %.1f ms a run against %.2f ms for the same shape "

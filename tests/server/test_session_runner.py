@@ -6,6 +6,7 @@ every answer here is compared with a plain `session.run` of the same graph on th
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from cnnserve.repository_layout import MODEL_FILE
 from cnnserve.server.errors import ModelLoadError
+from cnnserve.server.model import ModelVersion
 from cnnserve.server.model_config import ModelConfig
 from cnnserve.server.model_import import import_model
 from cnnserve.server.model_spec import ModelSpec, load_spec
@@ -248,3 +250,16 @@ def test_a_change_of_shape_is_costly_when_it_adds_a_millisecond_and_four_runs() 
     assert ShapeChangeCost(repeated=0.0002, after_a_change=0.025).is_costly(), "the H200's cuDNN search"
     assert not ShapeChangeCost(repeated=0.0002, after_a_change=0.0009).is_costly(), "under a millisecond more"
     assert not ShapeChangeCost(repeated=0.004, after_a_change=0.010).is_costly(), "a large run, under 4x"
+
+
+def test_a_version_with_several_buckets_times_a_change_of_shape_and_stays_quiet_when_it_is_cheap(
+    mnist_net: tuple[LoadedSession, ModelSpec], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a CUDA version does after its warm-up (only on CUDA in the server; the CPU's changes cost nothing)."""
+    loaded, spec = mnist_net
+    version = ModelVersion("mnist_net", 1, Path("unused"))
+    version.runner = SessionRunner(loaded.session, spec, RunPlan(buckets=(1, 8)), instances=1)
+    version.runner.warm_up(())
+    with caplog.at_level(logging.WARNING, logger="cnnserve.server.model"):
+        version._warn_of_costly_shape_changes()
+    assert not [record for record in caplog.records if "change of batch shape" in record.getMessage()]
