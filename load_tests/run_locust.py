@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from cnnserve.server.launcher import running_server
-from load_tests.bench.models import prepare_model, single_model_repository
+from load_tests.bench.models import add_model_options, model_from_options, single_model_repository
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -26,8 +26,7 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mnist_net", help="default mnist_net")
-    parser.add_argument("--model-repository", type=Path, help="take the model from here if present")
-    parser.add_argument("--cache-dir", type=Path, default=Path("load_tests/results/models"))
+    add_model_options(parser, "--model")
     parser.add_argument("--users", type=int, default=32, help="peak users (default 32)")
     parser.add_argument("--steps", type=int, default=4, help="user ramp steps; 0 for constant load (default 4)")
     parser.add_argument("--run-time", type=int, default=60, help="seconds (default 60)")
@@ -71,7 +70,7 @@ def locust_command(args: argparse.Namespace, target: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
-    model = prepare_model(args.model, args.cache_dir, args.model_repository)
+    model = model_from_options(args.model, args)
     with tempfile.TemporaryDirectory(prefix="cnnserve-locust-") as scratch:
         repository = single_model_repository(model, Path(scratch))
         with running_server(repository, *args.server_flags, log_path=args.output / "server.log") as server:

@@ -26,7 +26,14 @@ from cnnserve.server.postprocess import to_probabilities
 from cnnserve.server.precision import Fp16Agreement, check_images, compare_top1, fp16_model, refuse_if_disagreeing
 from cnnserve.server.preprocess import ImagePreprocessor
 from cnnserve.server.runtime import LoadedSession, create_session
-from cnnserve.server.session_runner import RunPlan, SessionRunner, plain_runner, resolve_plan, warm_up_sizes
+from cnnserve.server.session_runner import (
+    SHAPE_CHANGE_WARNING,
+    RunPlan,
+    SessionRunner,
+    plain_runner,
+    resolve_plan,
+    warm_up_sizes,
+)
 from cnnserve.server.settings import BatchingSettings, Precision, RuntimeSettings, ServerSettings
 from cnnserve.server.statistics import ModelStatistics, RequestStatistics, current_request
 
@@ -239,7 +246,7 @@ class ModelVersion:
             return
         if cost is not None and cost.is_costly():
             _log.warning(
-                "model %s version %d: a change of batch shape costs %.1f ms a run against %.2f ms for the same shape "
+                "model %s version %d: " + SHAPE_CHANGE_WARNING + " %.1f ms a run against %.2f ms for the same shape "
                 "(cuDNN chooses its algorithms again), and batches of %s buckets change shape under load: serve "
                 "without batch_buckets (one shape, the max batch size); cudnn_conv_algo_search = heuristic makes a "
                 "change cheaper, not free",

@@ -38,6 +38,8 @@ from cnnserve.server.model_spec import ModelSpec
 from cnnserve.server.runtime import CUDA
 from cnnserve.server.settings import BatchingSettings, RuntimeSettings, cuda_graph_conflicts
 
+SHAPE_CHANGE_WARNING = "a change of batch shape costs"
+"""How a version's warning of costly changes of shape begins (server/model.py; the GPU check finds it in logs)."""
 SHAPE_CHANGE_TRIES = 3
 """Runs of each kind when `SessionRunner.shape_change_cost` times a change of shape; the quickest counts."""
 CAPTURE_RUNS = 3

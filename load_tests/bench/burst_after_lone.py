@@ -32,7 +32,7 @@ import grpc
 from cnnserve.server import launcher
 from load_tests.bench import h2load
 from load_tests.bench.h2load_compare import MODEL
-from load_tests.bench.models import prepare_model, single_model_repository
+from load_tests.bench.models import add_model_options, model_from_options, single_model_repository
 
 
 @dataclass(frozen=True)
@@ -116,13 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lone-calls", type=int, default=50, help="a lone caller's calls before each burst")
     parser.add_argument("--burst", type=int, default=160, help="calls per burst (default 160)")
     parser.add_argument("--threads", type=int, default=16, help="threads calling at once in a burst (default 16)")
-    parser.add_argument("--model-repository", type=Path, help=f"holding {MODEL} (else exported with random weights)")
-    parser.add_argument("--cache-dir", type=Path, default=Path("load_tests/results/models"))
+    add_model_options(parser, MODEL)
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args(argv)
     if min(args.tries, args.burst, args.threads) < 1 or args.lone_calls < 0 or args.frontends < 0:
         parser.error("--tries, --burst and --threads must be at least 1, --lone-calls and --frontends at least 0")
-    model = prepare_model(MODEL, args.cache_dir, args.model_repository)
+    model = model_from_options(MODEL, args)
     bursts: list[Burst] = []
     with tempfile.TemporaryDirectory(prefix="cnnserve-burst-") as scratch:
         workdir = Path(scratch)

@@ -46,7 +46,7 @@ import numpy as np
 
 from load_tests.bench._cpu import process_cpu_seconds, thread_cpu_seconds
 from load_tests.bench.h2load_compare import MODEL
-from load_tests.bench.models import prepare_model, single_model_repository
+from load_tests.bench.models import add_model_options, model_from_options, single_model_repository
 
 _START_MARGIN_SECONDS = 1.0
 """Every feeder is connected and warmed up before the measured window opens, this long after the parent says go."""
@@ -294,8 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=64, help="requests each feeder keeps waiting (default 64)")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per round (default 8)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each with a fresh engine (default 3)")
-    parser.add_argument("--model-repository", type=Path, help=f"holding {MODEL} (else exported with random weights)")
-    parser.add_argument("--cache-dir", type=Path, default=Path("load_tests/results/models"))
+    add_model_options(parser, MODEL)
     parser.add_argument("--json", type=Path, help="also write every round's figures here")
     parser.add_argument(
         "--one-per-message",
@@ -305,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.feeders < 1 or args.in_flight < 1 or args.rounds < 1 or args.duration <= 0:
         parser.error("--feeders, --in-flight and --rounds must be at least 1, --duration above 0")
-    model = prepare_model(MODEL, args.cache_dir, args.model_repository)
+    model = model_from_options(MODEL, args)
     rounds = []
     with tempfile.TemporaryDirectory(prefix="cnnserve-capacity-") as scratch:
         workdir = Path(scratch)

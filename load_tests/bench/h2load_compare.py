@@ -42,7 +42,7 @@ from pathlib import Path
 from cnnserve.server import launcher
 from load_tests.bench import h2load, profiling
 from load_tests.bench._cpu import ProcessCpu, tree_cpu
-from load_tests.bench.models import prepare_model, single_model_repository
+from load_tests.bench.models import add_model_options, model_from_options, single_model_repository
 
 MODEL = "mnist_net"
 WARM_UP_SECONDS = 1.0
@@ -439,8 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[0],
         help="comma-separated cnnserve front-end counts to measure, 0 for a single process (default 0)",
     )
-    parser.add_argument("--model-repository", type=Path, help=f"holding {MODEL} (else exported with random weights)")
-    parser.add_argument("--cache-dir", type=Path, default=Path("load_tests/results/models"))
+    add_model_options(parser, MODEL)
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per server (default 10)")
     parser.add_argument(
         "--rounds", type=int, default=1, help="run the sweep this many times, alternating its order (default 1)"
@@ -470,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     except h2load.H2loadMissing as exc:
         print(exc, file=sys.stderr)
         return 2
-    model = prepare_model(MODEL, args.cache_dir, args.model_repository)
+    model = model_from_options(MODEL, args)
     with tempfile.TemporaryDirectory(prefix="cnnserve-h2load-compare-") as scratch:
         workdir = Path(scratch)
         repository = single_model_repository(model, workdir / "repository")

@@ -30,7 +30,7 @@ import numpy as np
 from cnnserve.server import launcher
 from load_tests.bench import h2load
 from load_tests.bench.h2load_compare import MODEL, frontend_counts
-from load_tests.bench.models import prepare_model, single_model_repository
+from load_tests.bench.models import add_model_options, model_from_options, single_model_repository
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[0, 2],
         help="comma-separated front-end counts, 0 for a single process (default 0,2)",
     )
-    parser.add_argument("--model-repository", type=Path, help=f"holding {MODEL} (else exported with random weights)")
-    parser.add_argument("--cache-dir", type=Path, default=Path("load_tests/results/models"))
+    add_model_options(parser, MODEL)
     parser.add_argument("--calls", type=int, default=2000, help="measured calls per server (default 2000)")
     parser.add_argument("--warm-up", type=int, default=200, help="unmeasured calls first (default 200)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds, alternating their order (default 4)")
@@ -146,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.calls < 1 or args.warm_up < 0 or args.rounds < 1:
         parser.error("--calls and --rounds must be at least 1, --warm-up at least 0")
-    model = prepare_model(MODEL, args.cache_dir, args.model_repository)
+    model = model_from_options(MODEL, args)
     with tempfile.TemporaryDirectory(prefix="cnnserve-lone-caller-") as scratch:
         workdir = Path(scratch)
         repository = single_model_repository(model, workdir / "repository")

@@ -8,6 +8,7 @@ link to the model's folder of versions), so a server under test loads nothing el
 
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 from cnnserve.repository_layout import MODEL_FILE, newest_model_file
 
 _log = logging.getLogger(__name__)
+DEFAULT_CACHE = Path("load_tests/results/models")
+"""Where models exported with random weights are kept between runs."""
 RANDOM_WEIGHTS = "random"
 AS_FOUND = "as found"
 
@@ -74,3 +77,15 @@ def single_model_repository(model: PreparedModel, root: Path) -> Path:
         link.unlink()
     link.symlink_to(model.model_path.parent.parent.resolve(), target_is_directory=True)
     return repository
+
+
+def add_model_options(parser: argparse.ArgumentParser, model: str) -> None:
+    """`--model-repository` and `--cache-dir`, as every benchmark that serves one model (`model`, as its help
+    names it) takes them; `model_from_options` reads them back."""
+    parser.add_argument("--model-repository", type=Path, help=f"holding {model} (else exported with random weights)")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+
+
+def model_from_options(name: str, args: argparse.Namespace) -> PreparedModel:
+    """The model `name` as `add_model_options`' options say (see `prepare_model`)."""
+    return prepare_model(name, args.cache_dir, args.model_repository)

@@ -26,7 +26,7 @@ import grpc
 from cnnserve.server import launcher
 from load_tests.bench import h2load
 from load_tests.bench.h2load_compare import MODEL
-from load_tests.bench.models import prepare_model
+from load_tests.bench.models import add_model_options, model_from_options
 from load_tests.soak import MiB, server_memory
 
 RELOADED = "reloaded"
@@ -92,13 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--way", choices=("rpc", "poll"), default="rpc", help="unload+load over gRPC, or the poll")
     parser.add_argument("--frontends", type=int, default=0, help="front-end processes, 0 for one process (default)")
     parser.add_argument("--serve-flag", action="append", default=[], help="extra `cnnserve serve` flag (repeatable)")
-    parser.add_argument("--model-repository", type=Path, help=f"holding {MODEL} (else exported with random weights)")
-    parser.add_argument("--cache-dir", type=Path, default=Path("load_tests/results/models"))
+    add_model_options(parser, MODEL)
     parser.add_argument("--json", type=Path, help="also write the readings here")
     args = parser.parse_args(argv)
     if args.cycles < 1 or args.frontends < 0:
         parser.error("--cycles must be at least 1 and --frontends at least 0")
-    model = prepare_model(MODEL, args.cache_dir, args.model_repository)
+    model = model_from_options(MODEL, args)
     with tempfile.TemporaryDirectory(prefix="cnnserve-reload-memory-") as scratch:
         workdir = Path(scratch)
         repository = workdir / "repository"

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 
 from load_tests.bench._cpu import cpu_count
+from load_tests.bench.models import DEFAULT_CACHE
 from load_tests.bench.payloads import PayloadKind
 
 BATCHING_OFF = "batching_off"
@@ -31,7 +32,7 @@ class BenchSettings(BaseModel):
     """Seed models to benchmark; each is served alone."""
     model_repository: Path | None = None
     """Take models from here when they are in it; the others are exported with random weights."""
-    cache_dir: Path = Path("load_tests/results/models")
+    cache_dir: Path = DEFAULT_CACHE
     """Where models exported with random weights are kept between runs."""
     output_dir: Path = Path("load_tests/results/bench")
     """results.json, results.md, throughput.png, latency.png and the servers' logs."""

@@ -35,7 +35,7 @@ from cnnserve.server.model_spec import load_spec
 from cnnserve.server.runtime import CUDA, create_session
 from cnnserve.server.session_runner import RunPlan, SessionRunner
 from cnnserve.server.settings import ConvAlgoSearch, ExecutionProvider, RuntimeSettings
-from load_tests.bench.models import prepare_model
+from load_tests.bench.models import add_model_options, model_from_options
 
 
 @dataclass(frozen=True)
@@ -66,21 +66,22 @@ def batch_sizes(max_batch_size: int, count: int) -> list[int]:
     return [int(size) for size in sizes]
 
 
-def measure(
-    model_dir: Path, provider: ExecutionProvider, search: ConvAlgoSearch, max_batch_size: int, batches: int
-) -> ShapeCost:
-    """Both runners of one session over the same batch sizes, alternating; raises what ONNX Runtime raises."""
+def measure(model_dir: Path, runtime: RuntimeSettings, max_batch_size: int, batches: int) -> ShapeCost:
+    """Both runners of one session (built with `runtime`, its cuDNN search included) over the same batch sizes,
+    alternating; raises what ONNX Runtime raises."""
     model_file = newest_model_file(model_dir)
     if model_file is None:
         raise RuntimeError(f"{model_dir} holds no model version")
-    runtime = RuntimeSettings(execution_provider=provider, cudnn_conv_algo_search=search)
     loaded = create_session(model_file, runtime)
     spec = load_spec(loaded.session, model_file, ModelConfig.read(model_dir), model_dir.name)
     device = "cuda" if loaded.provider == CUDA else "cpu"
-    one_shape = SessionRunner(loaded.session, spec, RunPlan(buckets=(max_batch_size,), device=device), 1)
-    changing = SessionRunner(
-        loaded.session, spec, RunPlan(buckets=powers_of_two_through(max_batch_size), device=device), 1
-    )
+
+    def runner(buckets: tuple[int, ...]) -> SessionRunner:
+        return SessionRunner(
+            loaded.session, spec, RunPlan(buckets=buckets, device=device, device_id=runtime.cuda_device_id), 1
+        )
+
+    one_shape, changing = runner((max_batch_size,)), runner(powers_of_two_through(max_batch_size))
     for runner in (one_shape, changing):
         runner.warm_up(())
     images = np.random.default_rng(1).random((max_batch_size, *spec.preprocessing.input_shape), dtype=np.float32)
@@ -92,7 +93,7 @@ def measure(
             timings[name].append(time.perf_counter() - started)
     return ShapeCost(
         model_dir.name,
-        search.value,
+        runtime.cudnn_conv_algo_search.value,
         loaded.provider,
         statistics.median(timings["one"]) * 1e3,
         statistics.median(timings["changing"]) * 1e3,
@@ -128,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         default="exhaustive,heuristic",
         help="comma-separated cudnn_conv_algo_search modes (default exhaustive,heuristic)",
     )
-    parser.add_argument("--model-repository", type=Path, help="holding --model (else exported with random weights)")
-    parser.add_argument("--cache-dir", type=Path, default=Path("load_tests/results/models"))
+    add_model_options(parser, "--model")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.max_batch_size < 1 or args.batches < 1:
@@ -138,11 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         searches = [ConvAlgoSearch(name) for name in args.searches.split(",")]
     except ValueError as exc:
         parser.error(f"--searches: {exc}")
-    model = prepare_model(args.model, args.cache_dir, args.model_repository)
+    model = model_from_options(args.model, args)
     model_dir = model.model_path.parent.parent
     costs = []
     for search in searches:
-        cost = measure(model_dir, ExecutionProvider(args.provider), search, args.max_batch_size, args.batches)
+        runtime = RuntimeSettings(execution_provider=ExecutionProvider(args.provider), cudnn_conv_algo_search=search)
+        cost = measure(model_dir, runtime, args.max_batch_size, args.batches)
         print(
             f"{search.value}: one shape {cost.one_shape_ms:.3f} ms, changing shapes {cost.changing_shapes_ms:.3f} ms "
             f"per batch ({cost.ratio:.2f}x) on {cost.provider}",

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from cnnserve.server.session_runner import SHAPE_CHANGE_WARNING
 from load_tests.bench.shape_changes import report as shape_table
 from load_tests.gpu.plots import plot_bare, plot_server
 from load_tests.gpu.results import FP16_MIN_AGREEMENT, FP32_TOLERANCE, CheckResult, Correctness
@@ -178,9 +179,9 @@ def _server_section(result: CheckResult) -> list[str]:
 
 
 def _shape_warning(lines: list[str]) -> str:
-    """The server's warning of costly changes of batch shape, from its first "a change of batch shape" on."""
+    """The server's warning of costly changes of batch shape, from its first words to its first colon."""
     for line in lines:
-        at = line.find("a change of batch shape")
+        at = line.find(SHAPE_CHANGE_WARNING)
         if at >= 0:
             return "warned: " + line[at:].split(":", 1)[0]
     return ""

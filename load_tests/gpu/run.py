@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnnserve.server.settings import ConvAlgoSearch, ExecutionProvider
+from cnnserve.server.settings import ConvAlgoSearch
 from load_tests.bench._cpu import cpu_count
 from load_tests.bench.h2load_compare import MODEL as SWEEP_MODEL
 from load_tests.bench.measure import CLASSIFY_METHOD, INFER_METHOD, Window
@@ -26,7 +26,7 @@ from load_tests.bench.shape_changes import measure as measure_shapes
 from load_tests.gpu.bare import VARIANTS, measure_variant, unavailable_reason
 from load_tests.gpu.budget import Budget
 from load_tests.gpu.cli import CUDA, CheckOptions
-from load_tests.gpu.correctness import check_model, repository_models
+from load_tests.gpu.correctness import check_model, repository_models, runtime_settings
 from load_tests.gpu.frontends import SweepPlan, measure_frontends
 from load_tests.gpu.report import SHAPE_MAX_BATCH, write_reports
 from load_tests.gpu.results import BarePoint, CheckResult, Skipped
@@ -179,14 +179,14 @@ def _measure(options: CheckOptions, budget: Budget, result: CheckResult) -> None
 def _shapes(
     name: str, model_dir: Path, plan: MeasurePlan, options: CheckOptions, budget: Budget, result: CheckResult
 ) -> None:
-    provider = ExecutionProvider.CUDA if options.provider == CUDA else ExecutionProvider.CPU
     for search in (ConvAlgoSearch.EXHAUSTIVE, ConvAlgoSearch.HEURISTIC):
         what = f"shape changes of {name}, {search.value} search"
         if not budget.allows(plan.shape_seconds):
             result.skipped.append(Skipped(what, "out of time"))
             continue
         try:
-            cost = measure_shapes(model_dir, provider, search, SHAPE_MAX_BATCH, plan.shape_batches)
+            runtime = runtime_settings(options.provider, options.device_id, cudnn_conv_algo_search=search)
+            cost = measure_shapes(model_dir, runtime, SHAPE_MAX_BATCH, plan.shape_batches)
         except Exception as exc:
             result.errors.append(f"{what}: {type(exc).__name__}: {exc}")
             budget.say(f"{what}: failed: {type(exc).__name__}: {exc}")

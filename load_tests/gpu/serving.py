@@ -21,10 +21,12 @@ import numpy as np
 from google.protobuf.json_format import MessageToDict
 
 from cnnserve.server.launcher import ServerStartError
+from cnnserve.server.session_runner import SHAPE_CHANGE_WARNING
 from load_tests.bench.loadgen import LoadGenerator
 from load_tests.bench.measure import CLASSIFY_METHOD, Window, measure_point
 from load_tests.bench.payloads import ModelInput, PayloadKind, classify_request, synthetic_photo
 from load_tests.bench.server import ServerUnderTest, running_server
+from load_tests.bench.shape_changes import powers_of_two_through
 from load_tests.bench.shared_memory import infer_request
 from load_tests.gpu.budget import Budget
 from load_tests.gpu.cli import CUDA as CUDA_CHOICE
@@ -36,10 +38,8 @@ POINT_OVERHEAD_SECONDS = 0.8
 """Per point, beyond warm-up and window: the generator's start delay, draining the queue, reading counters."""
 GIL_SWITCH_MS = 0.5
 """The GIL switch interval the gil_switch configurations try, against Python's 5 ms."""
-OLD_CUDA_BUCKETS = tuple(str(2**power) for power in range(8))
+OLD_CUDA_BUCKETS = tuple(str(size) for size in powers_of_two_through(128))
 """1, 2, 4, ... 128: what CUDA's buckets were by default before they became one shape, measured beside it."""
-SHAPE_WARNING = "a change of batch shape costs"
-"""Words of the warning a CUDA version with several costly buckets logs at load (server/model.py)."""
 CONNECTIONS_PER_FRONTEND = 4
 """The kernel hands each connection to one of the front-ends sharing the port, by a hash: with one connection per
 front-end, some get two or three and others none (the first GPU run measured 8 front-ends through 8 connections
@@ -210,7 +210,9 @@ class ServingPhase:
                     version.run, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
                 )
         run.ready_lines = [
-            line.strip() for line in server.server.log().splitlines() if " ready on " in line or SHAPE_WARNING in line
+            line.strip()
+            for line in server.server.log().splitlines()
+            if " ready on " in line or SHAPE_CHANGE_WARNING in line
         ]
         wrong = {m: p for m, p in run.execution_providers.items() if p != expected_provider(self.provider)}
         if wrong:
