@@ -57,6 +57,7 @@ class Server:
             self.metrics.watch_models(self.repository.versions)
         else:
             self.repository = RemoteRepository(settings, engine)
+            engine.on_counts_wanted(self.metrics.flush)
         self.dataplane = DataPlane(self.repository, settings, self.metrics, gate)
         self.readiness = self.dataplane.readiness
         self.shared_memory = SystemSharedMemory() if settings.allow_shared_memory else None
@@ -89,24 +90,32 @@ class Server:
         """Listen, load every model, then report SERVING. Returns when the server is ready (or failed models)."""
         quiet_onnxruntime()
         settings = self.settings
+        # Ids made up for calls that bring none are worth sending back only where the request log records them.
+        logged = settings.request_log
         add_service(
             self._grpc,
             inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
             InferenceServicer(self.dataplane, self.shared_memory),
+            make_up_request_ids=logged,
         )
         add_service(
             self._grpc,
             classifier_pb2_grpc.add_ImageClassifierServicer_to_server,
             ImageClassifierServicer(self.dataplane),
+            make_up_request_ids=logged,
         )
-        add_service(self._grpc, health_pb2_grpc.add_HealthServicer_to_server, self.health)
+        add_service(self._grpc, health_pb2_grpc.add_HealthServicer_to_server, self.health, make_up_request_ids=logged)
         services = (*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         add_reflection(self._grpc, (*services, reflection.SERVICE_NAME))
         for service in ("", *self.service_names):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.engine is None:
             self.metrics_port = serve_health_and_metrics(
-                settings.host, settings.metrics_port, self.metrics.registry, self.readiness
+                settings.host,
+                settings.metrics_port,
+                self.metrics.registry,
+                self.readiness,
+                before_scrape=self.metrics.flush_threadsafe,
             )
         else:
             await self.engine.connect()
@@ -185,6 +194,7 @@ class Server:
         await stopping
         if self.shared_memory is not None:
             self.shared_memory.close()
+        self.metrics.flush()
         if self.engine is not None:
             self.engine.close()
         _log.info("stopped")

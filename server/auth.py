@@ -85,4 +85,5 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         return grpc.stream_unary_rpc_method_handler(_refuse, deserializer, serializer)
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(_refuse_streaming, deserializer, serializer)
-    return with_request_ids(grpc.unary_unary_rpc_method_handler(_refuse, deserializer, serializer))
+    # A refused call is not in the request log, so an id made up for it could be looked up nowhere.
+    return with_request_ids(grpc.unary_unary_rpc_method_handler(_refuse, deserializer, serializer), make_up=False)

@@ -89,17 +89,17 @@ class DataPlane:
                 await self.gate.refuse()
             model = self.repository.get(name, version)
             series = self.metrics.request_series(api, model.name, str(model.version))
-            series.in_flight.inc()
+            series.started()
             try:
                 result = await handle(model)
             except VersionRetiredError:
                 # A front-end chose the version from a catalog that a reload has just changed; the engine sent
                 # the new catalog before this answer, so choosing again finds what serves now.
-                series.in_flight.dec()
+                series.abandoned()
                 model = series = None
                 model = self.repository.get(name, version)
                 series = self.metrics.request_series(api, model.name, str(model.version))
-                series.in_flight.inc()
+                series.started()
                 result = await handle(model)
         except asyncio.CancelledError:
             code = grpc.StatusCode.DEADLINE_EXCEEDED if call_deadline_passed() else grpc.StatusCode.CANCELLED
@@ -141,7 +141,6 @@ class DataPlane:
             self.metrics.request_failed(api, label, version, code)
         else:
             label, version = series.model, series.version
-            series.in_flight.dec()
             if code is grpc.StatusCode.OK:
                 series.succeeded(seconds)
                 if request_statistics is not None:

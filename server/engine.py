@@ -42,11 +42,13 @@ from cnnserve.server.engine_protocol import (
     Catalog,
     Control,
     ControlReply,
+    CountsSent,
     Failure,
     Finished,
     Hello,
     Regions,
     Result,
+    SendCounts,
     Submit,
     decode_to_engine,
     encode,
@@ -75,6 +77,9 @@ from cnnserve.server.tensor_arena import TensorArena
 
 _log = logging.getLogger(__name__)
 _STOP_MARGIN_SECONDS = 5.0
+COUNTS_TIMEOUT_SECONDS = 1.0
+"""How long a read of the statistics or the metrics waits for the front-ends' counts; a front-end too busy to
+answer by then is read without its latest (a tenth of a second's) requests."""
 QUEUE_BOARD_SLOTS = 4096
 """Model versions (name and number) whose queue depth the front-ends can read; later ones are refused by the
 engine only, after decoding."""
@@ -129,6 +134,8 @@ class _Frontend:
     """Each waiting request's future (a plain request's) or task (the rest's), by its id."""
     submitted: int = 0
     """Requests received from it so far (logged with the messages they came in when it leaves)."""
+    counts_wanted: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+    """The `SendCounts` it has not answered yet, by id."""
 
 
 async def _always() -> bool:
@@ -154,6 +161,8 @@ class Engine:
         self._queue_slots: dict[tuple[str, int], int] = {}
         self._loaded = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._counts_asked = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._outboxes: dict[MessageSocket, list[object]] = {}
         self._regions: dict[str, tuple[str, int, int]] = {}
         self._shared_memory = SystemSharedMemory()
@@ -162,10 +171,15 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then wait for the front-ends to leave and close every model."""
         quiet_onnxruntime()
+        self._loop = asyncio.get_running_loop()
         self._listener.start()
         registry = self.metrics.all_processes_registry(self._metrics_dir)
         metrics_port = serve_health_and_metrics(
-            self.settings.host, self.settings.metrics_port, registry, self.readiness
+            self.settings.host,
+            self.settings.metrics_port,
+            registry,
+            self.readiness,
+            before_scrape=self.collect_counts_threadsafe,
         )
         _log.info("engine: metrics and REST health on http://%s:%d", self.settings.host, metrics_port)
         await self.repository.load_all()
@@ -210,6 +224,9 @@ class Engine:
                     task.cancel()
             elif isinstance(message, Finished):
                 self._count(message)
+            elif isinstance(message, CountsSent):
+                if frontend is not None:
+                    self._counts_received(frontend, message.id)
             elif isinstance(message, Hello):
                 self._welcome(channel, message)
                 frontend = self._frontends.get(channel)
@@ -362,6 +379,7 @@ class Engine:
                     self._regions.clear()
                 self._publish_regions()
             elif control.operation == "statistics":
+                await self.collect_counts()
                 statistics = {(v.name, v.version): v.statistics for v in self.repository.versions()}
                 payload = pickle.dumps(statistics)
             else:
@@ -370,6 +388,41 @@ class Engine:
             self._send(channel, ControlReply(control.id, type(exc).__name__, str(exc)))
             return
         self._send(channel, ControlReply(control.id, "", "", payload))
+
+    async def collect_counts(self) -> None:
+        """Have every front-end send what it has counted but not sent yet (its finished requests' statistics,
+        its metrics), and wait up to COUNTS_TIMEOUT_SECONDS for all of them: a read after this misses no request
+        that was answered before it began."""
+        self.metrics.flush()
+        if not self._frontends:
+            return
+        self._counts_asked += 1
+        asked = self._counts_asked
+        loop = asyncio.get_running_loop()
+        waits = []
+        for channel, frontend in self._frontends.items():
+            wanted = frontend.counts_wanted[asked] = loop.create_future()
+            waits.append(wanted)
+            self._send(channel, SendCounts(asked))
+        await asyncio.wait(waits, timeout=COUNTS_TIMEOUT_SECONDS)
+        for frontend in self._frontends.values():
+            frontend.counts_wanted.pop(asked, None)
+
+    @staticmethod
+    def _counts_received(frontend: _Frontend, asked: int) -> None:
+        wanted = frontend.counts_wanted.pop(asked, None)
+        if wanted is not None and not wanted.done():
+            wanted.set_result(None)
+
+    def collect_counts_threadsafe(self) -> None:
+        """`collect_counts` from another thread (the metrics port's, before a scrape)."""
+        if self._loop is None or self._loop.is_closed():
+            return
+        try:
+            done = asyncio.run_coroutine_threadsafe(self.collect_counts(), self._loop)
+        except RuntimeError:  # the loop stopped meanwhile
+            return
+        done.result(timeout=COUNTS_TIMEOUT_SECONDS + 1.0)
 
     def _catalog(self) -> Catalog:
         cards = [VersionCard.of(version, self._queue_slot(version)) for version in self.repository.versions()]
@@ -423,6 +476,9 @@ class Engine:
             channel.messages_sent,
         )
         self._frontends.pop(frontend.channel, None)
+        for wanted in frontend.counts_wanted.values():
+            if not wanted.done():
+                wanted.set_result(None)
         frontend.channel.close()
         for task in list(frontend.requests.values()):
             task.cancel()

@@ -34,17 +34,20 @@ from cnnserve.server.engine_protocol import (
     Catalog,
     Control,
     ControlReply,
+    CountsSent,
     Failure,
     Finished,
     Hello,
     Regions,
     Result,
+    SendCounts,
     Submit,
     decode_to_frontend,
     encode,
 )
 from cnnserve.server.errors import InvalidInputError, QueueFullError, UnavailableError, error_named
 from cnnserve.server.message_socket import MessageSocket
+from cnnserve.server.metrics import COUNT_FLUSH_SECONDS
 from cnnserve.server.model import ModelState, ModelVersion
 from cnnserve.server.preprocess import ImagePreprocessor
 from cnnserve.server.repository import ServedVersions
@@ -80,9 +83,13 @@ class EngineClient:
         self._finished: dict[tuple[str, int, bool], Finished] = {}
         """The requests answered since the last flush, summed per version and outcome."""
         self._flush_scheduled = False
+        self._finished_timer: asyncio.TimerHandle | None = None
+        self._counts_due = False
+        """The next flush sends the finished requests' statistics too."""
         self._catalog_listeners: list[Any] = []
         self._region_listeners: list[Any] = []
         self._lost_listeners: list[Any] = []
+        self._counts_listeners: list[Any] = []
         self._shared_memory: SystemSharedMemory | None = None
         self.lost = False
 
@@ -96,6 +103,11 @@ class EngineClient:
     def on_lost(self, listener: Any) -> None:
         """Call `listener` once the engine is gone."""
         self._lost_listeners.append(listener)
+
+    def on_counts_wanted(self, listener: Any) -> None:
+        """Call `listener` when the engine is about to read every process's counts (this front-end's metrics
+        must be written by then)."""
+        self._counts_listeners.append(listener)
 
     def use_shared_memory(self, shared_memory: SystemSharedMemory) -> None:
         """Send inputs that lie in a client's registered region by reference: the engine maps the region too."""
@@ -181,15 +193,18 @@ class EngineClient:
         """Forward a finished request's statistics to the engine: its figures when it succeeded, None when not
         (or `count` requests', summed).
 
-        The requests one event-loop iteration finishes go as one `Finished` per version and outcome, with their
+        The requests finished within COUNT_FLUSH_SECONDS go as one `Finished` per version and outcome, with their
         figures summed: the statistics are sums and counts, and the engine's loop, which every front-end's
-        requests share, then does this work once per iteration instead of once per request.
+        requests share, then does this work ten times a second instead of once per request. They go sooner
+        ahead of what reads them: a control operation from this process, and its answer to the engine's
+        `SendCounts`.
         """
         key = (version.name, version.version, request is not None)
         record = self._finished.get(key)
         if record is None:
             record = self._finished[key] = Finished(version.name, version.version, request is not None, count=0)
-            self._schedule_flush()
+            if self._finished_timer is None:
+                self._finished_timer = asyncio.get_running_loop().call_later(COUNT_FLUSH_SECONDS, self._send_counts)
         record.count += count
         record.seconds += seconds
         if request is not None:
@@ -206,7 +221,7 @@ class EngineClient:
         request_id = next(self._ids)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._controls[request_id] = future
-        self._send(Control(request_id, operation, argument))
+        self._send(Control(request_id, operation, argument), after_counts=True)
         try:
             return await future
         finally:
@@ -228,6 +243,9 @@ class EngineClient:
             listener()
 
     def close(self) -> None:
+        """Send what is still counted or queued, then close the connection."""
+        if self._outbox or self._finished:
+            self._send_counts()
         if self._channel is not None:
             self._channel.close()
 
@@ -235,9 +253,11 @@ class EngineClient:
         _log.error("the engine closed its connection; every request fails UNAVAILABLE until the server restarts")
         self.engine_lost()
 
-    def _send(self, message: object) -> None:
-        """Queue `message`; everything queued in one event-loop iteration leaves as one message."""
+    def _send(self, message: object, after_counts: bool = False) -> None:
+        """Queue `message`; everything queued in one event-loop iteration leaves as one message, after the
+        finished requests' statistics when `after_counts` (for a message that reads them, or says they were sent)."""
         self._outbox.append(message)
+        self._counts_due |= after_counts
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -245,13 +265,23 @@ class EngineClient:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def _send_counts(self) -> None:
+        self._counts_due = True
+        self._flush()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
-        messages, self._outbox = self._outbox, []
-        if self._finished:
+        messages: list[object] = []
+        if self._counts_due:
+            self._counts_due = False
+            if self._finished_timer is not None:
+                self._finished_timer.cancel()
+                self._finished_timer = None
             messages.extend(self._finished.values())
             self._finished = {}
-        if self._channel is not None:
+        messages.extend(self._outbox)
+        self._outbox = []
+        if self._channel is not None and messages:
             self._channel.send(encode(messages))
 
     def _on_message(self, payload: bytes) -> None:
@@ -264,6 +294,10 @@ class EngineClient:
             elif isinstance(message, Regions):
                 for listener in self._region_listeners:
                     listener(message.regions)
+            elif isinstance(message, SendCounts):
+                for listener in self._counts_listeners:
+                    listener()
+                self._send(CountsSent(message.id), after_counts=True)
             elif isinstance(message, ControlReply):
                 future = self._controls.get(message.id)
                 if future is not None and not future.done():

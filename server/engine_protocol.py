@@ -6,10 +6,15 @@ encoded as msgpack arrays (a few microseconds to encode and decode); tensors nev
 they lie in the front-end's `TensorArena`.
 
 Front-end to engine: `Hello` (once, with the arena to map), `Submit` (a request's rows), `Cancel`, `Finished`
-(the statistics of answered requests), `Control` (load, unload, statistics). Engine to front-end: `Catalog`
-(every version and what it needs to be served, on every change), `Result` or `Failure` (exactly one per
-`Submit`, also for a cancelled one: only then may the front-end reuse the request's block), `Regions` (the
-shared memory regions clients registered), `ControlReply`.
+(the statistics of answered requests), `Control` (load, unload, statistics), `CountsSent`. Engine to front-end:
+`Catalog` (every version and what it needs to be served, on every change), `Result` or `Failure` (exactly one
+per `Submit`, also for a cancelled one: only then may the front-end reuse the request's block), `Regions` (the
+shared memory regions clients registered), `ControlReply`, `SendCounts`.
+
+A front-end sends its `Finished` records within COUNT_FLUSH_SECONDS (server/metrics.py), not at once, and writes
+its metrics on the same schedule. Before the engine reads the statistics or the metrics files for someone, it
+sends every front-end `SendCounts` and waits for each one's `CountsSent`, which follows whatever that front-end
+had counted.
 The catalog and control payloads are pickled: they are rare, come from a process of the same server, and carry
 the model specifications as the engine built them.
 """
@@ -83,6 +88,16 @@ class Control(msgspec.Struct, tag="control", array_like=True):
     argument: str = ""
 
 
+class SendCounts(msgspec.Struct, tag="send_counts", array_like=True):
+    """Send the `Finished` records and write the metrics counted so far, then answer `CountsSent` with `id`."""
+
+    id: int
+
+
+class CountsSent(msgspec.Struct, tag="counts_sent", array_like=True):
+    id: int
+
+
 class Catalog(msgspec.Struct, tag="catalog", array_like=True):
     loaded: bool
     """The engine has loaded every model of the repository once (until then, readiness waits)."""
@@ -126,8 +141,8 @@ class ControlReply(msgspec.Struct, tag="reply", array_like=True):
 
 
 CANCELLED = "CANCELLED"
-ToEngine = Hello | Submit | Cancel | Finished | Control
-ToFrontend = Catalog | Regions | Result | Failure | ControlReply
+ToEngine = Hello | Submit | Cancel | Finished | Control | CountsSent
+ToFrontend = Catalog | Regions | Result | Failure | ControlReply | SendCounts
 encode = msgspec.msgpack.Encoder().encode
 """Encodes a list of messages: each side sends, once per event-loop iteration, every message that iteration made
 (in order), so a burst of requests costs one message and reaches the batcher together."""

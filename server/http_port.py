@@ -8,7 +8,8 @@ deployment, and KServe v2 defines the paths probes expect:
 - `GET /v2/health/ready`: 200 when the server is ready (see `readiness`), else 503;
 - `GET /v2/models/{name}[/versions/{version}]/ready`: 200 when the model (version) is ready, 503 when it is
   not, 404 when the server does not know it;
-- `GET /metrics`: the Prometheus exposition of the server's registry.
+- `GET /metrics`: the Prometheus exposition of the server's registry, after `before_scrape` (which brings in
+  what the request path counted but has not written yet).
 
 Any other path answers 404, and any other method 405. The server is a small threaded WSGI server in a daemon
 thread, so a slow scrape never touches the event loop.
@@ -16,6 +17,7 @@ thread, so a slow scrape never touches the event loop.
 
 from __future__ import annotations
 
+import logging
 import re
 import socketserver
 import threading
@@ -27,6 +29,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from cnnserve.server.readiness import Readiness
 
+_log = logging.getLogger(__name__)
 _MODEL_READY = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>\d+))?/ready$")
 _StartResponse = Callable[..., Any]
 
@@ -42,13 +45,20 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def health_and_metrics_app(registry: CollectorRegistry, readiness: Readiness) -> Callable[..., Iterable[bytes]]:
+def health_and_metrics_app(
+    registry: CollectorRegistry, readiness: Readiness, before_scrape: Callable[[], None] | None = None
+) -> Callable[..., Iterable[bytes]]:
     """The WSGI application of the metrics port."""
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
+            if before_scrape is not None:
+                try:
+                    before_scrape()
+                except Exception:
+                    _log.warning("could not bring in the latest counts before a scrape", exc_info=True)
             return metrics(environ, start_response)
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return _answer(start_response, "405 Method Not Allowed", "only GET is served here\n")
@@ -71,12 +81,19 @@ def health_and_metrics_app(registry: CollectorRegistry, readiness: Readiness) ->
     return app
 
 
-def serve_health_and_metrics(host: str, port: int, registry: CollectorRegistry, readiness: Readiness) -> int:
-    """Serve the metrics port in a daemon thread; returns the bound port (useful with port 0)."""
+def serve_health_and_metrics(
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    readiness: Readiness,
+    before_scrape: Callable[[], None] | None = None,
+) -> int:
+    """Serve the metrics port in a daemon thread; returns the bound port (useful with port 0). `before_scrape` runs
+    in the scrape's thread before each /metrics answer."""
     server = make_server(
         host,
         port,
-        health_and_metrics_app(registry, readiness),
+        health_and_metrics_app(registry, readiness, before_scrape),
         server_class=_ThreadingWSGIServer,
         handler_class=_QuietHandler,
     )

@@ -1,12 +1,14 @@
 """Request ids, and the optional one-line-per-request log.
 
-Request ids: a client may send metadata `x-request-id`; the server uses it (or makes one up) and sends it back
-as trailing metadata `x-request-id` on every unary call, so a client can quote it and an operator can find the
-call's log line. Trailing, not initial: a call whose headers were sent is committed, and gRPC clients no longer
-retry it, so an UNAVAILABLE or RESOURCE_EXHAUSTED answer must go out as a bare status (trailers only).
-`with_request_ids` does that for every unary method of every service, and keeps the id and the call's deadline in
-context variables of the request's own task (gRPC cancels a handler when its deadline passes;
-`call_deadline_passed` lets the metrics count that as DEADLINE_EXCEEDED, not CANCELLED).
+Request ids: a client may send metadata `x-request-id`; the server sends it back as trailing metadata
+`x-request-id` on every unary call, so a client can quote it and an operator can find the call's log line. When
+the server logs requests (`request_log`), it makes up an id for a call that brings none and sends that back too;
+otherwise it does not, since no log would hold it, and sending it costs a front-end's event loop about 5% of its
+CPU per call (docs/benchmarks.md, "Less work per call"). Trailing, not initial: a call whose headers were sent
+is committed, and gRPC clients no longer retry it, so an UNAVAILABLE or RESOURCE_EXHAUSTED answer must go out as
+a bare status (trailers only). `with_request_ids` does that for every unary method of every service, and keeps
+the id and the call's deadline in context variables of the request's own task (gRPC cancels a handler when its
+deadline passes; `call_deadline_passed` lets the metrics count that as DEADLINE_EXCEEDED, not CANCELLED).
 
 The request log (`log_request`, logger `cnnserve.server.requests`) is off unless the server runs with
 `request_log` on (`cnnserve serve --request-log` or CNNSERVE_REQUEST_LOG=true), because the request path is
@@ -19,6 +21,7 @@ the command line sets up; nothing here configures logging) carry each as a field
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import os
 import time
@@ -44,26 +47,45 @@ _REQUEST_LINE = (
 )
 
 
-def request_id_from(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
-    """The caller's `x-request-id`, cut to MAX_REQUEST_ID_LENGTH characters, or a new random id (32 hex digits)."""
+def request_id_from(metadata: Sequence[tuple[str, str | bytes]] | None, make_up: bool = True) -> str:
+    """The caller's `x-request-id`, cut to MAX_REQUEST_ID_LENGTH characters; without one, a new id (32 hex
+    digits) when `make_up`, else ""."""
     for key, value in metadata or ():
         if key == REQUEST_ID_KEY and value:
             text = value if isinstance(value, str) else value.decode("ascii", "replace")
             return text[:MAX_REQUEST_ID_LENGTH]
-    return os.urandom(16).hex()
+    return new_request_id() if make_up else ""
+
+
+def new_request_id() -> str:
+    """An id no other call of any server process gets: this process's random 64-bit prefix, then a count (32 hex
+    digits in all). Unique, not secret: it names a call in logs. A counter instead of 16 random bytes per call
+    saves a system call on every request that brings no id of its own."""
+    return f"{_id_prefix}{next(_id_count):016x}"
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix, _id_count
+    _id_prefix, _id_count = os.urandom(8).hex(), itertools.count()
+
+
+_id_prefix, _id_count = "", itertools.count()
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 _Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def _with_request_id(behavior: _Behavior) -> _Behavior:
+def _with_request_id(behavior: _Behavior, make_up: bool) -> _Behavior:
     async def with_request_id(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        request_id = request_id_from(context.invocation_metadata())
-        current_request_id.set(request_id)
         remaining = context.time_remaining()
         if remaining is not None:
             _call_deadline.set(time.monotonic() + remaining)
-        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        request_id = request_id_from(context.invocation_metadata(), make_up)
+        if request_id:
+            current_request_id.set(request_id)
+            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
         return await behavior(request, context)
 
     return with_request_id
@@ -79,9 +101,10 @@ def call_deadline_passed() -> bool:
     return deadline is not None and time.monotonic() >= deadline - _DEADLINE_TOLERANCE_SECONDS
 
 
-def with_request_ids(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """`handler` giving every call a request id (see the module docstring), when it is a unary coroutine method;
-    streaming methods (health Watch, reflection) are returned untouched.
+def with_request_ids(handler: grpc.RpcMethodHandler, make_up: bool = True) -> grpc.RpcMethodHandler:
+    """`handler` echoing every call's request id (see the module docstring), and making one up for calls that
+    bring none when `make_up`, when it is a unary coroutine method; streaming methods (health Watch, reflection)
+    are returned untouched.
 
     Services are wrapped once, as they join the server (server/api/registration.py), not by an interceptor:
     grpc.aio runs an interceptor chain as coroutines on every call, and measured side by side that cost a
@@ -90,7 +113,7 @@ def with_request_ids(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     if handler.unary_unary is None or not inspect.iscoroutinefunction(handler.unary_unary):
         return handler
     return grpc.unary_unary_rpc_method_handler(
-        _with_request_id(handler.unary_unary),
+        _with_request_id(handler.unary_unary, make_up),
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )

@@ -17,15 +17,23 @@ prefix. Label values are bounded: model names and versions from the repository (
 does not have counts as model="unknown"), API names, gRPC status codes, provider names and a fixed set of
 rejection reasons; never request ids or anything else a client chooses.
 
-The request path costs one cached lookup, a gauge increment and decrement, a counter increment and a histogram
-observation; batch figures are counted once per batch, and queue depths and model states are read when
-Prometheus scrapes, so keeping them current costs nothing.
+The request path costs one cached lookup and a few additions to plain Python numbers (`RequestSeries`), which
+reach prometheus_client at most every COUNT_FLUSH_SECONDS, and whenever /metrics is scraped (`flush_threadsafe`;
+a multi-process server's engine first asks every front-end for its counts), so a scrape never misses a finished
+request. In a multi-process server every prometheus_client update is a locked write to a memory-mapped file (with
+a getpid call); made per request, or even once per event-loop iteration, they cost a front-end's event loop about
+a tenth of its CPU per call (docs/benchmarks.md, "Less work per call"). Batch figures are counted once per batch,
+with a batch's queue waits added to their histogram bucket by bucket, and queue depths and model states are read
+when Prometheus scrapes, so keeping them current costs nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable, Iterable
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +57,10 @@ if TYPE_CHECKING:
     from cnnserve.server.model import ModelVersion
 
 PREFIX = "cnnserve"
+COUNT_FLUSH_SECONDS = 0.1
+"""How long what the request path counts may wait before it is sent on: metrics to prometheus_client, and a
+front-end's finished requests to the engine's statistics. Reads (a scrape, ModelStatistics) flush first."""
+_SCRAPE_FLUSH_TIMEOUT_SECONDS = 1.0
 UNKNOWN = "unknown"
 """The model and version label of requests for a model or version the server cannot serve."""
 LATENCY_BUCKETS = (
@@ -67,27 +79,133 @@ REJECTION_REASONS = {
 """The statuses that mean a request was refused or abandoned rather than failed, and the reason label of each."""
 
 
-class RequestSeries:
-    """The series one (api, model, version) updates on every request: looked up once, then reused."""
+def add_observations(histogram: Any, values: Sequence[float]) -> None:
+    """Observe every one of `values` in one labelled histogram series, writing each touched bucket once.
 
-    __slots__ = ("_latency", "_metrics", "_ok", "api", "in_flight", "model", "version")
+    The result is what `observe` once per value gives. Like `HistogramBuffer`, it reaches into prometheus_client's
+    `Histogram` child (`_upper_bounds`, `_buckets`, `_sum`, unchanged since 0.4) and falls back to `observe`
+    if they ever go.
+    """
+    if not values:
+        return
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if bounds is None or not hasattr(histogram, "_buckets") or not hasattr(histogram, "_sum"):
+        for value in values:
+            histogram.observe(value)
+        return
+    counts: dict[int, int] = {}
+    for value in values:
+        bucket = bisect_left(bounds, value)
+        counts[bucket] = counts.get(bucket, 0) + 1
+    histogram._sum.inc(sum(values))
+    for bucket, count in counts.items():
+        histogram._buckets[bucket].inc(count)
+
+
+class HistogramBuffer:
+    """Observations of one histogram series kept as per-bucket counts and a sum until `flush` adds them."""
+
+    __slots__ = ("_bounds", "_counts", "_histogram", "_sum", "_values", "queued")
+
+    def __init__(self, histogram: Any) -> None:
+        self._histogram = histogram
+        bounds = getattr(histogram, "_upper_bounds", None)
+        bulk = bounds is not None and hasattr(histogram, "_buckets") and hasattr(histogram, "_sum")
+        self._bounds: list[float] | None = list(bounds) if bulk else None
+        self._counts = [0] * len(self._bounds) if self._bounds is not None else []
+        self._sum = 0.0
+        self._values: list[float] = []
+        """Only without the bulk path: the values themselves, observed one by one at flush."""
+        self.queued = False
+        """Waiting in `ServerMetrics`' list of series to flush."""
+
+    def observe(self, value: float) -> None:
+        if self._bounds is None:
+            self._values.append(value)
+            return
+        # The first bucket whose upper bound is >= value, as Histogram.observe picks it.
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def flush(self) -> None:
+        if self._bounds is None:
+            values, self._values = self._values, []
+            for value in values:
+                self._histogram.observe(value)
+            return
+        counts, total = self._counts, self._sum
+        if not any(counts):
+            return
+        self._counts, self._sum = [0] * len(counts), 0.0
+        self._histogram._sum.inc(total)
+        for bucket, count in zip(self._histogram._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+
+
+class RequestSeries:
+    """The series one (api, model, version) updates on every request: looked up once, then reused.
+
+    Requests count into plain numbers here (`started`, `succeeded`, `failed`); the owning `ServerMetrics` adds
+    them to prometheus_client (`ServerMetrics.flush`). Only the event loop's thread calls these.
+    """
+
+    __slots__ = (
+        "_in_flight",
+        "_in_flight_change",
+        "_latency",
+        "_metrics",
+        "_ok",
+        "_succeeded",
+        "api",
+        "model",
+        "queued",
+        "version",
+    )
 
     def __init__(self, metrics: ServerMetrics, api: str, model: str, version: str) -> None:
         self._metrics = metrics
         self.api = api
         self.model = model
         self.version = version
-        self.in_flight = metrics.requests_in_flight.labels(model, version, api)
+        self._in_flight = metrics.requests_in_flight.labels(model, version, api)
         self._ok = metrics.requests.labels(model, version, api, grpc.StatusCode.OK.name)
-        self._latency = metrics.request_duration.labels(model, version, api)
+        self._latency = HistogramBuffer(metrics.request_duration.labels(model, version, api))
+        self._in_flight_change = 0
+        self._succeeded = 0
+        self.queued = False
+
+    def started(self) -> None:
+        """A request to this series began: it is in flight until `succeeded`, `failed` or `abandoned`."""
+        self._in_flight_change += 1
+        self._metrics.pending(self)
+
+    def abandoned(self) -> None:
+        """A started request left without an outcome here (it is counted again elsewhere)."""
+        self._in_flight_change -= 1
+        self._metrics.pending(self)
 
     def succeeded(self, seconds: float) -> None:
-        self._ok.inc()
+        self._in_flight_change -= 1
+        self._succeeded += 1
         self._latency.observe(seconds)
+        self._metrics.pending(self)
 
     def failed(self, code: grpc.StatusCode) -> None:
         """Count a request answered with `code` (not OK), and as a rejection when the code is one."""
+        self._in_flight_change -= 1
+        self._metrics.pending(self)
         self._metrics.request_failed(self.api, self.model, self.version, code)
+
+    def flush(self) -> None:
+        """Add what was counted since the last flush to prometheus_client."""
+        if self._in_flight_change:
+            self._in_flight.inc(self._in_flight_change)
+            self._in_flight_change = 0
+        if self._succeeded:
+            self._ok.inc(self._succeeded)
+            self._succeeded = 0
+        self._latency.flush()
 
 
 class _BatchSeries:
@@ -255,7 +373,11 @@ class ServerMetrics:
             registry=r,
         )
         self._series: dict[tuple[str, str, str], RequestSeries] = {}
-        self._preprocess_series: dict[tuple[str, int], Any] = {}
+        self._preprocess_series: dict[tuple[str, int], HistogramBuffer] = {}
+        self._pending: list[RequestSeries | HistogramBuffer] = []
+        """What counted since the last flush; flushed within COUNT_FLUSH_SECONDS."""
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._batch_series: dict[tuple[str, int], _BatchSeries] = {}
 
     def model_load_started(self, name: str) -> None:
@@ -305,11 +427,61 @@ class ServerMetrics:
             self.rejections.labels(model, reason).inc()
 
     def preprocessed(self, model: ModelVersion, seconds: float) -> None:
+        """Count one request's time turning its payload into model input (on the event loop's thread)."""
         key = (model.name, model.version)
         series = self._preprocess_series.get(key)
         if series is None:
-            series = self._preprocess_series[key] = self.preprocess_duration.labels(model.name, str(model.version))
+            histogram = self.preprocess_duration.labels(model.name, str(model.version))
+            series = self._preprocess_series[key] = HistogramBuffer(histogram)
         series.observe(seconds)
+        self.pending(series)
+
+    def pending(self, series: RequestSeries | HistogramBuffer) -> None:
+        """`series` has counts to add: flush them within COUNT_FLUSH_SECONDS (at once when no loop runs in this
+        thread)."""
+        if series.queued:
+            return
+        series.queued = True
+        self._pending.append(series)
+        if self._flush_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._loop = loop
+            self._flush_timer = loop.call_later(COUNT_FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        """Add everything counted on the request path since the last flush to prometheus_client (on the thread
+        that counted it: the event loop's)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        pending, self._pending = self._pending, []
+        for series in pending:
+            series.queued = False
+            series.flush()
+
+    def flush_threadsafe(self, timeout: float = _SCRAPE_FLUSH_TIMEOUT_SECONDS) -> None:
+        """`flush` from another thread (the metrics port's, before a scrape), waiting up to `timeout` seconds for
+        the event loop to run it."""
+        loop = self._loop
+        if loop is None or not self._pending:
+            return
+        done = threading.Event()
+
+        def flush_and_tell() -> None:
+            try:
+                self.flush()
+            finally:
+                done.set()
+
+        try:
+            loop.call_soon_threadsafe(flush_and_tell)
+        except RuntimeError:  # the loop is closed: nothing runs on it any more
+            return
+        done.wait(timeout)
 
     def explained(self, model: ModelVersion, method: str, rows: int) -> None:
         """Count the forward passes of one finished explanation."""
@@ -324,8 +496,7 @@ class ServerMetrics:
         series.compute.observe(record.compute_seconds)
         series.inferences.inc(record.size)
         series.executions.inc()
-        for wait in record.queue_wait_seconds:
-            series.queue_wait.observe(wait)
+        add_observations(series.queue_wait, record.queue_wait_seconds)
 
     def model_loaded(self, model: ModelVersion) -> None:
         """Start the model's rejection counters at zero, so the first rejection shows in rate() and increase()."""

@@ -136,10 +136,13 @@ class ServedVersions:
             if not found.ready:
                 raise UnavailableError(f"model {name!r} version {version} is {found.state.value}: {found.reason}")
             return found
-        for candidate in self.versions(name):
-            if candidate.ready:
-                return candidate
-        raise UnavailableError(f"model {name!r} has no ready version")
+        newest: ModelVersion | None = None
+        for candidate in by_version.values():
+            if candidate.ready and (newest is None or candidate.version > newest.version):
+                newest = candidate
+        if newest is None:
+            raise UnavailableError(f"model {name!r} has no ready version")
+        return newest
 
     async def load_all(self) -> None:
         """Return once every model of the repository is READY or FAILED."""

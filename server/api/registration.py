@@ -32,9 +32,10 @@ class GenericHandlersOnly:
     its own.
     """
 
-    def __init__(self, server: grpc.aio.Server, request_ids: bool = True) -> None:
+    def __init__(self, server: grpc.aio.Server, request_ids: bool = True, make_up_request_ids: bool = True) -> None:
         self._server = server
         self._request_ids = request_ids
+        self._make_up = make_up_request_ids
         self.services: list[str] = []
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
@@ -42,18 +43,24 @@ class GenericHandlersOnly:
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
         if self._request_ids:
-            handlers = {method: with_request_ids(handler) for method, handler in handlers.items()}
+            handlers = {method: with_request_ids(handler, self._make_up) for method, handler in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
         self.services.append(service)
 
 
 def add_service(
-    server: grpc.aio.Server, add_to_server: Callable[[Any, Any], None], servicer: Any, *, request_ids: bool = True
+    server: grpc.aio.Server,
+    add_to_server: Callable[[Any, Any], None],
+    servicer: Any,
+    *,
+    request_ids: bool = True,
+    make_up_request_ids: bool = True,
 ) -> None:
     """Add `servicer` with its generated `add_<Service>Servicer_to_server`, as a generic handler only, its unary
-    methods giving request ids unless `request_ids` is False. Raises RuntimeError for code generated without
-    registered methods (grpcio-tools before 1.62), which this cannot wrap."""
-    registration = GenericHandlersOnly(server, request_ids)
+    methods echoing request ids unless `request_ids` is False, and making them up for calls that bring none when
+    `make_up_request_ids` (server/logs.py). Raises RuntimeError for code generated without registered methods
+    (grpcio-tools before 1.62), which this cannot wrap."""
+    registration = GenericHandlersOnly(server, request_ids, make_up_request_ids)
     add_to_server(servicer, registration)
     if not registration.services:
         raise RuntimeError(

@@ -165,7 +165,7 @@ def test_metrics_and_statistics_count_the_calls_of_every_front_end(
 
     def successes() -> int:
         """The successes counted; every figure has counted each of them (front-ends send their requests' figures
-        summed per event-loop iteration)."""
+        summed, and all of them when the engine asks before it answers)."""
         statistics = inference.ModelStatistics(ipb.ModelStatisticsRequest(name="xo"), timeout=10).model_stats[0]
         figures = statistics.inference_stats
         parts = (figures.queue, figures.compute_input, figures.compute_infer, figures.compute_output)
@@ -176,7 +176,7 @@ def test_metrics_and_statistics_count_the_calls_of_every_front_end(
     before, scraped = successes(), scrape(batching)
     with ThreadPoolExecutor(CHANNELS) as pool:
         list(pool.map(lambda c: pb_grpc.ImageClassifierStub(c).Classify(xo_request(), timeout=30), channels * 2))
-    wait_until(lambda: successes() - before == 2 * CHANNELS, "ModelStatistics counts every front-end's calls")
+    assert successes() - before == 2 * CHANNELS, "ModelStatistics counts every front-end's answered calls at once"
     labels = {"model": "xo", "version": "1", "api": "image", "code": "OK"}
     counted = sample(scrape(batching), "cnnserve_requests_total", **labels) - sample(
         scraped, "cnnserve_requests_total", **labels

@@ -112,3 +112,7 @@ def test_request_logs_are_off_by_default_but_ids_are_still_echoed(server) -> Non
     assert classify_with_id(server, "xo", "quiet-1") == (grpc.StatusCode.OK, "quiet-1")
     assert "quiet-1" not in server.log()
     assert not server.log().lstrip().startswith("{"), "text logs by default"
+
+
+def test_without_the_request_log_no_id_is_made_up_since_no_log_would_hold_it(server) -> None:
+    assert classify_with_id(server, "xo", None) == (grpc.StatusCode.OK, None)
