@@ -35,11 +35,13 @@ from cnnserve.server.api.inference_models import (
     version_number,
 )
 from cnnserve.server.api.inference_tensors import (
-    ModelInput,
+    DEFAULT_OUTPUTS,
     check_shared_memory_outputs,
     infer_response,
     input_batch,
     integer_parameter,
+    model_input_of,
+    probabilities_response,
     requested_outputs,
 )
 from cnnserve.server.dataplane import DataPlane
@@ -202,8 +204,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @grpc_errors
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelInferResponse:
-        return await self._infer(request, context.time_remaining())
+    ) -> pb.ModelInferResponse | bytes:
+        return await self._infer(request, context.time_remaining(), serialized=True)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
@@ -243,6 +245,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelStreamInferResponse:
         try:
             response = await self._infer(request, context.time_remaining())
+            assert isinstance(response, pb.ModelInferResponse)
         except CnnserveError as exc:
             return self._stream_error(request, str(exc))
         except Exception as exc:
@@ -257,32 +260,40 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         return pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
 
-    async def _infer(self, request: pb.ModelInferRequest, time_remaining: float | None) -> pb.ModelInferResponse:
+    async def _infer(
+        self, request: pb.ModelInferRequest, time_remaining: float | None, serialized: bool = False
+    ) -> pb.ModelInferResponse | bytes:
         """Run one inference request; raises CnnserveError (Triton's message for an unknown model).
 
         The request's `timeout` parameter (microseconds, as Triton's) shortens the call's own deadline; its
-        `priority` goes to the batcher, which checks it against the model's priority levels.
+        `priority` goes to the batcher, which checks it against the model's priority levels. With `serialized`,
+        the usual answer (the probabilities in the message) comes already serialized, as bytes, which the
+        service's registration sends as they are (server/api/registration.py).
         """
         dataplane = self._dataplane
         version = version_number(request.model_version)
         max_rows = dataplane.settings.max_images_per_request
 
-        async def handle(model: ModelVersion) -> pb.ModelInferResponse:
+        async def handle(model: ModelVersion) -> pb.ModelInferResponse | bytes:
             assert model.metadata is not None
             started = time.perf_counter()
             remaining = time_remaining
-            timeout_us = integer_parameter(request.parameters, "timeout", minimum=0)
-            if timeout_us:
-                remaining = timeout_us / 1e6 if remaining is None else min(remaining, timeout_us / 1e6)
+            priority = 0
+            if parameters := request.parameters:
+                timeout_us = integer_parameter(parameters, "timeout", minimum=0)
+                if timeout_us:
+                    remaining = timeout_us / 1e6 if remaining is None else min(remaining, timeout_us / 1e6)
+                priority = integer_parameter(parameters, "priority", minimum=0) or 0
             deadline = dataplane.deadline(model, remaining)
-            priority = integer_parameter(request.parameters, "priority", minimum=0) or 0
             label_count = label_count_of(model)
             outputs = requested_outputs(request, model.name, label_count)
-            model_input = ModelInput(input_name_of(model), input_datatype_of(model), input_shape_of(model))
+            model_input = model_input_of(input_name_of(model), input_datatype_of(model), input_shape_of(model))
             inputs = input_batch(request, model_input, model.name, max_rows, self._shared_memory)
             check_shared_memory_outputs(outputs, len(inputs), label_count, self._shared_memory)
             dataplane.record_input(model, time.perf_counter() - started)
             probabilities = await model.infer(inputs, deadline, priority)
+            if serialized and outputs is DEFAULT_OUTPUTS:
+                return probabilities_response(request, model.name, model.version, probabilities)
             labels = model.metadata.labels
             return infer_response(
                 request, model.name, model.version, probabilities, labels, outputs, self._shared_memory

@@ -1,6 +1,7 @@
 """How a service joins a grpc.aio server: as a generic handler only, so that accepting a call costs the same
-whatever the number of methods, and with every unary method already giving its calls request ids, so that no
-interceptor runs per call for them.
+whatever the number of methods, with every unary method already giving its calls request ids, so that no
+interceptor runs per call for them, and free to answer with its response already serialized (bytes), which is
+sent as it is (ModelInfer's usual answer: server/api/inference_tensors.py, `probabilities_response`).
 
 The code grpcio's compiler generates (`add_<Service>Servicer_to_server`) adds a service twice: as a generic
 handler, and as "registered methods". grpc.aio's server (grpcio 1.85; grpc/grpc pull request 41796) keeps one
@@ -42,10 +43,25 @@ class GenericHandlersOnly:
         """Dropped: `add_registered_method_handlers` adds the same methods."""
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        handlers = {method: _answers_serialized(handler) for method, handler in handlers.items()}
         if self._request_ids:
             handlers = {method: with_request_ids(handler, self._make_up) for method, handler in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
         self.services.append(service)
+
+
+def _answers_serialized(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler`, when unary, sending a response that is already bytes as it is, and serializing the rest."""
+    serialize = handler.response_serializer
+    if handler.unary_unary is None or serialize is None:
+        return handler
+
+    def bytes_as_they_are(response: Any) -> bytes:
+        return response if type(response) is bytes else serialize(response)
+
+    return grpc.unary_unary_rpc_method_handler(
+        handler.unary_unary, request_deserializer=handler.request_deserializer, response_serializer=bytes_as_they_are
+    )
 
 
 def add_service(
