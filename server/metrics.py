@@ -22,9 +22,8 @@ reach prometheus_client at most every COUNT_FLUSH_SECONDS, and whenever /metrics
 a multi-process server's engine first asks every front-end for its counts), so a scrape never misses a finished
 request. In a multi-process server every prometheus_client update is a locked write to a memory-mapped file (with
 a getpid call); made per request, or even once per event-loop iteration, they cost a front-end's event loop about
-a tenth of its CPU per call (docs/benchmarks.md, "Less work per call"). Batch figures are counted once per batch,
-with a batch's queue waits added to their histogram bucket by bucket, and queue depths and model states are read
-when Prometheus scrapes, so keeping them current costs nothing.
+a tenth of its CPU per call (docs/benchmarks.md, "Less work per call"). Batch figures are counted the same way, and
+queue depths and model states are read when Prometheus scrapes, so keeping them current costs nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ import asyncio
 import os
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,31 +78,13 @@ REJECTION_REASONS = {
 """The statuses that mean a request was refused or abandoned rather than failed, and the reason label of each."""
 
 
-def add_observations(histogram: Any, values: Sequence[float]) -> None:
-    """Observe every one of `values` in one labelled histogram series, writing each touched bucket once.
-
-    The result is what `observe` once per value gives. Like `HistogramBuffer`, it reaches into prometheus_client's
-    `Histogram` child (`_upper_bounds`, `_buckets`, `_sum`, unchanged since 0.4) and falls back to `observe`
-    if they ever go.
-    """
-    if not values:
-        return
-    bounds = getattr(histogram, "_upper_bounds", None)
-    if bounds is None or not hasattr(histogram, "_buckets") or not hasattr(histogram, "_sum"):
-        for value in values:
-            histogram.observe(value)
-        return
-    counts: dict[int, int] = {}
-    for value in values:
-        bucket = bisect_left(bounds, value)
-        counts[bucket] = counts.get(bucket, 0) + 1
-    histogram._sum.inc(sum(values))
-    for bucket, count in counts.items():
-        histogram._buckets[bucket].inc(count)
-
-
 class HistogramBuffer:
-    """Observations of one histogram series kept as per-bucket counts and a sum until `flush` adds them."""
+    """Observations of one histogram series kept as per-bucket counts and a sum until `flush` adds them, writing
+    each touched bucket once.
+
+    The result is what `observe` once per value gives. It reaches into prometheus_client's `Histogram` child
+    (`_upper_bounds`, `_buckets`, `_sum`, unchanged since 0.4) and falls back to `observe` if they ever go.
+    """
 
     __slots__ = ("_bounds", "_counts", "_histogram", "_sum", "_values", "queued")
 
@@ -209,16 +190,37 @@ class RequestSeries:
 
 
 class _BatchSeries:
-    """The series one version updates on every executed batch: looked up once, then reused."""
+    """The series one version updates on every executed batch: looked up once, then reused; like
+    `RequestSeries`, it counts into plain numbers that `ServerMetrics.flush` adds to prometheus_client."""
 
-    __slots__ = ("compute", "executions", "inferences", "queue_wait", "size")
+    __slots__ = ("_executions", "_inferences", "compute", "executions", "inferences", "queue_wait", "queued", "size")
 
     def __init__(self, metrics: ServerMetrics, model: str, version: str) -> None:
-        self.size = metrics.batch_size.labels(model, version)
-        self.compute = metrics.batch_compute.labels(model, version)
+        self.size = HistogramBuffer(metrics.batch_size.labels(model, version))
+        self.compute = HistogramBuffer(metrics.batch_compute.labels(model, version))
+        self.queue_wait = HistogramBuffer(metrics.queue_wait.labels(model, version))
         self.inferences = metrics.inferences.labels(model, version)
         self.executions = metrics.executions.labels(model, version)
-        self.queue_wait = metrics.queue_wait.labels(model, version)
+        self._inferences = 0
+        self._executions = 0
+        self.queued = False
+
+    def executed(self, record: BatchRecord) -> None:
+        self.size.observe(record.size)
+        self.compute.observe(record.compute_seconds)
+        for wait in record.queue_wait_seconds:
+            self.queue_wait.observe(wait)
+        self._inferences += record.size
+        self._executions += 1
+
+    def flush(self) -> None:
+        self.size.flush()
+        self.compute.flush()
+        self.queue_wait.flush()
+        if self._executions:
+            self.inferences.inc(self._inferences)
+            self.executions.inc(self._executions)
+            self._inferences = self._executions = 0
 
 
 class _ServedVersionsOnly(Collector):
@@ -374,7 +376,7 @@ class ServerMetrics:
         )
         self._series: dict[tuple[str, str, str], RequestSeries] = {}
         self._preprocess_series: dict[tuple[str, int], HistogramBuffer] = {}
-        self._pending: list[RequestSeries | HistogramBuffer] = []
+        self._pending: list[RequestSeries | HistogramBuffer | _BatchSeries] = []
         """What counted since the last flush; flushed within COUNT_FLUSH_SECONDS."""
         self._flush_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -436,7 +438,7 @@ class ServerMetrics:
         series.observe(seconds)
         self.pending(series)
 
-    def pending(self, series: RequestSeries | HistogramBuffer) -> None:
+    def pending(self, series: RequestSeries | HistogramBuffer | _BatchSeries) -> None:
         """`series` has counts to add: flush them within COUNT_FLUSH_SECONDS (at once when no loop runs in this
         thread)."""
         if series.queued:
@@ -467,8 +469,10 @@ class ServerMetrics:
         """`flush` from another thread (the metrics port's, before a scrape), waiting up to `timeout` seconds for
         the event loop to run it."""
         loop = self._loop
-        if loop is None or not self._pending:
+        if loop is None:
             return
+        # Even with nothing pending, wait for the loop: it may be in the middle of a flush, and a scrape now
+        # would read some series written and others not.
         done = threading.Event()
 
         def flush_and_tell() -> None:
@@ -488,15 +492,13 @@ class ServerMetrics:
         self.explanation_rows.labels(model.name, str(model.version), method).inc(rows)
 
     def batch_executed(self, model: str, version: int, record: BatchRecord) -> None:
-        """Count one executed batch (failed ones too: they ran, and their callers waited)."""
+        """Count one executed batch (failed ones too: they ran, and their callers waited), on the event loop's
+        thread."""
         series = self._batch_series.get((model, version))
         if series is None:
             series = self._batch_series[model, version] = _BatchSeries(self, model, str(version))
-        series.size.observe(record.size)
-        series.compute.observe(record.compute_seconds)
-        series.inferences.inc(record.size)
-        series.executions.inc()
-        add_observations(series.queue_wait, record.queue_wait_seconds)
+        series.executed(record)
+        self.pending(series)
 
     def model_loaded(self, model: ModelVersion) -> None:
         """Start the model's rejection counters at zero, so the first rejection shows in rate() and increase()."""

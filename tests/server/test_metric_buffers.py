@@ -13,7 +13,6 @@ from cnnserve.server.metrics import (
     LATENCY_BUCKETS,
     HistogramBuffer,
     ServerMetrics,
-    add_observations,
 )
 
 DURATIONS = (0.00004, 0.0001, 0.0003, 0.0003, 0.002, 0.0099, 0.01, 1.5, 31.0, 120.0)
@@ -43,10 +42,6 @@ def buffered(series) -> None:
 
 def test_a_buffered_histogram_exports_what_observing_each_value_exports() -> None:
     assert exposition(buffered) == exposition(one_by_one)
-
-
-def test_adding_a_batch_of_observations_exports_what_observing_each_value_exports() -> None:
-    assert exposition(lambda series: add_observations(series, DURATIONS)) == exposition(one_by_one)
 
 
 def sample(metrics: ServerMetrics, name: str, **labels: str) -> float:
