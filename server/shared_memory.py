@@ -182,6 +182,8 @@ class SystemSharedMemory:
     def locate(self, array: np.ndarray) -> tuple[str, int] | None:
         """The registered region `array` lies in and its offset in the region, None when it lies in none (a
         front-end then copies it into its arena; the engine maps the region itself)."""
+        if not self._regions:
+            return None
         start = array.__array_interface__["data"][0]
         end = start + array.nbytes
         for region in self._regions.values():

@@ -71,6 +71,9 @@ def _server_version() -> str:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    SERIALIZED_ANSWERS = frozenset({"ModelInfer"})
+    """Methods that may answer with their response already serialized (server/api/registration.py)."""
+
     def __init__(self, dataplane: DataPlane, shared_memory: SystemSharedMemory | None = None) -> None:
         self._dataplane = dataplane
         self._repository = dataplane.repository

@@ -1,7 +1,8 @@
 """How a service joins a grpc.aio server: as a generic handler only, so that accepting a call costs the same
 whatever the number of methods, with every unary method already giving its calls request ids, so that no
-interceptor runs per call for them, and free to answer with its response already serialized (bytes), which is
-sent as it is (ModelInfer's usual answer: server/api/inference_tensors.py, `probabilities_response`).
+interceptor runs per call for them. The unary methods a servicer names in `SERIALIZED_ANSWERS` may answer with
+their response already serialized (bytes), which is sent as it is (ModelInfer's usual answer:
+server/api/inference_tensors.py, `probabilities_response`).
 
 The code grpcio's compiler generates (`add_<Service>Servicer_to_server`) adds a service twice: as a generic
 handler, and as "registered methods". grpc.aio's server (grpcio 1.85; grpc/grpc pull request 41796) keeps one
@@ -15,7 +16,7 @@ grpc/grpc pull request 43461 removes the per-call wait upstream; until a release
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import grpc
@@ -30,20 +31,30 @@ class GenericHandlersOnly:
     Generated code hands over the same method handlers twice: in a generic handler, then as a dictionary of
     registered methods. The dictionary is the one that can be changed, so this drops the generic handler and adds
     the dictionary's handlers, each wrapped by `with_request_ids` unless told not to, as one generic handler of
-    its own.
+    its own; the handlers of `serialized_answers` also send bytes as they are.
     """
 
-    def __init__(self, server: grpc.aio.Server, request_ids: bool = True, make_up_request_ids: bool = True) -> None:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        request_ids: bool = True,
+        make_up_request_ids: bool = True,
+        serialized_answers: Collection[str] = (),
+    ) -> None:
         self._server = server
         self._request_ids = request_ids
         self._make_up = make_up_request_ids
+        self._serialized_answers = serialized_answers
         self.services: list[str] = []
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         """Dropped: `add_registered_method_handlers` adds the same methods."""
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        handlers = {method: _answers_serialized(handler) for method, handler in handlers.items()}
+        handlers = {
+            method: _answers_serialized(handler) if method in self._serialized_answers else handler
+            for method, handler in handlers.items()
+        }
         if self._request_ids:
             handlers = {method: with_request_ids(handler, self._make_up) for method, handler in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
@@ -76,7 +87,9 @@ def add_service(
     methods echoing request ids unless `request_ids` is False, and making them up for calls that bring none when
     `make_up_request_ids` (server/logs.py). Raises RuntimeError for code generated without registered methods
     (grpcio-tools before 1.62), which this cannot wrap."""
-    registration = GenericHandlersOnly(server, request_ids, make_up_request_ids)
+    registration = GenericHandlersOnly(
+        server, request_ids, make_up_request_ids, getattr(servicer, "SERIALIZED_ANSWERS", ())
+    )
     add_to_server(servicer, registration)
     if not registration.services:
         raise RuntimeError(

@@ -26,6 +26,7 @@ LOG=${CNNSERVE_CONTAINER_LOG:-/tmp/cnnserve-container-build.log}
 STATE=${CNNSERVE_CONTAINER_STATE:-/tmp/cnnserve-container-build.env}
 MIRROR=${CNNSERVE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DOCKERD_LOG=/tmp/cnnserve-dockerd.log
+DOCKERD_PID_FILE=/tmp/cnnserve-dockerd.pid
 SUITE=bookworm # its python3 is 3.11, the version the project and the images use
 # The essential set plus what the images need: python (with venv), groupadd/useradd (passwd), libstdc++ (grpcio,
 # onnxruntime). No apt: like python:3.11-slim, less what the images do not use.
@@ -99,6 +100,7 @@ if ! "$DOCKER" info >/dev/null 2>&1; then
   [ "$(id -u)" = 0 ] || fail "no docker daemon answers, and only root can start one"
   # setsid: the daemon outlives this script (the test needs it) and CI's signals to this process group.
   setsid dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
+  echo $! >"$DOCKERD_PID_FILE"  # so that .ci/run can stop the daemon it did not find running
   for _ in $(seq 60); do
     "$DOCKER" info >/dev/null 2>&1 && break
     sleep 0.5
