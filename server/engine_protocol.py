@@ -15,6 +15,7 @@ A front-end sends its `Finished` records within COUNT_FLUSH_SECONDS (server/metr
 its metrics on the same schedule. Before the engine reads the statistics or the metrics files for someone, it
 sends every front-end `SendCounts` and waits for each one's `CountsSent`, which follows whatever that front-end
 had counted.
+
 The catalog and control payloads are pickled: they are rare, come from a process of the same server, and carry
 the model specifications as the engine built them.
 """
