@@ -23,7 +23,9 @@ a multi-process server's engine first asks every front-end for its counts), so a
 request. In a multi-process server every prometheus_client update is a locked write to a memory-mapped file (with
 a getpid call); made per request, or even once per event-loop iteration, they cost a front-end's event loop about
 a tenth of its CPU per call (docs/benchmarks.md, "Less work per call"). Batch figures are counted the same way, and
-queue depths and model states are read when Prometheus scrapes, so keeping them current costs nothing.
+queue depths and model states are read when Prometheus scrapes, so keeping them current costs nothing. (Being
+read live, a queue depth may show a request that arrived after the scrape brought in the counts one scrape before
+`cnnserve_requests_in_flight` does.)
 """
 
 from __future__ import annotations
@@ -82,38 +84,27 @@ class HistogramBuffer:
     """Observations of one histogram series kept as per-bucket counts and a sum until `flush` adds them, writing
     each touched bucket once.
 
-    The result is what `observe` once per value gives. It reaches into prometheus_client's `Histogram` child
-    (`_upper_bounds`, `_buckets`, `_sum`, unchanged since 0.4) and falls back to `observe` if they ever go.
+    The result is what `observe` once per value gives (tests/server/test_metric_buffers.py compares the two). It
+    reaches into prometheus_client's `Histogram` child: `_upper_bounds`, `_buckets` and `_sum`, unchanged since
+    0.4; that test fails if they ever go.
     """
 
-    __slots__ = ("_bounds", "_counts", "_histogram", "_sum", "_values", "queued")
+    __slots__ = ("_bounds", "_counts", "_histogram", "_sum", "queued")
 
     def __init__(self, histogram: Any) -> None:
         self._histogram = histogram
-        bounds = getattr(histogram, "_upper_bounds", None)
-        bulk = bounds is not None and hasattr(histogram, "_buckets") and hasattr(histogram, "_sum")
-        self._bounds: list[float] | None = list(bounds) if bulk else None
-        self._counts = [0] * len(self._bounds) if self._bounds is not None else []
+        self._bounds: list[float] = list(histogram._upper_bounds)
+        self._counts = [0] * len(self._bounds)
         self._sum = 0.0
-        self._values: list[float] = []
-        """Only without the bulk path: the values themselves, observed one by one at flush."""
         self.queued = False
         """Waiting in `ServerMetrics`' list of series to flush."""
 
     def observe(self, value: float) -> None:
-        if self._bounds is None:
-            self._values.append(value)
-            return
         # The first bucket whose upper bound is >= value, as Histogram.observe picks it.
         self._counts[bisect_left(self._bounds, value)] += 1
         self._sum += value
 
     def flush(self) -> None:
-        if self._bounds is None:
-            values, self._values = self._values, []
-            for value in values:
-                self._histogram.observe(value)
-            return
         counts, total = self._counts, self._sum
         if not any(counts):
             return

@@ -312,6 +312,7 @@ def infer_response(
     return response
 
 
+_ID = wire.key(pb.ModelInferResponse.DESCRIPTOR, "id", wire.LENGTH_DELIMITED)
 _RAW_OUTPUT = wire.key(pb.ModelInferResponse.DESCRIPTOR, "raw_output_contents", wire.LENGTH_DELIMITED)
 
 
@@ -328,7 +329,7 @@ def probabilities_response(
     """
     parts = [_response_head(model_name, model_version, probabilities.shape)]
     if request.id:
-        parts.append(pb.ModelInferResponse(id=request.id).SerializeToString())
+        parts.append(wire.length_delimited(_ID, request.id.encode()))
     parts.append(wire.length_delimited(_RAW_OUTPUT, np.ascontiguousarray(probabilities, dtype="<f4").tobytes()))
     return b"".join(parts)
 

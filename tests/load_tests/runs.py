@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -14,6 +15,13 @@ def run_module(module: str, *arguments: str, timeout: float) -> subprocess.Compl
     return subprocess.run(
         [sys.executable, "-m", module, *arguments], capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def run_benchmark(module: str, *arguments: str, figures: Path, timeout: float) -> tuple[str, Any]:
+    """`run_module` with `--json figures`, which must succeed; returns what it printed and the figures it wrote."""
+    completed = run_module(module, *arguments, "--json", str(figures), timeout=timeout)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed.stdout, json.loads(figures.read_text())
 
 
 def run_script(script: str, *arguments: str, timeout: float = 60) -> Any:

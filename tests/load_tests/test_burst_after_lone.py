@@ -7,13 +7,12 @@ reads the server's own batch counts and writes every figure. Whether the bursts 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from load_tests.bench.burst_after_lone import Burst, report, summarise
-from tests.load_tests.runs import run_module
+from tests.load_tests.runs import run_benchmark
 
 
 def test_a_burst_of_one_call_a_batch_or_nearly_counts_as_unbatched() -> None:
@@ -35,16 +34,14 @@ def test_without_an_unbatched_burst_its_rate_is_a_dash() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_run_counts_every_burst_from_the_servers_own_statistics(model_repository: Path, tmp_path: Path) -> None:
-    figures = tmp_path / "bursts.json"
-    completed = run_module(
+    printed, written = run_benchmark(
         "load_tests.bench.burst_after_lone",
         *("--model-repository", str(model_repository), "--tries", "3", "--lone-calls", "10", "--burst", "40"),
-        *("--threads", "8", "--json", str(figures)),
+        *("--threads", "8"),
+        figures=tmp_path / "bursts.json",
         timeout=160,
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert completed.stdout.count("try ") == 3 and "unbatched bursts" in completed.stdout
-    written = json.loads(figures.read_text())
+    assert printed.count("try ") == 3 and "unbatched bursts" in printed
     assert [each["calls"] for each in written["bursts"]] == [40, 40, 40]
     assert all(1 <= each["batches"] <= 40 and each["calls_per_second"] > 0 for each in written["bursts"])
     assert written["summary"]["tries"] == 3

@@ -6,13 +6,12 @@ feeds a real engine through the front-end's own client, with nothing failed, and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from load_tests.bench.engine_capacity import Round, report
-from tests.load_tests.runs import run_module
+from tests.load_tests.runs import run_benchmark
 
 
 def measured(round_index: int, answers: float, loop_us: float) -> Round:
@@ -42,17 +41,15 @@ def test_the_report_gives_medians_and_the_loops_ceiling() -> None:
 @pytest.mark.timeout(240)
 def test_a_run_feeds_a_real_engine_and_writes_every_round(model_repository: Path, tmp_path: Path) -> None:
     """Fed one request per message, as gRPC front-ends send them (the other way differs only in not waiting)."""
-    figures = tmp_path / "capacity.json"
-    completed = run_module(
+    printed, rounds = run_benchmark(
         "load_tests.bench.engine_capacity",
         *("--model-repository", str(model_repository), "--in-flight", "8", "--duration", "1.5", "--rounds", "2"),
-        *("--one-per-message", "--json", str(figures)),
+        "--one-per-message",
+        figures=tmp_path / "capacity.json",
         timeout=220,
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "round 2:" in completed.stdout and "| answers/s |" in completed.stdout
-    assert "8 in flight, one request per message" in completed.stdout
-    rounds = json.loads(figures.read_text())
+    assert "round 2:" in printed and "| answers/s |" in printed
+    assert "8 in flight, one request per message" in printed
     assert [each["round"] for each in rounds] == [0, 1]
     for each in rounds:
         assert each["answers_per_second"] > 0 and each["failures"] == 0 and each["one_per_message"]

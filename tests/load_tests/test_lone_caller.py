@@ -6,13 +6,12 @@ machine drifts between rounds) and that a real run measures every server and wri
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from load_tests.bench.lone_caller import Latency, report, summarise
-from tests.load_tests.runs import run_module
+from tests.load_tests.runs import run_benchmark
 
 
 def test_ratios_to_the_single_process_are_taken_within_each_round() -> None:
@@ -42,16 +41,14 @@ def test_without_a_single_process_there_is_no_ratio() -> None:
 def test_a_run_measures_one_process_and_front_ends_and_writes_every_figure(
     model_repository: Path, tmp_path: Path
 ) -> None:
-    figures = tmp_path / "lone.json"
-    completed = run_module(
+    printed, written = run_benchmark(
         "load_tests.bench.lone_caller",
         *("--model-repository", str(model_repository), "--frontends", "0,1", "--calls", "30", "--warm-up", "5"),
-        *("--rounds", "2", "--json", str(figures)),
+        *("--rounds", "2"),
+        figures=tmp_path / "lone.json",
         timeout=220,
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "| 0 (single process) |" in completed.stdout and "| 1 |" in completed.stdout
-    written = json.loads(figures.read_text())
+    assert "| 0 (single process) |" in printed and "| 1 |" in printed
     assert [(row["round"], row["frontends"]) for row in written["rows"]] == [(0, 0), (0, 1), (1, 1), (1, 0)]
     assert all(0 < row["p50_ms"] <= row["p99_ms"] for row in written["rows"])
     assert written["medians"][0]["p99_ratio"] == 1.0

@@ -6,12 +6,11 @@ that both ways of reloading really reload, and that every process of the server 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from tests.load_tests.runs import run_module
+from tests.load_tests.runs import run_benchmark
 
 
 @pytest.mark.slow
@@ -20,15 +19,12 @@ from tests.load_tests.runs import run_module
 def test_a_run_reloads_the_model_and_reads_every_process(
     model_repository: Path, tmp_path: Path, way: str, frontends: str, processes: set[str]
 ) -> None:
-    figures = tmp_path / "reload.json"
-    completed = run_module(
+    printed, written = run_benchmark(
         "load_tests.bench.reload_memory",
         *("--model-repository", str(model_repository), "--cycles", "4", "--way", way, "--frontends", frontends),
-        *("--json", str(figures)),
+        figures=tmp_path / "reload.json",
         timeout=200,
     )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    written = json.loads(figures.read_text())
     assert [reading["cycles"] for reading in written["readings"]] == [0, 1, 2, 3, 4]
     assert processes <= set(written["readings"][-1]["rss_mib"])
-    assert "growth over 4 cycles" in completed.stdout
+    assert "growth over 4 cycles" in printed

@@ -6,13 +6,12 @@ run the very same batch sizes, covering every size, and that a real run on the C
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from load_tests.bench.shape_changes import ShapeCost, batch_sizes, powers_of_two_through, report
-from tests.load_tests.runs import run_module
+from tests.load_tests.runs import run_benchmark
 
 
 def test_the_batches_cover_every_size_in_a_fixed_shuffled_order() -> None:
@@ -36,15 +35,13 @@ def test_the_table_gives_each_search_with_its_ratio() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_run_on_the_cpu_measures_each_search_both_ways(model_repository: Path, tmp_path: Path) -> None:
-    figures = tmp_path / "shapes.json"
-    completed = run_module(
+    printed, written = run_benchmark(
         "load_tests.bench.shape_changes",
         *("--provider", "cpu", "--model-repository", str(model_repository), "--batches", "24"),
-        *("--max-batch-size", "8", "--json", str(figures)),
+        *("--max-batch-size", "8"),
+        figures=tmp_path / "shapes.json",
         timeout=160,
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "| mnist_net | exhaustive | CPUExecutionProvider |" in completed.stdout
-    written = json.loads(figures.read_text())
+    assert "| mnist_net | exhaustive | CPUExecutionProvider |" in printed
     assert [cost["search"] for cost in written] == ["exhaustive", "heuristic"]
     assert all(cost["one_shape_ms"] > 0 and cost["changing_shapes_ms"] > 0 for cost in written)

@@ -209,8 +209,17 @@ def test_invalid_input_is_counted_as_a_rejection(batching_server, stub) -> None:
 def test_a_full_queue_refuses_shows_its_depth_and_counts_the_rejection(batching_server, stub) -> None:
     before = scrape(batching_server)
     parked = stub.Classify.future(pb.ClassifyRequest(model="xo", images=[image()] * 3), timeout=10)
-    queued = wait_for(batching_server, lambda s: s.value("cnnserve_queue_depth", model="xo", version="1") == 3)
-    assert queued.value("cnnserve_requests_in_flight", model="xo", version="1", api="image") == 1
+    # Queue depths are read live as the scrape runs, after it has brought in the counts: a request that arrives
+    # in between shows in the depth one scrape before it shows in flight.
+    in_flight = {"model": "xo", "version": "1", "api": "image"}
+    queued = wait_for(
+        batching_server,
+        lambda s: (
+            s.value("cnnserve_queue_depth", model="xo", version="1") == 3
+            and s.value("cnnserve_requests_in_flight", **in_flight) > 0
+        ),
+    )
+    assert queued.value("cnnserve_requests_in_flight", **in_flight) == 1
 
     with pytest.raises(grpc.RpcError) as failure:
         stub.Classify(pb.ClassifyRequest(model="xo", images=[image()] * 4), timeout=10)
