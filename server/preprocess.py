@@ -130,8 +130,13 @@ class ImagePreprocessor:
         return picture if picture.mode == mode else picture.convert(mode)
 
     def _finish(self, parts: list[_Part]) -> np.ndarray:
-        if len(parts) == 1 and isinstance(parts[0], np.ndarray) and parts[0].dtype == np.float32:
-            return parts[0][np.newaxis].astype(self.dtype, copy=False)
+        if len(parts) == 1 and isinstance(parts[0], np.ndarray):  # one image, sent as a tensor: the usual call
+            part = parts[0]
+            if part.dtype == np.float32:
+                return part[np.newaxis].astype(self.dtype, copy=False)
+            out = np.empty((1, *self.input_shape), dtype=self.dtype)
+            self._scale_into(out, [0], part[np.newaxis])
+            return out
         out = np.empty((len(parts), *self.input_shape), dtype=self.dtype)
         pixel_rows: list[int] = []
         pixels: list[np.ndarray] = []

@@ -5,8 +5,8 @@ ModelInfer's usual answer it was about 33 µs a call in a live front-end (docs/b
 call"). Such an answer is written as bytes instead: parts serialized once by protobuf itself and kept, with the
 per-call fields appended. A parser reads a concatenation of serialized messages as their merge, and fields in any
 order, so every client reads the message the server would have built; each such answer has a test that parses it
-and compares it with that message. (Classify's answer was tried too: written this way it took 10.8 against
-12.3 µs in a tight loop at top_k 1, a third of both the top-k selection, so it still builds its message.)
+and compares it with that message. Two answers are written so: ModelInfer's usual one
+(server/api/inference_tensors.py) and Classify's (server/api/classifier.py).
 """
 
 from __future__ import annotations
@@ -21,12 +21,18 @@ FIXED32 = 5
 def varint(value: int) -> bytes:
     """`value` (>= 0) as a base-128 varint: seven bits a byte, low first, the high bit set on every byte but the
     last."""
+    if value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
+"""The varints of 0..127, one byte each: the length of most fields an answer writes."""
 
 
 def key(message: Descriptor, field: str, wire_type: int) -> bytes:
