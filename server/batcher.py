@@ -281,6 +281,7 @@ class DynamicBatcher:
         priority: int,
         statistics: RequestStatistics,
         on_done: OnDone,
+        company: bool = False,
     ) -> asyncio.Future[np.ndarray]:
         """`submit` for a foreground request of at most `max_batch_size` rows, without a coroutine: for a caller
         that answers from a callback (the engine of a multi-process server, where a task per request took about
@@ -289,12 +290,13 @@ class DynamicBatcher:
         Raises at once what `submit` raises at once (and ValueError for more rows than a batch). Returns the
         request's future, which holds the output rows or the error `submit` would raise later; once it is done,
         `on_done(future)` is called (after the request's figures were added to `statistics` when it succeeded).
-        Cancelling the future drops the request from the queue.
+        Cancelling the future drops the request from the queue. `company` says that the sender has more requests
+        on their way (see `_AdaptiveDelay`).
         """
         level, limit = self._admit(len(inputs), priority, False, None)
         if len(inputs) > limit:
             raise ValueError(f"{len(inputs)} rows are more than one batch of {limit}; use submit, which slices them")
-        request = self._queue(inputs, deadline, level, False, None)
+        request = self._queue(inputs, deadline, level, False, None, company)
         request.future.add_done_callback(lambda future: self._settled(request, future, statistics, on_done))
         return request.future
 
@@ -321,14 +323,20 @@ class DynamicBatcher:
         return level, settings.max_batch_size
 
     def _queue(
-        self, inputs: np.ndarray, deadline: float, level: int, background: bool, output: str | None
+        self,
+        inputs: np.ndarray,
+        deadline: float,
+        level: int,
+        background: bool,
+        output: str | None,
+        company: bool = False,
     ) -> _QueuedRequest:
         """Queue an admitted request of at most one batch, to be expired at `deadline`."""
         future = asyncio.get_running_loop().create_future()
         if background:
             request = self._enqueue_background(inputs, future, deadline, output)
         else:
-            request = self._enqueue(inputs, future, deadline, level)
+            request = self._enqueue(inputs, future, deadline, level, company)
         heapq.heappush(self._deadlines, (deadline, next(self._arrivals), weakref.ref(future)))
         if len(self._deadlines) >= self._forget_answered_at:
             self._forget_answered()
@@ -385,13 +393,13 @@ class DynamicBatcher:
         on_done(future)
 
     def _enqueue(
-        self, inputs: np.ndarray, future: asyncio.Future[np.ndarray], deadline: float, level: int
+        self, inputs: np.ndarray, future: asyncio.Future[np.ndarray], deadline: float, level: int, company: bool
     ) -> _QueuedRequest:
         """Queue a request at priority `level` and wake the batching task when it may want to act on it."""
         now = time.monotonic()
         request = _QueuedRequest(inputs, future, now, deadline)
         if self._delay_advisor is not None:
-            self._delay_advisor.arrived(now, joins_others=self._queued_rows > 0)
+            self._delay_advisor.arrived(now, joins_others=self._queued_rows > 0, company=company)
         self._queues[level - 1].append(request)
         self._add_queued(request.rows)
         rows, limit = self._queued_rows, self._settings.max_batch_size
@@ -691,21 +699,29 @@ class _AdaptiveDelay:
         self._gap = float("inf")
         self._last_arrival: float | None = None
         self._requests_per_batch = 1.0
+        self._company_coming = False
 
-    def arrived(self, now: float, joins_others: bool) -> None:
+    def arrived(self, now: float, joins_others: bool, company: bool = False) -> None:
         """Count an arrival. Only gaps between requests that meet in the queue are learned: a gap that ends in an
-        empty queue spans a wait for answers (callers in a closed loop), not how fast company comes."""
-        if self._last_arrival is not None and joins_others:
+        empty queue spans a wait for answers (callers in a closed loop), not how fast company comes.
+
+        A request whose sender said more are on their way (`company`: a front-end with other calls accepted and
+        not yet sent) counts as meeting others, and lets the next batch wait for them even while batches have
+        been holding one request each. A front-end is slower at a call's gRPC work than the engine at answering
+        a lone request, so without it the requests of a burst could reach the engine one at a time, each after
+        the last was answered, and run as a convoy, one call a batch."""
+        if self._last_arrival is not None and (joins_others or company):
             gap = min(now - self._last_arrival, self._gap_cap)
             self._gap = gap if self._gap == float("inf") else self._gap + 0.25 * (gap - self._gap)
         self._last_arrival = now
+        self._company_coming = company
 
     def batch_taken(self, requests: int) -> None:
         self._requests_per_batch += 0.2 * (requests - self._requests_per_batch)
 
     def wait(self, now: float, remaining: float) -> float | None:
         """How long to wait for company now, or None to run the batch at once."""
-        if self._requests_per_batch < 1.25:
+        if self._requests_per_batch < 1.25 and not self._company_coming:
             return None
         silence = now - (self._last_arrival or now)
         if silence >= 2 * self._gap:

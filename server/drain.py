@@ -38,6 +38,7 @@ class CallGate:
     def __init__(self) -> None:
         self._draining = False
         self._running = 0
+        self._arrivals = 0
         self._parked = 0
         self._last_arrival = time.monotonic()
         self._released = asyncio.Event()
@@ -47,6 +48,7 @@ class CallGate:
     def arrive(self) -> bool:
         """A call arrived: True when it may run (then `leave` must follow), False when it must be `refuse`d."""
         self._last_arrival = time.monotonic()
+        self._arrivals += 1
         if self._draining:
             return False
         self._running += 1
@@ -54,6 +56,11 @@ class CallGate:
 
     def leave(self) -> None:
         self._running -= 1
+
+    @property
+    def running(self) -> int:
+        """Calls between `arrive` and `leave` now."""
+        return self._running
 
     async def serves_one_call(self) -> bool:
         """Whether the call of a quick batch is the only one: then the batch may take the event loop, which has no
@@ -74,6 +81,17 @@ class CallGate:
                 return False
             await asyncio.sleep(0)
         return self._running <= 1
+
+    async def another_arrives(self) -> bool:
+        """Whether another call arrives within `_TRANSPORT_TURNS` turns of the event loop (returns as soon as one
+        does): for a front-end about to send a request that it knows of no company for, so that calls gRPC's
+        transport already holds can reach their handlers first (server/engine_client.py, `count_calls_with`)."""
+        seen = self._arrivals
+        for _ in range(_TRANSPORT_TURNS):
+            await asyncio.sleep(0)
+            if self._arrivals != seen:
+                return True
+        return False
 
     async def refuse(self) -> NoReturn:
         """Wait until parked calls are released, then raise UnavailableError."""

@@ -272,6 +272,7 @@ class Engine:
                 request.priority,
                 statistics,
                 lambda future: self._answer(frontend, request, future, statistics),
+                request.company,
             )
         except Exception as exc:
             self._reply(frontend, _failure(request, exc))

@@ -58,6 +58,9 @@ class Submit(msgspec.Struct, tag="submit", array_like=True):
     output: str = ""
     """A background request's other graph output to answer (a layer's activations, flattened to
     `output_width` values per row), instead of the model's own."""
+    company: bool = False
+    """The front-end has other calls on their way here: accepted, not yet sent. The batcher may then wait for them
+    (server/batcher.py, `_AdaptiveDelay`) even when its batches have been holding one request each."""
 
 
 class Cancel(msgspec.Struct, tag="cancel", array_like=True):

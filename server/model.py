@@ -196,12 +196,19 @@ class ModelVersion:
         return probabilities
 
     def infer_nowait(
-        self, inputs: np.ndarray, deadline: float, priority: int, statistics: RequestStatistics, on_done: OnDone
+        self,
+        inputs: np.ndarray,
+        deadline: float,
+        priority: int,
+        statistics: RequestStatistics,
+        on_done: OnDone,
+        company: bool = False,
     ) -> asyncio.Future[np.ndarray]:
         """`infer` of probabilities for at most `batching.max_batch_size` rows, without a coroutine (see
         `DynamicBatcher.submit_nowait`): the future holds them or the error, `statistics` the request's figures
-        once it succeeds, and `on_done(future)` is called once it is done."""
-        return self._ready_batcher().submit_nowait(inputs, deadline, priority, statistics, on_done)
+        once it succeeds, and `on_done(future)` is called once it is done. `company`: more requests from the same
+        caller are on their way."""
+        return self._ready_batcher().submit_nowait(inputs, deadline, priority, statistics, on_done, company)
 
     def _ready_batcher(self) -> DynamicBatcher:
         if self.state is not ModelState.READY or self.batcher is None:

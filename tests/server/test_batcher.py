@@ -460,6 +460,20 @@ async def test_a_single_process_runs_the_batches_of_its_only_call_on_the_loop(ma
     assert threads[3] != threading.get_ident()
 
 
+async def test_the_gate_tells_a_front_end_whether_another_call_arrives_within_a_few_loop_turns() -> None:
+    gate = CallGate()
+    assert gate.arrive()
+    assert not await gate.another_arrives(), "nobody else came"
+    waiting = asyncio.ensure_future(gate.another_arrives())
+    await asyncio.sleep(0)
+    assert gate.arrive()
+    assert await waiting
+    assert gate.running == 2
+    gate.leave()
+    gate.leave()
+    assert gate.running == 0
+
+
 async def test_a_call_that_reaches_its_handler_while_a_lone_batch_waits_sends_that_batch_to_a_thread(
     make_batcher: MakeBatcher,
 ) -> None:
@@ -577,6 +591,29 @@ async def test_adaptive_delay_waits_for_company_once_callers_overlap(
     second = asyncio.ensure_future(batcher.submit(rows(2), far()))
     assert [(await f).item() for f in (first, second)] == [2, 4]
     assert model.batch_sizes == [2], "a caller arriving as soon as companions did before is waited for"
+
+
+@pytest.mark.parametrize("company", [True, False])
+async def test_adaptive_delay_waits_for_requests_their_sender_says_are_coming(
+    model: GatedModel, make_batcher: MakeBatcher, company: bool
+) -> None:
+    """After lone requests, the next runs at once, unless its sender (a front-end with more calls accepted and not
+    yet sent) says that company is coming: then the batcher waits for it, however lone the batches were."""
+    model.gate.set()
+    batcher = make_batcher(max_batch_size=8, max_queue_delay_ms=500, adaptive_queue_delay=True)
+    for value in range(3):
+        await batcher.submit(rows(value), far())
+    model.batch_sizes.clear()
+    await asyncio.sleep(0.05)
+
+    def send(value: int, company: bool) -> asyncio.Future[np.ndarray]:
+        return batcher.submit_nowait(rows(value), far(), 0, RequestStatistics(), lambda _: None, company)
+
+    first = send(1, company)
+    await asyncio.sleep(0.005)
+    second = send(2, False)
+    assert [(await f).item() for f in (first, second)] == [2, 4]
+    assert model.batch_sizes == ([2] if company else [1, 1])
 
 
 async def test_adaptive_delay_stops_waiting_once_a_burst_is_over(model: GatedModel, make_batcher: MakeBatcher) -> None:

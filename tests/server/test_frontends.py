@@ -136,6 +136,19 @@ def test_calls_from_every_front_end_meet_in_one_batch(batching: ServerProcess, c
         ), "the 16 calls of both front-ends ran as one batch of 16"
 
 
+def test_a_burst_right_after_a_lone_caller_is_batched_by_the_engine(model_repository: Path, tmp_path: Path) -> None:
+    """The engine answers a lone request sooner than a front-end does its gRPC work for the next call, so without
+    the front-end's wait for company (`EngineClient.wait_for_company`) a burst could reach the engine one request
+    at a time and run as a convoy, one call a batch. One front-end, so that every call of a burst shares it."""
+    from tests.server.test_models_and_health import bursts_after_a_lone_caller_are_batched
+
+    with (
+        running_server(model_repository, "--frontends", "1", workdir=tmp_path) as server,
+        connection_to(server) as channel,
+    ):
+        bursts_after_a_lone_caller_are_batched(channel)
+
+
 def test_concurrent_calls_of_every_size_get_their_own_answers(model_repository: Path, tmp_path: Path) -> None:
     """Calls of 1 to 7 images, X and O mixed, 16 at a time over both front-ends: each gets its own answers
     (requests' blocks in the arena never overlap, and each answer is read from its own block). Batches hold 4

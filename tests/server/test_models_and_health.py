@@ -65,6 +65,12 @@ def test_concurrent_requests_are_batched_together_even_right_after_a_lone_caller
     """A lone caller's batches run on the server's event loop; the burst that follows must still be seen as one,
     not as a convoy of lone calls (server/drain.py, `CallGate.serves_one_call`). Without the gate's wait, at
     least one of the four bursts ran one call a batch in each of 5 runs of this test."""
+    bursts_after_a_lone_caller_are_batched(channel)
+
+
+def bursts_after_a_lone_caller_are_batched(channel: grpc.Channel) -> None:
+    """Four times: 50 calls of a lone caller, then 160 calls from 16 threads at once, which must run in fewer than
+    80 batches (xo, at most 32 a batch)."""
     stub = pb_grpc.ImageClassifierStub(channel)
     request = pb.ClassifyRequest(model="xo", images=[pb.Image(encoded=png_bytes(render_x()))])
     for burst in range(4):
