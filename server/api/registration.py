@@ -2,7 +2,8 @@
 whatever the number of methods, with every unary method already giving its calls request ids, so that no
 interceptor runs per call for them. The unary methods a servicer names in `SERIALIZED_ANSWERS` may answer with
 their response already serialized (bytes), which is sent as it is (ModelInfer's usual answer:
-server/api/inference_tensors.py, `probabilities_response`).
+server/api/inference_tensors.py, `probabilities_response`; Classify's: server/api/classifier.py,
+`classify_answer`).
 
 The code grpcio's compiler generates (`add_<Service>Servicer_to_server`) adds a service twice: as a generic
 handler, and as "registered methods". grpc.aio's server (grpcio 1.85; grpc/grpc pull request 41796) keeps one
