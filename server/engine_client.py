@@ -122,8 +122,8 @@ class EngineClient:
         those already at the engine. When none is, `another_arrives()` turns the loop a few times first, so that
         calls gRPC's transport already holds reach their handlers. Without both, a burst after a lone caller could
         reach the engine one request at a time, each after the last was answered, and run one call a batch
-        (docs/benchmarks.md, "A burst right after a lone caller"): 2-7 bursts of 100 with mnist_net, most of
-        them with xo's PNGs, whose decoding makes a front-end's work per call longer.
+        (docs/benchmarks.md, "Bursts across a front-end"): 1-7 bursts of 100 did with mnist_net, and with xo's
+        PNGs, whose decoding makes a front-end's work per call longer, 3 of 4 runs of the test had such a burst.
         """
         self._calls_running = calls_running
         self._another_arrives = another_arrives
@@ -150,11 +150,14 @@ class EngineClient:
     ) -> np.ndarray:
         """The probabilities of `inputs` from the engine (one row each), or what `raw` or `output` ask for (see
         `ModelVersion.infer`); raises what the engine raised."""
-        company = False
-        if self._calls_running is not None and self._another_arrives is not None:
-            company = self._calls_running() > len(self._pending) + 1 or await self._another_arrives()
         if self.lost:
             raise UnavailableError(_ENGINE_GONE)
+        company = False
+        if not background and self._calls_running is not None and self._another_arrives is not None:
+            # Background rows (explanations) queue in a lane of their own, where company changes nothing.
+            company = self._calls_running() > len(self._pending) + 1 or await self._another_arrives()
+            if self.lost:
+                raise UnavailableError(_ENGINE_GONE)
         rows = len(inputs)
         shape: tuple[int, ...] = ()
         if output:
