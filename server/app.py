@@ -58,7 +58,7 @@ class Server:
         else:
             self.repository = RemoteRepository(settings, engine)
             engine.on_counts_wanted(self.metrics.flush)
-            engine.count_calls_with(lambda: gate.running, gate.another_arrives)
+            engine.count_calls_with(gate)
         self.dataplane = DataPlane(self.repository, settings, self.metrics, gate)
         self.readiness = self.dataplane.readiness
         self.shared_memory = SystemSharedMemory() if settings.allow_shared_memory else None

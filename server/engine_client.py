@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import pickle
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from cnnserve.server.batcher import queue_full_error
+from cnnserve.server.drain import CallGate
 from cnnserve.server.engine_protocol import (
     CANCELLED,
     Cancel,
@@ -92,8 +92,7 @@ class EngineClient:
         self._lost_listeners: list[Any] = []
         self._counts_listeners: list[Any] = []
         self._shared_memory: SystemSharedMemory | None = None
-        self._calls_running: Callable[[], int] | None = None
-        self._another_arrives: Callable[[], Awaitable[bool]] | None = None
+        self._calls: CallGate | None = None
         self.lost = False
 
     def on_catalog(self, listener: Any) -> None:
@@ -112,21 +111,18 @@ class EngineClient:
         must be written by then)."""
         self._counts_listeners.append(listener)
 
-    def count_calls_with(
-        self, calls_running: Callable[[], int], another_arrives: Callable[[], Awaitable[bool]]
-    ) -> None:
+    def count_calls_with(self, calls: CallGate) -> None:
         """Tell the engine, with each request, whether more of this front-end's are on their way (`company`), so
         that its batcher waits for them (server/batcher.py, `_AdaptiveDelay`).
 
-        They are when more calls are in progress (`calls_running()`, the call gate's count) than this one and
-        those already at the engine. When none is, `another_arrives()` turns the loop a few times first, so that
+        They are when the front-end's call gate counts more calls running than this one and those already at the
+        engine. When it does not, `CallGate.another_arrives` turns the loop a few times first, so that
         calls gRPC's transport already holds reach their handlers. Without both, a burst after a lone caller could
         reach the engine one request at a time, each after the last was answered, and run one call a batch
         (docs/benchmarks.md, "Bursts across a front-end"): 1-7 bursts of 100 did with mnist_net, and with xo's
         PNGs, whose decoding makes a front-end's work per call longer, 3 of 4 runs of the test had such a burst.
         """
-        self._calls_running = calls_running
-        self._another_arrives = another_arrives
+        self._calls = calls
 
     def use_shared_memory(self, shared_memory: SystemSharedMemory) -> None:
         """Send inputs that lie in a client's registered region by reference: the engine maps the region too."""
@@ -153,9 +149,9 @@ class EngineClient:
         if self.lost:
             raise UnavailableError(_ENGINE_GONE)
         company = False
-        if not background and self._calls_running is not None and self._another_arrives is not None:
+        if not background and self._calls is not None:
             # Background rows (explanations) queue in a lane of their own, where company changes nothing.
-            company = self._calls_running() > len(self._pending) + 1 or await self._another_arrives()
+            company = self._calls.running > len(self._pending) + 1 or await self._calls.another_arrives()
             if self.lost:
                 raise UnavailableError(_ENGINE_GONE)
         rows = len(inputs)
