@@ -372,20 +372,10 @@ class FrontendModelVersion(ModelVersion):
     engine."""
 
     engine: EngineClient | None = None
-    provider_name: str = ""
-    provider_fallback: str = ""
     output_width: int = 0
     """Probabilities per row: one per label (a single sigmoid output answers two)."""
     queue_depth: np.ndarray | None = None
     """This version's cell of the engine's queue board: the rows queued in its batcher right now."""
-
-    @property
-    def provider(self) -> str:
-        return self.provider_name
-
-    @property
-    def fallback_reason(self) -> str:
-        return self.provider_fallback
 
     def refuse_if_full(self, rows: int) -> None:
         if self.queue_depth is None or self.batching is None:
@@ -509,8 +499,8 @@ class RemoteRepository(ServedVersions):
             run_info=card.run_info,
             load_seconds=card.load_seconds,
             engine=self._engine,
-            provider_name=card.provider,
-            provider_fallback=card.fallback_reason,
+            provider=card.provider,
+            fallback_reason=card.fallback_reason,
             output_width=len(metadata.labels) if metadata is not None else 0,
         )
         if metadata is not None:

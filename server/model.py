@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from cnnserve.metadata import ModelMetadata
 from cnnserve.repository_layout import MODEL_FILE
 from cnnserve.server.batcher import BatchRecord, DynamicBatcher, InlineWhen, OnDone
+from cnnserve.server.capture_guard import CAPTURE_GUARD
 from cnnserve.server.errors import ExecutionProviderError, UnavailableError
 from cnnserve.server.metrics import ServerMetrics
 from cnnserve.server.model_config import ModelConfig
@@ -25,7 +27,7 @@ from cnnserve.server.model_spec import ModelSpec, load_spec
 from cnnserve.server.postprocess import to_probabilities
 from cnnserve.server.precision import Fp16Agreement, check_images, compare_top1, fp16_model, refuse_if_disagreeing
 from cnnserve.server.preprocess import ImagePreprocessor
-from cnnserve.server.runtime import LoadedSession, create_session
+from cnnserve.server.runtime import CUDA, LoadedSession, create_session
 from cnnserve.server.session_runner import (
     SHAPE_CHANGE_WARNING,
     RunPlan,
@@ -83,19 +85,14 @@ class ModelVersion:
     run_info: RunInfo | None = None
     statistics: ModelStatistics = field(default_factory=ModelStatistics)
     load_seconds: float = 0.0
+    provider: str = ""
+    """The execution provider the session runs on, as it reports it; empty until loaded."""
+    fallback_reason: str = ""
+    """Why the version runs on the CPU although CUDA was wanted; empty otherwise."""
 
     @property
     def ready(self) -> bool:
         return self.state is ModelState.READY
-
-    @property
-    def provider(self) -> str:
-        return self.loaded.provider if self.loaded else ""
-
-    @property
-    def fallback_reason(self) -> str:
-        """Why the version runs on the CPU although CUDA was wanted; empty otherwise."""
-        return self.loaded.fallback_reason if self.loaded else ""
 
     async def load(
         self,
@@ -117,6 +114,7 @@ class ModelVersion:
             self.runtime = runtime = config.runtime(server)
             model_file = self.path / MODEL_FILE
             self.loaded = await asyncio.to_thread(create_session, model_file, runtime)
+            self.provider, self.fallback_reason = self.loaded.provider, self.loaded.fallback_reason
             self.spec = await asyncio.to_thread(load_spec, self.loaded.session, model_file, config, self.name)
             self.metadata = self.spec.metadata
             self.batching = batching = config.batching(server, self.spec.batch_dim)
@@ -133,8 +131,13 @@ class ModelVersion:
         except ExecutionProviderError:
             raise
         except Exception as exc:
-            self.state = ModelState.FAILED
-            self.reason = f"{exc.__class__.__name__}: {exc}"
+            failure = f"{exc.__class__.__name__}: {exc}"
+        else:
+            failure = ""
+        if failure:
+            self.state, self.reason = ModelState.FAILED, failure
+            # Out of the except block: the exception's traceback keeps the runner, and so the session, alive.
+            await asyncio.to_thread(self._let_go_of_the_session)
             _log.error("model %s version %d failed to load: %s", self.name, self.version, self.reason)
             metrics.model_load_failed(self.name)
             return
@@ -230,6 +233,16 @@ class ModelVersion:
         if self.batcher is not None:
             await self.batcher.close(drain_seconds)
             self.batcher = None
+        if self.loaded is not None:
+            await asyncio.to_thread(self._let_go_of_the_session)
+
+    def _let_go_of_the_session(self) -> None:
+        """Drop the version's only references to its session, which frees it here and now: on CUDA, while holding
+        the device shared, since freeing device memory during another version's graph capture would break that
+        capture (server/capture_guard.py)."""
+        with CAPTURE_GUARD.using_device() if self.provider == CUDA else nullcontext():
+            self.runner = None
+            self.loaded = None
 
     def _run(self, parts: list[np.ndarray]) -> np.ndarray:
         assert self.runner is not None
@@ -275,7 +288,8 @@ class ModelVersion:
         found = plain_runner(fp16.session, self.spec).run_all(images)
         agreement = compare_top1(expected, found, self.spec.metadata.output_kind)
         refuse_if_disagreeing(agreement, runtime.fp16_max_disagreement)
-        self.loaded = fp16
+        with CAPTURE_GUARD.using_device() if fp16.provider == CUDA else nullcontext():
+            self.loaded = fp16  # the float32 session is freed here (see `_let_go_of_the_session`)
         return agreement
 
     def _on_batch(self, record: BatchRecord, metrics: ServerMetrics) -> None:

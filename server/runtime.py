@@ -8,11 +8,13 @@ is read back from the session, and a model that required CUDA and did not get it
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
 
+from cnnserve.server.capture_guard import CAPTURE_GUARD
 from cnnserve.server.errors import ExecutionProviderError
 from cnnserve.server.settings import ExecutionProvider, GraphOptimization, RuntimeSettings
 
@@ -74,7 +76,10 @@ def create_session(model_path: Path, options: RuntimeSettings, model: bytes | No
         (CUDA, cuda_options(options)) if name == CUDA else name for name in providers
     ]
     source = str(model_path) if model is None else model
-    session = ort.InferenceSession(source, session_options, providers=provider_list)
+    # Creating a CUDA session allocates on the device, which must not happen during another version's graph
+    # capture (server/capture_guard.py).
+    with CAPTURE_GUARD.using_device() if CUDA in providers else nullcontext():
+        session = ort.InferenceSession(source, session_options, providers=provider_list)
     in_use = session.get_providers()[0]
     fallback_reason = ""
     if CUDA in providers and in_use != CUDA:

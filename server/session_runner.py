@@ -27,12 +27,14 @@ import itertools
 import queue
 import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
 from cnnserve.metadata import InputType
+from cnnserve.server.capture_guard import CAPTURE_GUARD
 from cnnserve.server.errors import ModelLoadError
 from cnnserve.server.model_spec import ModelSpec
 from cnnserve.server.runtime import CUDA
@@ -143,7 +145,10 @@ class SessionRunner:
     """Runs batches of model input through one session as its `RunPlan` says. Thread-safe: with IO binding, each
     call takes a set of buffers from a pool made with one per instance. A call that finds none free (in the
     engine, a batch run on the event loop beside one in a worker thread) makes another, which then stays in the
-    pool; with CUDA graphs, whose captures belong to their buffers, it waits for one instead."""
+    pool; with CUDA graphs, whose captures belong to their buffers, it waits for one instead.
+
+    Every call into a CUDA session shares the device through the process's `CAPTURE_GUARD`, and a warm-up that
+    captures CUDA graphs holds it alone (server/capture_guard.py says why)."""
 
     def __init__(self, session: ort.InferenceSession, spec: ModelSpec, plan: RunPlan, instances: int) -> None:
         self.plan = plan
@@ -161,6 +166,7 @@ class SessionRunner:
         # and Explain's included; graph id -1 says so, and sessions without CUDA graphs ignore it.
         self._plain_options = ort.RunOptions()
         self._plain_options.add_run_config_entry("gpu_graph_id", "-1")
+        self._on_cuda = session.get_providers()[0] == CUDA
         self._free: queue.SimpleQueue[_BoundBuffers] = queue.SimpleQueue()
         if plan.io_binding:
             for _ in range(instances):
@@ -174,6 +180,12 @@ class SessionRunner:
         """The classifier output for the batch that is the concatenation of `parts` (the inputs of the requests
         batched together), one row per row. With IO binding, the parts are copied straight into the kept input
         buffer: one copy of each image on the host, where concatenating first would make two."""
+        if self._on_cuda:
+            with CAPTURE_GUARD.using_device():
+                return self._run_parts(parts)
+        return self._run_parts(parts)
+
+    def _run_parts(self, parts: list[np.ndarray]) -> np.ndarray:
         parts = [self._as_input_type(part) for part in parts]
         rows = sum(len(part) for part in parts)
         size = self.plan.size_for(rows)
@@ -200,7 +212,8 @@ class SessionRunner:
         rare, and of shapes the kept buffers are not made for."""
         rows = len(batch)
         batch = self._padded(self._as_input_type(batch), self.plan.size_for(rows))
-        return self._session.run([output], {self._io.input: batch}, self._plain_options)[0][:rows]
+        with self._device_use():
+            return self._session.run([output], {self._io.input: batch}, self._plain_options)[0][:rows]
 
     def warm_up(self, sizes: Iterable[int]) -> tuple[int, ...]:
         """Run each of `sizes` (see `warm_up_sizes`) before the version serves, so that no caller pays for the
@@ -209,14 +222,15 @@ class SessionRunner:
         row per image and one column per label (a graph with open dimensions says so only now)."""
         run_sizes = self.plan.buckets or tuple(sorted(set(sizes)))
         repeats = CAPTURE_RUNS if self.plan.cuda_graphs else 1
-        for size in run_sizes:
-            for _ in range(repeats):
-                outputs = self.run(np.zeros((size, *self._io.item_shape), self._io.dtype))
-            if outputs.shape != (size, self._io.width):
-                raise ModelLoadError(
-                    f"a warm-up batch of {size} returned shape {list(outputs.shape)}, expected [{size}, "
-                    f"{self._io.width}] ({self._labels} labels, {self._output_kind.value} out)"
-                )
+        with CAPTURE_GUARD.capturing() if self.plan.cuda_graphs else nullcontext():
+            for size in run_sizes:
+                for _ in range(repeats):
+                    outputs = self.run(np.zeros((size, *self._io.item_shape), self._io.dtype))
+                if outputs.shape != (size, self._io.width):
+                    raise ModelLoadError(
+                        f"a warm-up batch of {size} returned shape {list(outputs.shape)}, expected [{size}, "
+                        f"{self._io.width}] ({self._labels} labels, {self._output_kind.value} out)"
+                    )
         return run_sizes
 
     def shape_change_cost(self) -> ShapeChangeCost | None:
@@ -241,6 +255,9 @@ class SessionRunner:
             self.run(largest)
             changed.append(time.perf_counter() - started)
         return ShapeChangeCost(min(repeated), min(changed))
+
+    def _device_use(self) -> AbstractContextManager[None]:
+        return CAPTURE_GUARD.using_device() if self._on_cuda else nullcontext()
 
     def _new_buffers(self) -> _BoundBuffers:
         return _BoundBuffers(self._session, self._io, self.plan)

@@ -17,6 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cnnserve.export import render_o, render_x
 from cnnserve.server.metrics import ServerMetrics
+from cnnserve.server.model import ModelVersion
+from cnnserve.server.model_config import ModelConfig
 from cnnserve.server.model_import import import_model
 from cnnserve.server.repository import ModelRepository, disk_signature
 from cnnserve.server.settings import ServerSettings
@@ -195,6 +197,19 @@ async def test_a_retired_version_is_freed_as_its_reload_or_unload_returns(xo_onl
     before_unload = weakref.ref(repository.get("xo").loaded.session)
     await repository.unload("xo")
     assert before_unload() is None, "the unloaded version's session outlived its unload"
+
+
+async def test_a_version_that_fails_to_load_lets_go_of_its_session_at_once(xo_only: Path) -> None:
+    """The session was made before the load failed (here at the labels): the failed version keeps no reference
+    to it, so its memory (on CUDA, device memory) is freed before `load` returns, and GetModel still names the
+    provider it got."""
+    (xo_only / "xo" / "labels.txt").write_text("x\no\nneither\n")
+    settings = ServerSettings.load(None, model_repository=xo_only, execution_provider="cpu")
+    version = ModelVersion("xo", 1, xo_only / "xo" / "1")
+    await version.load(ModelConfig.read(xo_only / "xo"), settings, ServerMetrics())
+    assert version.state == "FAILED" and "3 labels" in version.reason, version.reason
+    assert version.loaded is None and version.runner is None
+    assert version.provider == "CPUExecutionProvider"
 
 
 @pytest.mark.parametrize("edited", ["labels.txt", "config.toml", "1/model.onnx.data", "1/model.onnx"])
