@@ -9,12 +9,15 @@ server runs every CUDA batch at one shape (the max batch size) unless `--batch-b
 benchmark is the measurement behind that default. On an H200 (2026-11-27), mnist_net's run took 0.18 ms at one
 shape and 23-33 ms when the shape changed from batch to batch (4-6 ms with the heuristic search).
 
-Each search mode gets a session built as the server builds it (`create_session`) and two of the server's own
-runners over it: one whose only bucket is the max batch size, and one with the powers of two up to it. Both run
-the same sequence of batch sizes (1 to the max, in a fixed shuffled order), alternating batch by batch, so the
-machine's drift falls on both alike. It prints each mode's median milliseconds per batch both ways and their
-ratio, then a Markdown table. On the CPU, which keeps no per-shape state, changing shapes cost less than one
-(smaller batches compute less); on CUDA a ratio far above one is the cost of the changes.
+Each search mode gets two sessions built as the server builds them (`create_session`), each under one of the
+server's own runners: one whose only bucket is the max batch size, and one with the powers of two up to it. Both
+run the same sequence of batch sizes (1 to the max, in a fixed shuffled order), alternating batch by batch, so
+the machine's drift falls on both alike. Each needs a session of its own: a session chooses again when its input
+shape differs from its last run's, so one session under both runners made the one-shape runner pay for the
+other's changes too (this benchmark's first GPU run, on an H200, measured 31 ms a batch both ways). It prints
+each mode's median milliseconds per batch both ways and their ratio, then a Markdown table. On the CPU, which
+keeps no per-shape state, changing shapes cost less than one (smaller batches compute less); on CUDA a ratio far
+above one is the cost of the changes.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 
 from cnnserve.repository_layout import newest_model_file
 from cnnserve.server.model_config import ModelConfig
-from cnnserve.server.model_spec import load_spec
+from cnnserve.server.model_spec import ModelSpec, load_spec
 from cnnserve.server.runtime import CUDA, create_session
 from cnnserve.server.session_runner import RunPlan, SessionRunner
 from cnnserve.server.settings import ConvAlgoSearch, ExecutionProvider, RuntimeSettings
@@ -67,21 +70,22 @@ def batch_sizes(max_batch_size: int, count: int) -> list[int]:
 
 
 def measure(model_dir: Path, runtime: RuntimeSettings, max_batch_size: int, batches: int) -> ShapeCost:
-    """Both runners of one session (built with `runtime`, its cuDNN search included) over the same batch sizes,
-    alternating; raises what ONNX Runtime raises."""
+    """Both runners, each over a session of its own (built with `runtime`, its cuDNN search included), over the same
+    batch sizes, alternating; raises what ONNX Runtime raises."""
     model_file = newest_model_file(model_dir)
     if model_file is None:
         raise RuntimeError(f"{model_dir} holds no model version")
-    loaded = create_session(model_file, runtime)
-    spec = load_spec(loaded.session, model_file, ModelConfig.read(model_dir), model_dir.name)
-    device = "cuda" if loaded.provider == CUDA else "cpu"
+    config = ModelConfig.read(model_dir)
 
-    def runner(buckets: tuple[int, ...]) -> SessionRunner:
-        return SessionRunner(
-            loaded.session, spec, RunPlan(buckets=buckets, device=device, device_id=runtime.cuda_device_id), 1
-        )
+    def runner(buckets: tuple[int, ...]) -> tuple[SessionRunner, ModelSpec, str]:
+        loaded = create_session(model_file, runtime)
+        spec = load_spec(loaded.session, model_file, config, model_dir.name)
+        device = "cuda" if loaded.provider == CUDA else "cpu"
+        plan = RunPlan(buckets=buckets, device=device, device_id=runtime.cuda_device_id)
+        return SessionRunner(loaded.session, spec, plan, 1), spec, loaded.provider
 
-    one_shape, changing = runner((max_batch_size,)), runner(powers_of_two_through(max_batch_size))
+    one_shape, spec, provider = runner((max_batch_size,))
+    changing, _, _ = runner(powers_of_two_through(max_batch_size))
     for runner in (one_shape, changing):
         runner.warm_up(())
     images = np.random.default_rng(1).random((max_batch_size, *spec.preprocessing.input_shape), dtype=np.float32)
@@ -94,7 +98,7 @@ def measure(model_dir: Path, runtime: RuntimeSettings, max_batch_size: int, batc
     return ShapeCost(
         model_dir.name,
         runtime.cudnn_conv_algo_search.value,
-        loaded.provider,
+        provider,
         statistics.median(timings["one"]) * 1e3,
         statistics.median(timings["changing"]) * 1e3,
     )

@@ -14,7 +14,7 @@ CUDA = "cuda"
 CPU = "cpu"
 DEFAULT_WHEELS = Path("gpu-wheels")
 DEFAULT_BUDGET_SECONDS = 480.0
-PHASES = ("correctness", "bare", "shapes", "server", "frontends")
+PHASES = ("correctness", "loading", "bare", "shapes", "server", "frontends")
 """What the check does, in order: every model on the provider against the CPU; bare ONNX Runtime; what a change of
 batch shape costs a session; the server in several configurations; the front-end sweep under h2load."""
 
@@ -34,6 +34,8 @@ class CheckOptions:
     check_targets: bool
     device_id: int
     phases: tuple[str, ...] = PHASES
+    servers: tuple[str, ...] = ()
+    """The server phase's configurations to run, by name; empty: all of them."""
 
     @property
     def dry_run(self) -> bool:
@@ -76,6 +78,13 @@ def parser() -> argparse.ArgumentParser:
         default=PHASES,
         help=f"comma-separated, of {','.join(PHASES)} (default all; they run in that order whatever is given)",
     )
+    parse.add_argument(
+        "--servers",
+        type=lambda text: tuple(name.strip() for name in text.split(",") if name.strip()),
+        default=(),
+        help="comma-separated names of the server phase's configurations to run (default all: default, "
+        "no_io_binding, fp16, cuda_graphs, buckets, frontends_N, gil_switch, frontends_N_gil_switch)",
+    )
     return parse
 
 
@@ -101,4 +110,5 @@ def parse_options(argv: Sequence[str] | None = None) -> CheckOptions:
         check_targets=args.check_targets,
         device_id=args.device_id,
         phases=args.phases,
+        servers=args.servers,
     )

@@ -86,6 +86,29 @@ def markdown(result: CheckResult) -> str:
         ["model", "runs on", "fp32 max abs diff", "with TF32 off", "fp16 top-1 agreement", "result"],
         [_correctness_row(c) for c in result.correctness],
     )
+    if result.loading:
+        lines += [
+            "## Every model loaded at once",
+            "",
+            "A server started over every model of the repository, several times per configuration: each version "
+            "must come up READY, with CUDA graphs on CUDA (versions load side by side, and a graph capture breaks "
+            "when another thread uses the device meanwhile).",
+            "",
+        ]
+        lines += _table(
+            ["configuration", "start", "versions as asked", "ready after", "problems", "log"],
+            [
+                [
+                    start.configuration,
+                    str(start.start),
+                    f"{start.ready} of {start.versions}",
+                    f"{start.seconds:.1f} s" if start.seconds else "-",
+                    "; ".join(problem.splitlines()[0] for problem in start.problems) or "-",
+                    start.log,
+                ]
+                for start in result.loading
+            ],
+        )
     lines += _bare_section(result)
     if result.shape_costs:
         lines += [

@@ -125,6 +125,21 @@ class Target:
 
 
 @dataclass
+class LoadingStart:
+    """One start of a server over every model: how many versions came up as asked, and what went wrong."""
+
+    configuration: str
+    start: int
+    flags: list[str]
+    versions: int = 0
+    ready: int = 0
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+    """One line per version that failed or runs without what was asked, or the server's own failure."""
+    log: str = ""
+
+
+@dataclass
 class CheckResult:
     started_at: str
     provider: str
@@ -137,6 +152,8 @@ class CheckResult:
     preload_messages: str = ""
     correctness: list[Correctness] = field(default_factory=list)
     bare: list[BarePoint] = field(default_factory=list)
+    loading: list[LoadingStart] = field(default_factory=list)
+    """Servers started over every model with the settings whose loads can break each other (`loading` phase)."""
     shape_costs: list[ShapeCost] = field(default_factory=list)
     """The same batches at one shape and at changing shapes, per model and cuDNN search (`shapes` phase)."""
     servers: list[ServerRun] = field(default_factory=list)
@@ -155,4 +172,9 @@ class CheckResult:
         """Why the check fails: correctness misses, servers that failed, unexpected errors."""
         found = [f"correctness of {c.model}: {c.problem}" for c in self.correctness if not c.passed]
         found += [f"server {run.configuration}: {run.reason}" for run in self.servers if run.status == "failed"]
+        found += [
+            f"loading {start.configuration}, start {start.start}: {'; '.join(start.problems)}"
+            for start in self.loading
+            if start.problems
+        ]
         return found + self.errors

@@ -1,5 +1,5 @@
-"""The measuring stage of the GPU check: correctness, bare ONNX Runtime, changes of batch shape, the server, the
-front-end sweep, then the report (`--phases` picks some).
+"""The measuring stage of the GPU check: correctness, every model loaded at once, bare ONNX Runtime, changes of
+batch shape, the server, the front-end sweep, then the report (`--phases` picks some).
 
 Runs in the interpreter the first stage chose, with the CUDA libraries on LD_LIBRARY_PATH. The phases run in
 order of importance (a run short of time still says whether the GPU computes the right answers), each step
@@ -28,6 +28,7 @@ from load_tests.gpu.budget import Budget
 from load_tests.gpu.cli import CUDA, CheckOptions
 from load_tests.gpu.correctness import check_model, repository_models, runtime_settings
 from load_tests.gpu.frontends import SweepPlan, measure_frontends
+from load_tests.gpu.loading import check_loading
 from load_tests.gpu.report import SHAPE_MAX_BATCH, write_reports
 from load_tests.gpu.results import BarePoint, CheckResult, Skipped
 from load_tests.gpu.serving import (
@@ -60,6 +61,8 @@ class MeasurePlan:
     CUDA)."""
     serving: ServingPlan
     sweep: SweepPlan
+    loading_starts: int = 3
+    """Starts of a server over every model per configuration of the loading phase."""
 
     @classmethod
     def for_provider(cls, provider: str, device_id: int) -> MeasurePlan:
@@ -87,7 +90,7 @@ class MeasurePlan:
             generator_processes=2,
         )
         sweep = SweepPlan.for_host(cpu_count(), on_the_cpu, dry_run=True)
-        return cls(("mnist_net",), BATCH_SIZES, 0.02, 16, 2.0, serving, sweep)
+        return cls(("mnist_net",), BATCH_SIZES, 0.02, 16, 2.0, serving, sweep, loading_starts=1)
 
     def bare_seconds_per_variant(self) -> float:
         return len(self.batch_sizes) * (self.bare_seconds + 0.15) + 3.0
@@ -149,6 +152,14 @@ def _measure(options: CheckOptions, budget: Budget, result: CheckResult) -> None
         )
 
     by_name = {path.name: path for path in models}
+    logs = options.out / "logs"
+    if "loading" in options.phases:
+        with tempfile.TemporaryDirectory(prefix="gpu-check-loading-") as scratch:
+            repository = scratch_repository(models, Path(scratch))
+            result.loading = check_loading(
+                repository, list(by_name), plan.serving.base_flags, options.provider, plan.loading_starts, budget, logs
+            )
+
     measured = [name for name in plan.bench_models if name in by_name]
     for name in plan.bench_models:
         if name not in by_name:
@@ -158,11 +169,11 @@ def _measure(options: CheckOptions, budget: Budget, result: CheckResult) -> None
     for name in measured if "shapes" in options.phases else []:
         _shapes(name, by_name[name], plan, options, budget, result)
 
-    logs = options.out / "logs"
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
         if "server" in options.phases:
             supported = server_flags_supported()
-            phase = ServingPhase(plan.serving, options.provider, options.device_id, budget, logs, supported)
+            serving = plan.serving.only(options.servers) if options.servers else plan.serving
+            phase = ServingPhase(serving, options.provider, options.device_id, budget, logs, supported)
             repository = scratch_repository([by_name[name] for name in measured], Path(scratch))
             try:
                 phase.measure(repository, measured)

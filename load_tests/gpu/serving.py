@@ -10,6 +10,7 @@ many callers, and batched ModelInfer calls; the load generator and the point mea
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -81,6 +82,15 @@ class ServingPlan:
     window: Window
     expected_startup_seconds: float
     generator_processes: int
+
+    def only(self, names: tuple[str, ...]) -> ServingPlan:
+        """This plan with only the configurations named; ValueError naming the known ones when one is unknown."""
+        known = [configuration.name for configuration in self.configurations]
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError(f"no server configuration {', '.join(unknown)}; there are {', '.join(known)}")
+        kept = tuple(configuration for configuration in self.configurations if configuration.name in names)
+        return dataclasses.replace(self, configurations=kept)
 
     def point_seconds(self) -> float:
         return self.window.warmup_seconds + self.window.duration_seconds + POINT_OVERHEAD_SECONDS

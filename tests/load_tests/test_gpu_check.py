@@ -74,6 +74,10 @@ def test_the_dry_run_checks_every_model_and_measures_every_way(dry_run: tuple[st
         assert result["provider"] == "CPUExecutionProvider" and result["max_abs_diff"] == 0.0
         assert result["images"] == 64 and result["fp16_agreement"] >= 0.98
 
+    # Every model at once, as CUDA graphs need checking (on the CPU the setting applies to nothing): one start each.
+    loading = [(run["configuration"], run["ready"], run["versions"], run["problems"]) for run in report["loading"]]
+    assert loading == [("cuda_graphs", 2, 2, []), ("cuda_graphs_fp16", 2, 2, [])]
+
     variants = {point["variant"] for point in report["bare"]}
     assert variants == {"fp32 run", "fp32 io_binding", "fp16 run", "fp16 io_binding"}
     assert {point["batch_size"] for point in report["bare"]} == {1, 2, 4, 8, 16, 32, 64, 128, 256}
@@ -117,7 +121,7 @@ def test_the_dry_run_writes_the_markdown_and_the_plots(dry_run: tuple[str, Path]
     _, out = dry_run
     markdown = (out / "gpu_check.md").read_text()
     headings = ("## Result", "## Targets", "## Correctness", "## Bare ONNX Runtime", "## Server", "### mnist_net")
-    for heading in (*headings, "## Changes of batch shape"):
+    for heading in (*headings, "## Changes of batch shape", "## Every model loaded at once"):
         assert heading in markdown
     assert "| mnist_net | heuristic | CPUExecutionProvider |" in markdown
     assert "## Front-ends under h2load" in markdown and "| 0 (single process) |" in markdown
@@ -147,9 +151,32 @@ def test_the_script_runs_as_a_module_too() -> None:
 def test_phases_run_in_their_own_order_whatever_order_they_are_asked_in() -> None:
     options = parse_options(["--out", "out", "--phases", "frontends, correctness"])
     assert options.phases == ("correctness", "frontends")
-    assert parse_options(["--out", "out"]).phases == ("correctness", "bare", "shapes", "server", "frontends")
+    all_phases = ("correctness", "loading", "bare", "shapes", "server", "frontends")
+    assert parse_options(["--out", "out"]).phases == all_phases
     with pytest.raises(SystemExit):
         parse_options(["--out", "out", "--phases", "correctness,warp"])
+
+
+def test_the_server_phase_can_be_narrowed_to_configurations_by_name(check_repository: Path, tmp_path: Path) -> None:
+    """`--servers` picks server configurations by name (a dry run, in a process of its own: the check's servers
+    import the Open Inference Protocol's modules, which tritonclient's in this process would clash with)."""
+    assert parse_options(["--out", "out", "--servers", "default, cuda_graphs"]).servers == ("default", "cuda_graphs")
+
+    def dry_run(servers: str) -> dict:
+        command = [sys.executable, "load_tests/gpu_check.py", "--provider", "cpu", "--no-install"]
+        command += ["--models", str(check_repository), "--out", str(tmp_path / servers), "--wheels", str(tmp_path)]
+        command += ["--phases", "server", "--servers", servers]
+        subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110, check=False)
+        return json.loads((tmp_path / servers / "gpu_check.json").read_text())
+
+    narrowed = dry_run("no_io_binding")
+    assert [(run["configuration"], run["status"]) for run in narrowed["servers"]] == [("no_io_binding", "measured")]
+    assert narrowed["passed"], narrowed["failures"]
+    misnamed = dry_run("no_iobinding")
+    assert not misnamed["passed"] and not misnamed["servers"]
+    assert any(
+        "no server configuration no_iobinding; there are default, no_io_binding" in e for e in misnamed["errors"]
+    )
 
 
 @pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load is not installed (apt-get install nghttp2-client)")
