@@ -305,7 +305,8 @@ class ServerSettings(BaseSettings, BatchingSettings, RuntimeSettings):
     request_log: bool = False
     """Log one line per inference request, with its request id (it costs time on the hot path)."""
     port_file: Path | None = None
-    """When set, the bound ports are written here as JSON once every model is ready."""
+    """When set, the bound ports are written here as JSON once every model has loaded or failed to (a model that
+    failed keeps health NOT_SERVING; GetModel says why)."""
 
     def apply_to_interpreter(self) -> None:
         """Set what these settings say of the Python process itself (gil_switch_interval_ms); every process of

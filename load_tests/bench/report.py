@@ -128,7 +128,7 @@ def _model_section(model: ModelResult) -> list[str]:
             "",
             "*defaults*: the batching server's flags; *throughput*: one single-threaded instance per core, with "
             "the max batch size at which bare ONNX Runtime's single-threaded sessions side by side were fastest "
-            "(the smallest within 2% of their best; flags below).",
+            "(the largest within 2% of their best; flags below).",
             "",
             "| configuration | requests | callers | images/s | of limit | p50 ms | p99 ms | avg batch | server CPU "
             "| generator CPU | other CPU | errors |",

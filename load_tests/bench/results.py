@@ -172,3 +172,16 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite(item) for item in value]
     return value
+
+
+def throughput_batch_size(baseline: list[BaselinePoint]) -> int | None:
+    """The largest batch size at which bare ONNX Runtime's side-by-side sessions came within 2% of their best
+    (differences that small are noise between runs). Where bare runs are flat across batch sizes, a larger batch
+    costs inference nothing per image and spreads the server's own work per batch over more images: the smallest
+    such size once picked 1 for catsdogs, whose single-image point then could not batch at all (298 against the
+    defaults' 365 images/s). None without side-by-side points."""
+    side_by_side = [point for point in baseline if point.sessions > 1]
+    if not side_by_side:
+        return None
+    best = max(point.images_per_second for point in side_by_side)
+    return max(point.batch_size for point in side_by_side if point.images_per_second >= 0.98 * best)

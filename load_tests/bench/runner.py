@@ -41,6 +41,7 @@ from load_tests.bench.results import (
     SaturationPoint,
     ServerPoint,
     ServerSweep,
+    throughput_batch_size,
 )
 from load_tests.bench.server import ServerUnderTest, running_server
 from load_tests.bench.settings import BATCHING_OFF, BATCHING_ON, BenchSettings
@@ -152,7 +153,7 @@ def _throughput_configuration(
 ) -> list[SaturationPoint]:
     """One single-threaded instance per core, batches of the size bare ONNX Runtime liked best that way:
     single-image calls at the batching sweep's best concurrency, then the many-image requests."""
-    flags = settings.throughput_flags(_throughput_batch_size(result))
+    flags = settings.throughput_flags(throughput_batch_size(result.onnxruntime))
     on = result.sweep(BATCHING_ON)
     best = on.best() if on is not None else None
     callers = best.concurrency if best is not None else max(settings.concurrency)
@@ -191,16 +192,6 @@ def _classify_point(
     )
     _check_server_alive(server)
     return point
-
-
-def _throughput_batch_size(result: ModelResult) -> int | None:
-    """The smallest batch size at which bare ONNX Runtime's side-by-side sessions came within 2% of their best:
-    differences that small are noise between runs, and smaller batches cost less latency."""
-    side_by_side = [point for point in result.onnxruntime if point.sessions > 1]
-    if not side_by_side:
-        return None
-    best = max(point.images_per_second for point in side_by_side)
-    return min(point.batch_size for point in side_by_side if point.images_per_second >= 0.98 * best)
 
 
 def _saturate(

@@ -11,7 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from load_tests.bench.results import BaselinePoint, LatencySummary, throughput_batch_size
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -85,3 +88,20 @@ def test_invalid_settings_are_refused_before_anything_runs(tmp_path: Path) -> No
     assert completed.returncode == 2
     assert "concurrency" in completed.stderr and "at least 1" in completed.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+def baseline(images_per_second: dict[int, float], sessions: int = 2) -> list[BaselinePoint]:
+    latency = LatencySummary.of(np.array([0.001]))
+    return [
+        BaselinePoint(size, 100, rate, latency, 2.0, 2.0, sessions=sessions) for size, rate in images_per_second.items()
+    ]
+
+
+def test_the_throughput_configuration_batches_as_far_as_bare_runs_stay_as_fast() -> None:
+    # catsdogs on two cores: bare ONNX Runtime flat across batch sizes; the server's own work per batch then
+    # makes the largest batch the best (the smallest, 1, once left single images unbatched).
+    assert throughput_batch_size(baseline({1: 509.5, 2: 505.0, 4: 503.0, 8: 507.0, 16: 502.0, 32: 470.0})) == 16
+    # A model that gains from batching: its best batch, the largest near it.
+    assert throughput_batch_size(baseline({1: 4_000.0, 8: 9_000.0, 16: 11_000.0, 32: 10_500.0})) == 16
+    # Without side-by-side sessions there is nothing to choose from.
+    assert throughput_batch_size(baseline({1: 500.0, 8: 510.0}, sessions=1)) is None
