@@ -6,7 +6,11 @@ generic handler only, but without request ids: server/api/registration.py); cnns
 what its own work costs. It also answers ModelStatistics with the number of calls it answered, so
 load_tests.bench.h2load counts its successes as it counts cnnserve's.
 
-    python -m load_tests.bench.bare_grpc --port-file F [--port 0] [--processes 1]
+    python -m load_tests.bench.bare_grpc --port-file F [--port 0] [--processes 1] [--await-answer]
+
+With `--await-answer` the handler does not return the answer at once: it awaits a future that the event loop
+sets on its next turn, as a server whose answer is computed elsewhere must (load_tests.bench.await_floor
+compares the two).
 
 With `--processes N` (N > 1) it starts N such servers as child processes sharing one loopback port
 (SO_REUSEPORT: the kernel hands each new connection to one of them), the ceiling for N processes. Each one
@@ -53,12 +57,20 @@ _RESPONSE = inference.ModelInferResponse(
 
 
 class _FixedInference(inference_grpc.GRPCInferenceServiceServicer):
-    def __init__(self) -> None:
+    def __init__(self, await_answer: bool = False) -> None:
         self.answered = 0
+        self.await_answer = await_answer
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         self.answered += 1
-        return _RESPONSE
+        if not self.await_answer:
+            return _RESPONSE
+        # As a server that has the answer computed elsewhere: the handler waits for a future that is set on the
+        # loop's next turn (the least such a wait can cost: no socket, no other process).
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        loop.call_soon(answer.set_result, _RESPONSE)
+        return await answer
 
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
         stats = inference.ModelStatistics(name=request.name or "bare", version="1", inference_count=self.answered)
@@ -72,11 +84,12 @@ def _write_atomically(path: Path, figures: dict) -> None:
     os.replace(partial, path)
 
 
-async def serve(port: int, port_file: Path | None) -> None:
+async def serve(port: int, port_file: Path | None, await_answer: bool = False) -> None:
     """Listen on loopback `port` (0: any free one; shareable with SO_REUSEPORT) and on a stats port of its own
     until SIGTERM or SIGINT; write {"grpc_port": P, "stats_ports": [S]} to `port_file` once listening."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-    add_service(server, inference_grpc.add_GRPCInferenceServiceServicer_to_server, _FixedInference(), request_ids=False)
+    servicer = _FixedInference(await_answer)
+    add_service(server, inference_grpc.add_GRPCInferenceServiceServicer_to_server, servicer, request_ids=False)
     bound = server.add_insecure_port(f"{LOOPBACK}:{port}")
     stats_port = server.add_insecure_port(f"{LOOPBACK}:0")
     await server.start()
@@ -90,7 +103,7 @@ async def serve(port: int, port_file: Path | None) -> None:
     await server.stop(1.0)
 
 
-def serve_processes(processes: int, port: int, port_file: Path | None) -> int:
+def serve_processes(processes: int, port: int, port_file: Path | None, await_answer: bool = False) -> int:
     """Run `processes` servers (child processes running `serve`) on one shared loopback port until SIGTERM or
     SIGINT, or until one of them exits; returns 0 after a signal, 1 when a child exited or did not start.
 
@@ -111,6 +124,7 @@ def serve_processes(processes: int, port: int, port_file: Path | None) -> int:
             for index in range(processes):
                 child_file = Path(scratch) / f"ports-{index}.json"
                 command = [sys.executable, str(SCRIPT), "--port", str(shared_port)]
+                command += ["--await-answer"] if await_answer else []
                 children.append(subprocess.Popen([*command, "--port-file", str(child_file)]))
                 ports = _wait_for_ports(children[-1], child_file, lambda: stop)
                 if ports is None:
@@ -156,13 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="loopback port (default: a free one)")
     parser.add_argument("--port-file", type=Path, help="write the ports, as JSON, here once listening")
     parser.add_argument("--processes", type=int, default=1, help="server processes sharing the port (default 1)")
+    parser.add_argument(
+        "--await-answer",
+        action="store_true",
+        help="the handler awaits its answer, set on the event loop's next turn, instead of returning it",
+    )
     args = parser.parse_args(argv)
     if args.processes < 1:
         parser.error(f"--processes must be at least 1, not {args.processes}")
     if args.processes == 1:
-        asyncio.run(serve(args.port, args.port_file))
+        asyncio.run(serve(args.port, args.port_file, args.await_answer))
         return 0
-    return serve_processes(args.processes, args.port, args.port_file)
+    return serve_processes(args.processes, args.port, args.port_file, args.await_answer)
 
 
 if __name__ == "__main__":

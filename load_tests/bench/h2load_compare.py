@@ -194,11 +194,14 @@ class Sweep:
 
 
 @contextmanager
-def running_bare_server(log_path: Path, processes: int = 1, ready_timeout: float = 30.0) -> Iterator[BareServer]:
-    """Start load_tests.bench.bare_grpc with `processes` processes, yield where it listens, then stop it."""
+def running_bare_server(
+    log_path: Path, processes: int = 1, ready_timeout: float = 30.0, flags: Sequence[str] = ()
+) -> Iterator[BareServer]:
+    """Start load_tests.bench.bare_grpc with `processes` processes (and its `flags`), yield where it listens, then
+    stop it."""
     with tempfile.TemporaryDirectory(prefix="cnnserve-bare-") as scratch:
         port_file = Path(scratch) / "ports.json"
-        command = [sys.executable, str(BARE_SERVER), "--port-file", str(port_file)]
+        command = [sys.executable, str(BARE_SERVER), "--port-file", str(port_file), *flags]
         with log_path.open("wb") as log:
             process = subprocess.Popen([*command, "--processes", str(processes)], stdout=log, stderr=subprocess.STDOUT)
         try:

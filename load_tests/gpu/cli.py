@@ -15,8 +15,9 @@ CPU = "cpu"
 DEFAULT_WHEELS = Path("gpu-wheels")
 DEFAULT_BUDGET_SECONDS = 480.0
 PHASES = ("correctness", "loading", "bare", "shapes", "server", "frontends")
-"""What the check does, in order: every model on the provider against the CPU; bare ONNX Runtime; what a change of
-batch shape costs a session; the server in several configurations; the front-end sweep under h2load."""
+"""What the check does, in order: every model on the provider against the CPU; a server loading every model at once
+with CUDA graphs; bare ONNX Runtime; what a change of batch shape costs a session; the server in several
+configurations; the front-end sweep under h2load."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import pytest
 from load_tests.bench import h2load_compare
 from load_tests.bench.h2load import INSTALL_HINT, H2loadSummary, Measurement, grpc_frame, parse_summary
 from load_tests.bench.h2load_compare import BareMeasurement, Row, Sweep, report, row_report
-from tests.load_tests.runs import run_script
+from tests.load_tests.runs import run_benchmark, run_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 needs_h2load = pytest.mark.skipif(shutil.which("h2load") is None, reason=f"h2load is not installed: {INSTALL_HINT}")
@@ -176,3 +176,19 @@ def test_the_front_end_sweep_measures_both_servers_and_counts_what_h2load_saw(
         assert 0 <= load["loop_busy"] <= load["cores"] + 0.05
     working = [load for load in split["cnnserve_processes"] if load["role"] not in ("supervisor", "other")]
     assert len(working) == 3 and all(load["loop_busy"] > 0.05 for load in working), working
+
+
+@needs_h2load
+def test_the_await_floor_measures_the_bare_server_answering_at_once_and_awaiting(tmp_path: Path) -> None:
+    """`python -m load_tests.bench.await_floor`: both bare servers answer every call h2load sends, round after
+    round, and the ratio of the two is reported."""
+    output, figures = run_benchmark(
+        "load_tests.bench.await_floor",
+        *("--rounds", "2", "--duration", "1"),
+        figures=tmp_path / "await_floor.json",
+        timeout=110,
+    )
+    assert "round 2: at once" in output and "awaiting / at once: median" in output
+    assert len(figures["rounds"]) == 2 and len(figures["ratios"]) == 2
+    for measured in figures["rounds"]:
+        assert measured["at_once"] > 0 and measured["awaiting"] > 0
