@@ -169,7 +169,8 @@ class CheckResult:
 
     @property
     def failures(self) -> list[str]:
-        """Why the check fails: correctness misses, servers that failed, unexpected errors."""
+        """Why the check fails: correctness misses, starts that lost a version, servers that failed, unexpected
+        errors."""
         found = [f"correctness of {c.model}: {c.problem}" for c in self.correctness if not c.passed]
         found += [f"server {run.configuration}: {run.reason}" for run in self.servers if run.status == "failed"]
         found += [

@@ -1,6 +1,6 @@
 """A CUDA graph capture runs alone in its process: ONNX Runtime captures in CUDA's global mode, so any other
 thread's device call meanwhile breaks it (server/capture_guard.py). These tests hold the guard from real threads;
-the last one shows a warm-up that captures waiting for another session's use of the device to end."""
+one shows a warm-up that captures waiting for another session's use of the device to end."""
 
 from __future__ import annotations
 
