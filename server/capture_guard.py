@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 
 class CaptureGuard:
@@ -56,6 +56,11 @@ class CaptureGuard:
                     if not self._users:
                         self._changed.notify_all()
 
+    def using_device_if(self, on_cuda: bool) -> AbstractContextManager[None]:
+        """`using_device` for work on a CUDA session, nothing for any other (a CPU session never takes the
+        guard)."""
+        return self.using_device() if on_cuda else _NOTHING_HELD
+
     @contextmanager
     def capturing(self) -> Iterator[None]:
         """Hold the device alone: wait for every shared use and capture under way to end, then keep new ones out
@@ -84,6 +89,8 @@ class CaptureGuard:
         with self._changed:
             return self._users
 
+
+_NOTHING_HELD = nullcontext()
 
 CAPTURE_GUARD = CaptureGuard()
 """The process's one guard: every CUDA session of the process shares the device with every other."""

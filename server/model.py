@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -240,7 +239,7 @@ class ModelVersion:
         """Drop the version's only references to its session, which frees it here and now: on CUDA, while holding
         the device shared, since freeing device memory during another version's graph capture would break that
         capture (server/capture_guard.py)."""
-        with CAPTURE_GUARD.using_device() if self.provider == CUDA else nullcontext():
+        with CAPTURE_GUARD.using_device_if(self.provider == CUDA):
             self.runner = None
             self.loaded = None
 
@@ -288,7 +287,7 @@ class ModelVersion:
         found = plain_runner(fp16.session, self.spec).run_all(images)
         agreement = compare_top1(expected, found, self.spec.metadata.output_kind)
         refuse_if_disagreeing(agreement, runtime.fp16_max_disagreement)
-        with CAPTURE_GUARD.using_device() if fp16.provider == CUDA else nullcontext():
+        with CAPTURE_GUARD.using_device_if(fp16.provider == CUDA):
             self.loaded = fp16  # the float32 session is freed here (see `_let_go_of_the_session`)
         return agreement
 

@@ -8,7 +8,6 @@ is read back from the session, and a model that required CUDA and did not get it
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +77,7 @@ def create_session(model_path: Path, options: RuntimeSettings, model: bytes | No
     source = str(model_path) if model is None else model
     # Creating a CUDA session allocates on the device, which must not happen during another version's graph
     # capture (server/capture_guard.py).
-    with CAPTURE_GUARD.using_device() if CUDA in providers else nullcontext():
+    with CAPTURE_GUARD.using_device_if(CUDA in providers):
         session = ort.InferenceSession(source, session_options, providers=provider_list)
     in_use = session.get_providers()[0]
     fallback_reason = ""

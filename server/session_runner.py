@@ -27,7 +27,7 @@ import itertools
 import queue
 import time
 from collections.abc import Iterable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -212,7 +212,7 @@ class SessionRunner:
         rare, and of shapes the kept buffers are not made for."""
         rows = len(batch)
         batch = self._padded(self._as_input_type(batch), self.plan.size_for(rows))
-        with self._device_use():
+        with CAPTURE_GUARD.using_device_if(self._on_cuda):
             return self._session.run([output], {self._io.input: batch}, self._plain_options)[0][:rows]
 
     def warm_up(self, sizes: Iterable[int]) -> tuple[int, ...]:
@@ -255,9 +255,6 @@ class SessionRunner:
             self.run(largest)
             changed.append(time.perf_counter() - started)
         return ShapeChangeCost(min(repeated), min(changed))
-
-    def _device_use(self) -> AbstractContextManager[None]:
-        return CAPTURE_GUARD.using_device() if self._on_cuda else nullcontext()
 
     def _new_buffers(self) -> _BoundBuffers:
         return _BoundBuffers(self._session, self._io, self.plan)
