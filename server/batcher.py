@@ -168,7 +168,10 @@ class DynamicBatcher:
         finish_batch: FinishBatch | None = None,
         run_inline_below: float = 0.0,
         inline_when: InlineWhen | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
+        """`executor`: the instance threads that run batches (it must have `settings.instances` threads; the batcher
+        shuts it down on close), else threads of the batcher's own."""
         self._run_batch = run_batch
         self._run_output = run_output
         self._finish_batch = finish_batch
@@ -192,7 +195,7 @@ class DynamicBatcher:
         self._inline_when = inline_when
         self._compute_estimate: float | None = None
         """The running average of session calls' seconds (None before the first)."""
-        self._executor = ThreadPoolExecutor(settings.instances, thread_name_prefix=f"infer-{name}")
+        self._executor = executor or ThreadPoolExecutor(settings.instances, thread_name_prefix=f"infer-{name}")
         self._running: set[asyncio.Task[None]] = set()
         self._deadlines: list[tuple[float, int, weakref.ref[asyncio.Future[np.ndarray]]]] = []
         """A heap of (deadline, arrival number, a weak reference to the request's future). Answered requests leave

@@ -8,8 +8,9 @@ being created and warmed in another thread. Versions load concurrently, and serv
 process keeps to one rule: a warm-up that captures holds the device alone, and every other use of a CUDA session
 (its creation, its runs, its checks, freeing it) shares it, waiting while a capture runs or is waiting to run.
 With the guard, every start of such a server over seven models loaded them all (10 starts; 3 of 4 lost models
-before). fp16 with CUDA graphs still failed to load in 2 of 3 starts there (docs/gpu.md): some way in which
-ONNX Runtime touches the device during such a load is still unaccounted for.
+before). A version's batches run on the thread that captured its graphs (server/session_runner.py), so no
+capture happens while it serves. fp16 with CUDA graphs still fails to load in 1 or 2 of 3 starts (docs/gpu.md):
+some way in which ONNX Runtime touches the device during such a load is still unaccounted for.
 
 A capture waits for the runs under way to finish and holds new ones back until it is done (a few runs per
 bucket, once per version load); a run that arrives meanwhile waits, on the event loop too when the batch was to

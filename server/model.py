@@ -140,6 +140,8 @@ class ModelVersion:
             _log.error("model %s version %d failed to load: %s", self.name, self.version, self.reason)
             metrics.model_load_failed(self.name)
             return
+        # With CUDA graphs every batch runs on the thread that captured them, never inline on the event loop.
+        graph_thread = self.runner.graph_thread
         self.batcher = DynamicBatcher(
             self._run,
             batching,
@@ -147,8 +149,9 @@ class ModelVersion:
             on_batch=lambda record: self._on_batch(record, metrics),
             run_output=self._run_output,
             finish_batch=self._probabilities,
-            run_inline_below=INLINE_BATCH_SECONDS if inline_when is not None else 0.0,
+            run_inline_below=INLINE_BATCH_SECONDS if inline_when is not None and graph_thread is None else 0.0,
             inline_when=inline_when,
+            executor=graph_thread,
         )
         self.batcher.start()
         self.load_seconds = time.monotonic() - started
@@ -239,6 +242,8 @@ class ModelVersion:
         """Drop the version's only references to its session, which frees it here and now: on CUDA, while holding
         the device shared, since freeing device memory during another version's graph capture would break that
         capture (server/capture_guard.py)."""
+        if self.runner is not None:
+            self.runner.close()
         with CAPTURE_GUARD.using_device_if(self.provider == CUDA):
             self.runner = None
             self.loaded = None

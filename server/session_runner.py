@@ -18,17 +18,24 @@ one of two ways, chosen at load (`RunPlan`):
 With CUDA graphs, every batch runs at a bucket's size, and each bucket's run is captured as a CUDA graph during
 warm-up (ONNX Runtime captures a graph id's run after a few ordinary ones) and replayed from then on: one launch
 instead of one per kernel. A replayed graph reads and writes the very addresses it was captured with, which the
-kept buffers guarantee.
+kept buffers guarantee. ONNX Runtime also keeps each capture in the context of the thread that made it (its CUDA
+provider's `PerThreadContext`): a run of the same graph id from another thread starts over there, with ordinary
+runs and then a capture of its own, in the middle of serving, where another version's use of the device breaks it
+(server/capture_guard.py). So a version with CUDA graphs runs every bound call, warm-up and batches alike, on one
+thread of its own (`SessionRunner.graph_thread`), which its batcher uses as its instance.
 """
 
 from __future__ import annotations
 
 import itertools
 import queue
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -47,6 +54,8 @@ SHAPE_CHANGE_TRIES = 3
 CAPTURE_RUNS = 3
 """Warm-up runs per bucket with CUDA graphs: ONNX Runtime runs a graph id normally before it captures it (its
 allocations must settle first), then replays it."""
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -148,7 +157,9 @@ class SessionRunner:
     pool; with CUDA graphs, whose captures belong to their buffers, it waits for one instead.
 
     Every call into a CUDA session shares the device through the process's `CAPTURE_GUARD`, and a warm-up that
-    captures CUDA graphs holds it alone (server/capture_guard.py says why)."""
+    captures CUDA graphs holds it alone (server/capture_guard.py says why). With CUDA graphs, bound calls (batches
+    and the warm-up) run on `graph_thread`, whichever thread makes them: the thread that captured a graph is the
+    only one that replays it (see the module docstring)."""
 
     def __init__(self, session: ort.InferenceSession, spec: ModelSpec, plan: RunPlan, instances: int) -> None:
         self.plan = plan
@@ -171,6 +182,18 @@ class SessionRunner:
         if plan.io_binding:
             for _ in range(instances):
                 self._free.put(self._new_buffers())
+        self.graph_thread: ThreadPoolExecutor | None = None
+        """With CUDA graphs: the one thread that captures and replays them (a batcher runs its batches there)."""
+        self._graph_thread_id: int | None = None
+        if plan.cuda_graphs:
+            self.graph_thread = ThreadPoolExecutor(1, thread_name_prefix="cuda-graphs")
+            self._graph_thread_id = self.graph_thread.submit(threading.get_ident).result()
+
+    def close(self) -> None:
+        """Let the graph thread end (at once if idle; after its call otherwise). The session itself is the caller's
+        to free."""
+        if self.graph_thread is not None:
+            self.graph_thread.shutdown(wait=False, cancel_futures=True)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The classifier output, one row per row of `batch` (the padding's rows dropped)."""
@@ -180,10 +203,17 @@ class SessionRunner:
         """The classifier output for the batch that is the concatenation of `parts` (the inputs of the requests
         batched together), one row per row. With IO binding, the parts are copied straight into the kept input
         buffer: one copy of each image on the host, where concatenating first would make two."""
+        if self._graph_thread_id is not None and threading.get_ident() != self._graph_thread_id:
+            return self._on_graph_thread(self.run_parts, parts)
         if self._on_cuda:
             with CAPTURE_GUARD.using_device():
                 return self._run_parts(parts)
         return self._run_parts(parts)
+
+    def _on_graph_thread(self, call: Callable[..., _T], *args: object) -> _T:
+        """`call(*args)` on the graph thread, for a caller on any other thread (it waits for the answer)."""
+        assert self.graph_thread is not None
+        return self.graph_thread.submit(call, *args).result()
 
     def _run_parts(self, parts: list[np.ndarray]) -> np.ndarray:
         parts = [self._as_input_type(part) for part in parts]
@@ -220,6 +250,8 @@ class SessionRunner:
         first allocation, cuDNN's algorithm search or a graph capture; returns the sizes run, ascending. With
         buckets those are every bucket, whatever `sizes` says. Raises ModelLoadError when the output is not one
         row per image and one column per label (a graph with open dimensions says so only now)."""
+        if self._graph_thread_id is not None and threading.get_ident() != self._graph_thread_id:
+            return self._on_graph_thread(self.warm_up, sizes)
         run_sizes = self.plan.buckets or tuple(sorted(set(sizes)))
         repeats = CAPTURE_RUNS if self.plan.cuda_graphs else 1
         with CAPTURE_GUARD.capturing() if self.plan.cuda_graphs else nullcontext():

@@ -205,7 +205,9 @@ class RuntimeSettings(BaseModel):
     float32's before the load is refused."""
     cuda_graphs: bool = False
     """On CUDA: capture each batch bucket's run as a CUDA graph at warm-up and replay it (one launch instead of a
-    kernel launch per layer). Needs instances = 1 and IO binding; on the CPU it does nothing."""
+    kernel launch per layer). Needs instances = 1 and IO binding; on the CPU it does nothing. The version's batches
+    then all run on the one thread that captured its graphs, never inline on an event loop (ONNX Runtime replays
+    a graph only in the thread that captured it: server/session_runner.py)."""
     cuda_tf32: bool = False
     """Let CUDA run float32 convolutions and matrix products in TF32 (10-bit mantissa) on GPUs with tensor cores:
     faster, but answers then differ from the CPU's by about 1e-3; off, fp32 means float32 (use precision fp16 for

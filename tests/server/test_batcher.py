@@ -8,6 +8,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -76,6 +77,7 @@ async def make_batcher(model: GatedModel) -> AsyncIterator[MakeBatcher]:
         run_inline_below: float = 0.0,
         finish_batch: Callable[[np.ndarray], np.ndarray] | None = None,
         inline_when: Callable[[], bool] | None = None,
+        executor: ThreadPoolExecutor | None = None,
         **settings: object,
     ) -> DynamicBatcher:
         defaults: dict[str, object] = {
@@ -93,6 +95,7 @@ async def make_batcher(model: GatedModel) -> AsyncIterator[MakeBatcher]:
             finish_batch=finish_batch,
             run_inline_below=run_inline_below,
             inline_when=inline_when,
+            executor=executor,
         )
         batcher.start()
         made.append(batcher)
@@ -397,6 +400,27 @@ async def test_fast_batches_run_on_the_event_loop_once_their_time_is_known(make_
     loop_thread = threading.get_ident()
     assert threads[0] != loop_thread, "the first batch has no measured time yet and runs in a worker thread"
     assert threads[1:] == [loop_thread] * 3
+
+
+async def test_batches_run_on_the_instance_thread_they_are_given_which_closing_lets_end(
+    make_batcher: MakeBatcher,
+) -> None:
+    """A version with CUDA graphs hands its batcher the one thread its graphs were captured on
+    (server/session_runner.py): every batch runs there."""
+    given = ThreadPoolExecutor(1, thread_name_prefix="given-instance")
+    names: list[str] = []
+
+    def run(parts: list[np.ndarray]) -> np.ndarray:
+        names.append(threading.current_thread().name)
+        return np.concatenate(parts) * 2
+
+    batcher = make_batcher(run, executor=given, max_queue_delay_ms=0)
+    answers = await asyncio.gather(*(batcher.submit(rows(value), far()) for value in range(6)))
+    assert [answer.ravel().tolist() for answer in answers] == [[2 * value] for value in range(6)]
+    assert names and all(name.startswith("given-instance") for name in names), names
+    await batcher.close(1)
+    with pytest.raises(RuntimeError, match="shutdown"):
+        given.submit(time.monotonic)
 
 
 async def test_batches_slower_than_the_inline_bound_stay_off_the_event_loop(make_batcher: MakeBatcher) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from cnnserve.server.model_import import import_model
 from cnnserve.server.model_spec import ModelSpec, load_spec
 from cnnserve.server.runtime import CPU, CUDA, LoadedSession, create_session
 from cnnserve.server.session_runner import (
+    CAPTURE_RUNS,
     RunPlan,
     SessionRunner,
     ShapeChangeCost,
@@ -152,6 +154,60 @@ def test_the_cuda_graph_run_options_change_nothing_on_the_cpu(mnist_net: tuple[L
     batch = digits_like(3, spec, seed=5)
     np.testing.assert_allclose(runner.run(batch), reference(loaded, spec, batch), rtol=1e-5, atol=1e-6)
     assert runner.run_output(batch, spec.output_name or "output").shape == (3, 10)
+
+
+def threads_of_bound_runs(runner: SessionRunner) -> list[str]:
+    """The names of the threads `runner`'s bound runs happen on, from now on, in order (a wrapper that notes the
+    thread, then runs as before)."""
+    bound_run = runner._run_parts
+    threads: list[str] = []
+
+    def noting_the_thread(parts: list[np.ndarray]) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return bound_run(parts)
+
+    runner._run_parts = noting_the_thread  # type: ignore[method-assign]
+    return threads
+
+
+def test_with_cuda_graphs_every_bound_run_happens_on_the_one_graph_thread(
+    mnist_net: tuple[LoadedSession, ModelSpec],
+) -> None:
+    """ONNX Runtime replays a CUDA graph only in the thread that captured it, so the warm-up and every batch run on
+    the runner's graph thread, whichever thread asks; plain calls (Explain's) run where they are made. On the CPU
+    nothing is captured, but the threads are the same."""
+    loaded, spec = mnist_net
+    runner = SessionRunner(loaded.session, spec, RunPlan(buckets=(2, 4), cuda_graphs=True), instances=1)
+    threads = threads_of_bound_runs(runner)
+    try:
+        assert runner.warm_up({1}) == (2, 4)
+        batch = digits_like(3, spec, seed=7)
+        answers: list[np.ndarray] = []
+        other = threading.Thread(target=lambda: answers.append(runner.run(batch)), name="some-caller")
+        other.start()
+        other.join(10)
+        answers.append(runner.run(batch))
+        for answer in answers:
+            np.testing.assert_allclose(answer, reference(loaded, spec, batch), rtol=1e-5, atol=1e-6)
+        assert len(threads) == 2 * CAPTURE_RUNS + 2
+        assert len(set(threads)) == 1 and threads[0].startswith("cuda-graphs"), threads
+        assert runner.run_output(batch, spec.output_name or "output").shape == (3, 10)
+        assert len(threads) == 2 * CAPTURE_RUNS + 2, "a plain call went through the bound path"
+    finally:
+        runner.close()
+    assert runner.graph_thread is not None
+    with pytest.raises(RuntimeError, match="shutdown"):
+        runner.graph_thread.submit(time.monotonic)
+
+
+def test_without_cuda_graphs_batches_run_on_the_callers_thread(mnist_net: tuple[LoadedSession, ModelSpec]) -> None:
+    loaded, spec = mnist_net
+    runner = SessionRunner(loaded.session, spec, RunPlan(buckets=(4,)), instances=1)
+    assert runner.graph_thread is None
+    threads = threads_of_bound_runs(runner)
+    runner.run(digits_like(2, spec, seed=1))
+    assert threads == [threading.current_thread().name]
+    runner.close()
 
 
 def test_instances_never_share_buffers(mnist_net: tuple[LoadedSession, ModelSpec]) -> None:
