@@ -58,6 +58,8 @@ class BareServer:
 
     target: str
     stats_targets: tuple[str, ...]
+    pid: int
+    """The process started: with one process, the one that serves; with several, their parent."""
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,7 @@ def running_bare_server(
             yield BareServer(
                 f"{launcher.LOOPBACK}:{ports['grpc_port']}",
                 tuple(f"{launcher.LOOPBACK}:{port}" for port in ports["stats_ports"]),
+                process.pid,
             )
         finally:
             process.terminate()

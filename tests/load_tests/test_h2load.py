@@ -192,3 +192,32 @@ def test_the_await_floor_measures_the_bare_server_answering_at_once_and_awaiting
     assert len(figures["rounds"]) == 2 and len(figures["ratios"]) == 2
     for measured in figures["rounds"]:
         assert measured["at_once"] > 0 and measured["awaiting"] > 0
+
+
+@needs_h2load
+def test_the_loop_census_times_each_process_callbacks_per_call_beside_the_bare_server(tmp_path: Path) -> None:
+    """`python -m load_tests.bench.loop_census`: every process of a server with one front-end, and the bare server,
+    runs with the hook; the front-end's handler steps and the engine's reading of Submits are found by name, and the
+    figures are per call that each server answered."""
+    output, figures = run_benchmark(
+        "load_tests.bench.loop_census",
+        *("--frontends", "1", "--duration", "1", "--top", "3"),
+        figures=tmp_path / "census.json",
+        timeout=110,
+    )
+    cnnserve, bare = figures
+    assert cnnserve["server"] == "cnnserve, 1 front-end(s)" and bare["server"] == "bare grpc.aio"
+    assert cnnserve["calls"] > 0 and bare["calls"] > 0
+    roles = {process["role"]: process for process in cnnserve["processes"]}
+    assert {"supervisor", "engine", "front-end 0"} <= set(roles)
+
+    def callbacks(process: dict) -> dict[str, dict]:
+        return {callback["name"]: callback for callback in process["callbacks"]}
+
+    handler_steps = callbacks(roles["front-end 0"])["task:_handle_exceptions"]
+    assert handler_steps["per_call"] >= 2 and handler_steps["microseconds_per_call"] > 0
+    assert "MessageSocket._read" in callbacks(roles["engine"])
+    (bare_process,) = bare["processes"]
+    assert callbacks(bare_process)["task:_handle_exceptions"]["per_call"] == pytest.approx(2, abs=0.2)
+    assert bare_process["turns_per_call"] > 0 and bare_process["select_microseconds_per_call"] >= 0
+    assert "front-end 0 (pid" in output and "bare grpc.aio:" in output
