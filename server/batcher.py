@@ -185,6 +185,8 @@ class DynamicBatcher:
         self._depth: np.ndarray | None = None
         self._preferred = frozenset(settings.preferred_batch_sizes)
         self._wakeup = asyncio.Event()
+        self._timed_out = False
+        """Whether the batching task's last timed wait ended by its time running out (`_woken_within`)."""
         self._delay_advisor = (
             _AdaptiveDelay(settings.max_queue_delay_seconds) if settings.adaptive_queue_delay else None
         )
@@ -508,18 +510,34 @@ class DynamicBatcher:
                     if advised is None:
                         break
                     wait = advised
-                self._wakeup.clear()
-                try:
-                    async with asyncio.timeout(wait):
-                        await self._wakeup.wait()
-                except TimeoutError:
-                    if wait >= remaining:
-                        break
+                if not await self._woken_within(wait) and wait >= remaining:
+                    break
             batch = self._take()
             if batch:
                 if self._delay_advisor is not None:
                     self._delay_advisor.batch_taken(len(batch))
                 return batch
+
+    async def _woken_within(self, seconds: float) -> bool:
+        """Wait until a request wakes the batching task or `seconds` pass; whether a request woke it.
+
+        A plain timer sets the same event the requests set. `asyncio.timeout` would instead cancel the wait and turn
+        the cancellation into a TimeoutError, two exceptions raised and caught each time, and a batch forming under
+        load waits like this several times (once per expected gap between arrivals, about five times a batch at 64
+        callers): a step of the batching task on the engine's loop took 24-27 µs this way against 31-32 µs that way
+        (load_tests.bench.loop_census, two runs each, alternating)."""
+        self._wakeup.clear()
+        self._timed_out = False
+        timer = asyncio.get_running_loop().call_later(seconds, self._time_is_up)
+        try:
+            await self._wakeup.wait()
+        finally:
+            timer.cancel()
+        return not self._timed_out
+
+    def _time_is_up(self) -> None:
+        self._timed_out = True
+        self._wakeup.set()
 
     def _worth_running_now(self) -> bool:
         rows = self._queued_rows
