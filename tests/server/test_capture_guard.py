@@ -4,6 +4,7 @@ one shows a warm-up that captures waiting for another session's use of the devic
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -12,11 +13,13 @@ import pytest
 
 from cnnserve.repository_layout import MODEL_FILE
 from cnnserve.server.capture_guard import CAPTURE_GUARD, CaptureGuard
+from cnnserve.server.metrics import ServerMetrics
+from cnnserve.server.model import ModelState, ModelVersion
 from cnnserve.server.model_config import ModelConfig
 from cnnserve.server.model_spec import load_spec
 from cnnserve.server.runtime import create_session
 from cnnserve.server.session_runner import RunPlan, SessionRunner
-from cnnserve.server.settings import ExecutionProvider, RuntimeSettings
+from cnnserve.server.settings import ExecutionProvider, RuntimeSettings, ServerSettings
 
 SETTLE = 0.2
 """Long enough for a blocked thread to have gone on, had it not been blocked."""
@@ -150,3 +153,31 @@ def test_a_capture_inside_its_own_threads_use_is_refused() -> None:
     with guard.using_device(), pytest.raises(RuntimeError, match="holds the device shared"), guard.capturing():
         pass
     assert guard.users == 0
+
+
+def test_with_cuda_graphs_a_version_s_fp16_check_waits_to_hold_the_device_alone(model_repository: Path) -> None:
+    """A fresh fp16 session's first runs broke another session's creation beside them on an H200 (server/model.py,
+    `_check_runs_hold_the_device`): with CUDA graphs set, the check's runs wait until no other use holds the
+    device, and then the version loads. (The setting does nothing else on the CPU.)"""
+    model_dir = model_repository / "mnist_net"
+    settings = ServerSettings.load(
+        None,
+        model_repository=model_repository,
+        execution_provider="cpu",
+        precision="fp16",
+        cuda_graphs=True,
+        instances=1,
+    )
+    version = ModelVersion("mnist_net", 1, sorted(model_dir.glob(f"*/{MODEL_FILE}"))[-1].parent)
+    loading = started(lambda: asyncio.run(version.load(ModelConfig.read(model_dir), settings, ServerMetrics())))
+    other_session = CAPTURE_GUARD.using_device()
+    other_session.__enter__()
+    try:
+        time.sleep(SETTLE * 5)
+        assert version.state is not ModelState.READY, "the fp16 check ran while another session used the device"
+    finally:
+        other_session.__exit__(None, None, None)
+    loading.join(30)
+    assert version.state is ModelState.READY, version.reason
+    assert version.run_info is not None and version.run_info.fp16_agreement is not None
+    assert CAPTURE_GUARD.users == 0
