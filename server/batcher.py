@@ -524,8 +524,8 @@ class DynamicBatcher:
         A plain timer sets the same event the requests set. `asyncio.timeout` would instead cancel the wait and turn
         the cancellation into a TimeoutError, two exceptions raised and caught each time, and a batch forming under
         load waits like this several times (once per expected gap between arrivals, about five times a batch at 64
-        callers): a step of the batching task on the engine's loop took 24-27 µs this way against 31-32 µs that way
-        (load_tests.bench.loop_census, two runs each, alternating)."""
+        callers): a step of the batching task on the engine's loop took 24-27 µs with the timer, 31-32 µs with
+        `asyncio.timeout` (load_tests.bench.loop_census, two runs each, alternating)."""
         self._wakeup.clear()
         self._timed_out = False
         timer = asyncio.get_running_loop().call_later(seconds, self._time_is_up)

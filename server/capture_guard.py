@@ -69,7 +69,7 @@ class CaptureGuard:
         until the block ends. Raises RuntimeError inside a `using_device` block of the same thread, which it would
         wait for forever."""
         if getattr(self._held, "depth", 0):
-            raise RuntimeError("a CUDA graph capture cannot begin while its own thread holds the device shared")
+            raise RuntimeError("the device cannot be held alone by a thread that holds the device shared")
         with self._changed:
             self._captures_waiting += 1
             try:

@@ -169,15 +169,24 @@ def test_with_cuda_graphs_a_version_s_fp16_check_waits_to_hold_the_device_alone(
         instances=1,
     )
     version = ModelVersion("mnist_net", 1, sorted(model_dir.glob(f"*/{MODEL_FILE}"))[-1].parent)
-    loading = started(lambda: asyncio.run(version.load(ModelConfig.read(model_dir), settings, ServerMetrics())))
+    loaded_as: list[tuple[ModelState, str, object]] = []
+
+    async def load_then_unload() -> None:
+        await version.load(ModelConfig.read(model_dir), settings, ServerMetrics())
+        agreement = version.run_info.fp16_agreement if version.run_info is not None else None
+        loaded_as.append((version.state, version.reason, agreement))
+        await version.unload(0)
+
+    loading = started(lambda: asyncio.run(load_then_unload()))
     other_session = CAPTURE_GUARD.using_device()
     other_session.__enter__()
     try:
         time.sleep(SETTLE * 5)
-        assert version.state is not ModelState.READY, "the fp16 check ran while another session used the device"
+        assert loaded_as == [], "the fp16 check ran while another session used the device"
     finally:
         other_session.__exit__(None, None, None)
     loading.join(30)
-    assert version.state is ModelState.READY, version.reason
-    assert version.run_info is not None and version.run_info.fp16_agreement is not None
+    ((state, reason, agreement),) = loaded_as
+    assert state is ModelState.READY, reason
+    assert agreement is not None
     assert CAPTURE_GUARD.users == 0
