@@ -1,8 +1,8 @@
 """cnnserve against a bare grpc.aio server, side by side, under h2load (a C load generator).
 
     python -m load_tests.bench.h2load_compare [--frontends 0[,1,2...]] [--model-repository R] [--duration 10]
-        [--rounds 1] [--in-flight 64] [--connections C] [--h2load-threads 1] [--profile-dir D] [--json PATH]
-        [--plot PATH]
+        [--rounds 1] [--in-flight 64] [--connections C] [--h2load-threads 1] [--profile-dir D]
+        [--server-flags="FLAGS"] [--json PATH] [--plot PATH]
 
 One run measures, one after the other on the same machine and for each front-end count listed in `--frontends`
 (default 0): `cnnserve serve` answering mnist_net's single-image ModelInfer (0: one process, as by default; N:
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -130,6 +131,8 @@ class Sweep:
     rows: tuple[Row, ...]
     threads: int = 1
     """h2load's threads."""
+    server_flags: tuple[str, ...] = ()
+    """What cnnserve ran with beyond its defaults and `--frontends`."""
 
     @property
     def rounds(self) -> int:
@@ -188,6 +191,7 @@ class Sweep:
             "in_flight": self.in_flight,
             "connections": self.connections,
             "h2load_threads": self.threads,
+            "server_flags": list(self.server_flags),
             "seconds": self.seconds,
             "rounds": self.rounds,
             "rows": rows,
@@ -285,7 +289,7 @@ def sweep(
             rows.append(Row(count, ours, bare, round_index, loads))
             if on_row is not None:
                 on_row(rows[-1])
-    return Sweep(in_flight, connections, seconds, tuple(rows), threads)
+    return Sweep(in_flight, connections, seconds, tuple(rows), threads, tuple(server_flags))
 
 
 def _measure_cnnserve(
@@ -371,6 +375,7 @@ def report(result: Sweep) -> str:
         + (f" ({result.threads} h2load threads)" if result.threads > 1 else "")
         + ", "
         f"{result.seconds:g} s per server"
+        + (f"; cnnserve with {shlex.join(result.server_flags)}" if result.server_flags else "")
         + (f"; medians of {rounds} rounds (ratios taken within each round)" if rounds > 1 else ""),
         "",
         "| front-ends | cnnserve (requests/s) | average batch | bare grpc.aio (requests/s) | bare processes "
@@ -460,6 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile-dir", type=Path, help="sample every cnnserve process with py-spy over each run, into this folder"
     )
+    parser.add_argument(
+        "--server-flags",
+        type=shlex.split,
+        default=[],
+        help='more `cnnserve serve` flags for every cnnserve run, in one string: --server-flags="--max-batch-size 8"',
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--plot", type=Path, help="also draw requests/s against front-ends here (PNG)")
     args = parser.parse_args(argv)
@@ -490,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.rounds,
                 on_row=lambda row: print(row_report(row, args.in_flight), flush=True),
                 threads=args.h2load_threads,
+                server_flags=args.server_flags,
                 profile_dir=args.profile_dir,
             )
         except (launcher.ServerStartError, RuntimeError) as exc:

@@ -179,6 +179,24 @@ def test_the_front_end_sweep_measures_both_servers_and_counts_what_h2load_saw(
 
 
 @needs_h2load
+def test_the_sweep_runs_cnnserve_with_the_server_flags_it_is_given(model_repository: Path, tmp_path: Path) -> None:
+    """`--server-flags` reach every cnnserve run of the sweep (here batches of at most 2) and are recorded."""
+    output, figures = run_benchmark(
+        "load_tests.bench.h2load_compare",
+        *("--frontends", "0", "--duration", "1", "--in-flight", "16"),
+        *("--server-flags", "--max-batch-size 2 --max-queue-delay-ms 1"),
+        *("--model-repository", str(model_repository)),
+        figures=tmp_path / "sweep.json",
+        timeout=110,
+    )
+    assert figures["server_flags"] == ["--max-batch-size", "2", "--max-queue-delay-ms", "1"]
+    (row,) = figures["rows"]
+    assert row["cnnserve"]["server_successes"] > 0
+    assert 1.0 <= row["cnnserve"]["average_batch"] <= 2.0
+    assert "cnnserve with --max-batch-size 2 --max-queue-delay-ms 1" in output
+
+
+@needs_h2load
 def test_the_await_floor_measures_the_bare_server_answering_at_once_and_awaiting(tmp_path: Path) -> None:
     """`python -m load_tests.bench.await_floor`: both bare servers answer every call h2load sends, round after
     round, and the ratio of the two is reported."""
