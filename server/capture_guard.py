@@ -11,7 +11,7 @@ With the guard, every start of such a server over seven models loaded them all (
 before). A version's batches run on the thread that captured its graphs (server/session_runner.py), so no
 capture happens while it serves. With CUDA graphs, a version's fp16 check runs hold the device alone too: a fresh
 fp16 session's first runs broke session creations beside them (server/model.py, `_check_runs_hold_the_device`);
-with that, 9 of 9 starts with `--cuda-graphs --precision fp16` loaded all seven models (4 of 12 failed before).
+with that, 9 of 9 starts with `--cuda-graphs --precision fp16` loaded all seven models (4 of 18 failed before).
 
 A capture waits for the runs under way to finish and holds new ones back until it is done (a few runs per
 bucket, once per version load); a run that arrives meanwhile waits, on the event loop too when the batch was to
