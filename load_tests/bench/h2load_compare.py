@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -265,8 +265,9 @@ def sweep(
     one process whatever auto would choose) and then the bare server with as many processes, each for `seconds`
     after a one-second warm-up at the same load, h2load running `threads` threads; `rounds` times, every other
     round in reverse order. `on_row` hears of each row once measured (progress). With `profile_dir`, py-spy
-    samples every cnnserve process over each measured run into `cnnserve-N-roundR.txt` there, with a
-    `.summary.txt` of it (load_tests.bench.profiling).
+    samples every cnnserve process into `cnnserve-N-roundR.txt` there, with a `.summary.txt` of it
+    (load_tests.bench.profiling), over one more window of `seconds` at the same load right after the measured one:
+    the figures are never taken while py-spy reads the processes' memory.
 
     Raises h2load.H2loadMissing, launcher.ServerStartError, RuntimeError.
     """
@@ -301,15 +302,17 @@ def _measure_cnnserve(
     threads: int,
     profile: Path | None,
 ) -> tuple[h2load.Measurement, tuple[ProcessLoad, ...]]:
-    """One measured h2load run against cnnserve, with each of its processes' load over it and, given `profile`,
-    py-spy's samples of them there (and their summary beside)."""
+    """One measured h2load run against cnnserve, with each of its processes' load over it; given `profile`, then
+    py-spy's samples of them over a second run at the same load, not measured (and their summary beside)."""
     before, started = tree_cpu(server.pid), time.monotonic()
-    with nullcontext() if profile is None else profiling.sampled(server.pid, seconds, profile):
-        measured = h2load.measure(server.target, MODEL, body, seconds, in_flight, connections, threads)
+    measured = h2load.measure(server.target, MODEL, body, seconds, in_flight, connections, threads)
     after, elapsed = tree_cpu(server.pid), time.monotonic() - started
     roles = process_roles(server.pid, server.log(), after)
-    if profile is not None and profile.is_file():
-        profile.with_suffix(".summary.txt").write_text(profiling.summarize(profile, roles))
+    if profile is not None:
+        with profiling.sampled(server.pid, seconds, profile):
+            h2load.measure(server.target, MODEL, body, seconds, in_flight, connections, threads)
+        if profile.is_file():
+            profile.with_suffix(".summary.txt").write_text(profiling.summarize(profile, roles))
     return measured, process_loads(roles, before, after, elapsed)
 
 
@@ -463,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
         "--h2load-threads", type=int, default=1, help="h2load's threads (default 1; a many-core host wants more)"
     )
     parser.add_argument(
-        "--profile-dir", type=Path, help="sample every cnnserve process with py-spy over each run, into this folder"
+        "--profile-dir",
+        type=Path,
+        help="sample every cnnserve process with py-spy over one more run after each measured one, into this folder",
     )
     parser.add_argument(
         "--server-flags",

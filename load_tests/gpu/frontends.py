@@ -5,9 +5,9 @@ A GPU host is where the split into front-ends and one engine is meant to pay: ma
 a GPU that runs a small CNN's batch in a fraction of a millisecond. This phase runs `load_tests.bench.h2load_compare`'s
 sweep there (mnist_net single-image ModelInfer, the issue's measure), with the server on the check's provider, so
 each GPU run says how requests/s grow with front-ends and how close each count comes to a bare server of as many
-processes. A Python load generator could not tell: it saturates below what several front-ends answer. Each
-cnnserve run is also sampled with py-spy (installed with the check) into the logs, with a summary per process,
-so a run that falls short says where the time went.
+processes. A Python load generator could not tell: it saturates below what several front-ends answer. After each
+measured cnnserve run, one more at the same load is sampled with py-spy (installed with the check) into the logs,
+with a summary per process, so a run that falls short says where the time went without py-spy in its figures.
 
 h2load is Debian's (`nghttp2-client`); a host without it can run the copy `gpu_wheels.py` bundles into the wheel
 folder (`h2load/`, the binary, its libraries beyond the C runtime and a wrapper that finds them). Without either,
@@ -42,8 +42,9 @@ class SweepPlan:
     server_flags: tuple[str, ...]
 
     def seconds_needed(self) -> float:
+        """cnnserve (its measured window, then the sampled one) and the bare server, per count."""
         per_server = SERVER_START_SECONDS + h2load_compare.WARM_UP_SECONDS + self.seconds
-        return 2 * len(self.counts) * per_server
+        return len(self.counts) * (2 * per_server + self.seconds)
 
     @classmethod
     def for_host(cls, cores: int, server_flags: tuple[str, ...], dry_run: bool) -> SweepPlan:

@@ -113,6 +113,9 @@ def test_the_dry_run_checks_every_model_and_measures_every_way(dry_run: tuple[st
         assert row["cnnserve"]["server_successes"] > 0 and row["bare_grpc_aio"]["server_successes"] > 0
         assert row["cnnserve"]["stage_microseconds"]["compute_infer"] > 0 and row["cnnserve_processes"]
     assert '"execution_provider":"cpu"' in (out / "logs" / "cnnserve-2.log").read_text(), "the check's provider"
+    for count in (0, 2):  # py-spy's run after the measured one: its samples, or why there are none
+        sampled = out / "logs" / f"cnnserve-{count}-round1"
+        assert sampled.with_suffix(".summary.txt").is_file() or sampled.with_suffix(".err").is_file()
 
 
 @pytest.mark.slow
