@@ -26,13 +26,14 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 
 class CaptureGuard:
-    """Shared use of the CUDA device, or sole use for a graph capture; captures waiting go first."""
+    """Shared use of the CUDA device, or sole use (a graph capture; with CUDA graphs, an fp16 check's runs); sole
+    uses waiting go first."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._users = 0
-        self._captures_waiting = 0
-        self._capturing_thread: int | None = None
+        self._sole_waiting = 0
+        self._sole_holder: int | None = None
         self._held = threading.local()
         """Per thread: how deep in `using_device` blocks it is (a nested one passes through: waiting there for a
         capture that waits for this thread's outer block would never end)."""
@@ -41,10 +42,10 @@ class CaptureGuard:
     def using_device(self) -> Iterator[None]:
         """Hold the device shared (no capture runs until the block ends). Blocks nest."""
         depth = getattr(self._held, "depth", 0)
-        passing = depth > 0 or self._capturing_thread == threading.get_ident()
+        passing = depth > 0 or self._sole_holder == threading.get_ident()
         if not passing:
             with self._changed:
-                while self._capturing_thread is not None or self._captures_waiting:
+                while self._sole_holder is not None or self._sole_waiting:
                     self._changed.wait()
                 self._users += 1
         self._held.depth = depth + 1
@@ -71,22 +72,19 @@ class CaptureGuard:
         if getattr(self._held, "depth", 0):
             raise RuntimeError("the device cannot be held alone by a thread that holds the device shared")
         with self._changed:
-            self._captures_waiting += 1
+            self._sole_waiting += 1
             try:
-                while self._capturing_thread is not None or self._users:
+                while self._sole_holder is not None or self._users:
                     self._changed.wait()
             finally:
-                self._captures_waiting -= 1
-            self._capturing_thread = threading.get_ident()
+                self._sole_waiting -= 1
+            self._sole_holder = threading.get_ident()
         try:
             yield
         finally:
             with self._changed:
-                self._capturing_thread = None
+                self._sole_holder = None
                 self._changed.notify_all()
-
-    capturing = alone
-    """A CUDA graph capture holds the device alone."""
 
     @property
     def users(self) -> int:

@@ -203,12 +203,16 @@ class SessionRunner:
         """The classifier output for the batch that is the concatenation of `parts` (the inputs of the requests
         batched together), one row per row. With IO binding, the parts are copied straight into the kept input
         buffer: one copy of each image on the host, where concatenating first would make two."""
-        if self._graph_thread_id is not None and threading.get_ident() != self._graph_thread_id:
+        if self._away_from_graph_thread():
             return self._on_graph_thread(self.run_parts, parts)
         if self._on_cuda:
             with CAPTURE_GUARD.using_device():
                 return self._run_parts(parts)
         return self._run_parts(parts)
+
+    def _away_from_graph_thread(self) -> bool:
+        """Whether this runner has a graph thread and the caller is on another thread (without one, never)."""
+        return self._graph_thread_id is not None and threading.get_ident() != self._graph_thread_id
 
     def _on_graph_thread(self, call: Callable[..., _T], *args: object) -> _T:
         """`call(*args)` on the graph thread, for a caller on any other thread (it waits for the answer)."""
@@ -250,11 +254,11 @@ class SessionRunner:
         first allocation, cuDNN's algorithm search or a graph capture; returns the sizes run, ascending. With
         buckets those are every bucket, whatever `sizes` says. Raises ModelLoadError when the output is not one
         row per image and one column per label (a graph with open dimensions says so only now)."""
-        if self._graph_thread_id is not None and threading.get_ident() != self._graph_thread_id:
+        if self._away_from_graph_thread():
             return self._on_graph_thread(self.warm_up, sizes)
         run_sizes = self.plan.buckets or tuple(sorted(set(sizes)))
         repeats = CAPTURE_RUNS if self.plan.cuda_graphs else 1
-        with CAPTURE_GUARD.capturing() if self.plan.cuda_graphs else nullcontext():
+        with CAPTURE_GUARD.alone() if self.plan.cuda_graphs else nullcontext():  # a capture runs alone
             for size in run_sizes:
                 for _ in range(repeats):
                     outputs = self.run(np.zeros((size, *self._io.item_shape), self._io.dtype))

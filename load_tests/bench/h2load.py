@@ -15,6 +15,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,17 @@ def h2load_executable() -> str:
     if found is None:
         raise H2loadMissing(f"h2load is not installed: {INSTALL_HINT}")
     return found
+
+
+def said_missing() -> bool:
+    """Whether h2load is missing, having said so (and how to install it) on stderr: a benchmark's command line
+    then exits 2."""
+    try:
+        h2load_executable()
+    except H2loadMissing as exc:
+        print(exc, file=sys.stderr)
+        return True
+    return False
 
 
 def grpc_frame(message: bytes) -> bytes:

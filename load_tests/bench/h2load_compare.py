@@ -486,10 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--h2load-threads must be at least 1, not {args.h2load_threads}")
     if connections <= 0 or args.in_flight <= 0 or args.in_flight % connections:
         parser.error(f"--in-flight {args.in_flight} must be a positive multiple of {connections} connections")
-    try:
-        h2load.h2load_executable()
-    except h2load.H2loadMissing as exc:
-        print(exc, file=sys.stderr)
+    if h2load.said_missing():
         return 2
     model = model_from_options(MODEL, args)
     with tempfile.TemporaryDirectory(prefix="cnnserve-h2load-compare-") as scratch:

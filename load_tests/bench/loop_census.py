@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -50,6 +49,8 @@ _SNAPSHOT_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class Callback:
+    """One kind of callback a loop ran: a task's steps by coroutine, or a plain callback by its name."""
+
     name: str
     per_call: float
     """How many times it ran per call answered."""
@@ -228,10 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.in_flight % args.connections:
         parser.error(f"--in-flight {args.in_flight} must be a multiple of --connections {args.connections}")
-    try:
-        h2load.h2load_executable()
-    except h2load.H2loadMissing as exc:
-        print(exc, file=sys.stderr)
+    if h2load.said_missing():
         return 2
     model = model_from_options(MODEL, args)
     censuses = []

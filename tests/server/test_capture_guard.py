@@ -31,16 +31,22 @@ def started(target) -> threading.Thread:
     return thread
 
 
+def used_from_another_thread(guard: CaptureGuard) -> threading.Event:
+    """Start a thread that uses the device through `guard`; the event is set once it is inside."""
+    inside = threading.Event()
+
+    def use() -> None:
+        with guard.using_device():
+            inside.set()
+
+    started(use)
+    return inside
+
+
 def test_uses_of_the_device_share_it() -> None:
     guard = CaptureGuard()
     with guard.using_device(), guard.using_device():
-        inside = threading.Event()
-
-        def another_thread_uses_it_too() -> None:
-            with guard.using_device():
-                inside.set()
-
-        started(another_thread_uses_it_too)
+        inside = used_from_another_thread(guard)
         assert inside.wait(5)
     assert guard.users == 0
 
@@ -52,7 +58,7 @@ def test_a_capture_waits_for_the_uses_under_way_and_holds_new_ones_back() -> Non
     run_under_way.__enter__()
 
     def capture() -> None:
-        with guard.capturing():
+        with guard.alone():
             events.append("capture begins")
             time.sleep(SETTLE)
             events.append("capture ends")
@@ -78,7 +84,7 @@ def test_the_capturing_thread_runs_its_own_session_and_captures_take_turns() -> 
     order: list[str] = []
 
     def capture(name: str) -> None:
-        with guard.capturing(), guard.using_device():  # the capture's own runs
+        with guard.alone(), guard.using_device():  # the capture's own runs
             order.append(f"{name} begins")
             time.sleep(SETTLE / 2)
             order.append(f"{name} ends")
@@ -117,15 +123,9 @@ def test_a_warm_up_that_captures_cuda_graphs_waits_for_other_sessions_to_leave_t
 
 def test_a_capture_that_fails_lets_the_device_go() -> None:
     guard = CaptureGuard()
-    with pytest.raises(RuntimeError, match="capture failed"), guard.capturing():
+    with pytest.raises(RuntimeError, match="capture failed"), guard.alone():
         raise RuntimeError("the capture failed")
-    used = threading.Event()
-
-    def use() -> None:
-        with guard.using_device():
-            used.set()
-
-    started(use)
+    used = used_from_another_thread(guard)
     assert used.wait(5)
 
 
@@ -136,7 +136,7 @@ def test_a_use_nested_in_another_passes_even_with_a_capture_waiting() -> None:
     captured = threading.Event()
 
     def capture() -> None:
-        with guard.capturing():
+        with guard.alone():
             captured.set()
 
     with guard.using_device():
@@ -150,7 +150,7 @@ def test_a_use_nested_in_another_passes_even_with_a_capture_waiting() -> None:
 
 def test_a_capture_inside_its_own_threads_use_is_refused() -> None:
     guard = CaptureGuard()
-    with guard.using_device(), pytest.raises(RuntimeError, match="holds the device shared"), guard.capturing():
+    with guard.using_device(), pytest.raises(RuntimeError, match="holds the device shared"), guard.alone():
         pass
     assert guard.users == 0
 
