@@ -326,8 +326,7 @@ def _run(args: argparse.Namespace) -> int:
 
         return asyncio.run(supervise(settings, frontends, args.log_level))
     try:
-        asyncio.run(serve(settings))
+        return asyncio.run(serve(settings))
     except ExecutionProviderError as exc:
         print(f"cnnserve serve: {exc}", file=sys.stderr)
         return 3
-    return 0

@@ -230,10 +230,13 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
     return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
-async def serve(settings: ServerSettings, engine: EngineClient | None = None) -> None:
-    """Run a server (or, with `engine`, a front-end of one) until SIGTERM or SIGINT, then shut it down gracefully.
+async def serve(settings: ServerSettings, engine: EngineClient | None = None) -> int:
+    """Run a server (or, with `engine`, a front-end of one) until SIGTERM or SIGINT, then shut it down gracefully;
+    the process's exit code.
 
     A front-end also takes SIGUSR1 from its supervisor: the engine died, so every request fails UNAVAILABLE now.
+    A front-end that cannot take in the engine's catalog or regions (`EngineClient.on_broken`) shuts down the
+    same way and returns 1, so that its supervisor starts a fresh one.
     """
     settings.apply_to_interpreter()
     server = Server(settings, engine)
@@ -243,6 +246,8 @@ async def serve(settings: ServerSettings, engine: EngineClient | None = None) ->
         loop.add_signal_handler(sig, stop_requested.set)
     if isinstance(server.repository, RemoteRepository):
         loop.add_signal_handler(signal.SIGUSR1, server.repository.engine_lost)
+    if engine is not None:
+        engine.on_broken(stop_requested.set)
     _log.info("settings: %s", settings.model_dump_json())
     start = asyncio.create_task(server.start())
     stop_wait = asyncio.create_task(stop_requested.wait())
@@ -253,3 +258,4 @@ async def serve(settings: ServerSettings, engine: EngineClient | None = None) ->
     else:
         start.cancel()
     await server.stop()
+    return 1 if engine is not None and engine.broken else 0

@@ -91,9 +91,12 @@ class EngineClient:
         self._region_listeners: list[Any] = []
         self._lost_listeners: list[Any] = []
         self._counts_listeners: list[Any] = []
+        self._broken_listeners: list[Any] = []
         self._shared_memory: SystemSharedMemory | None = None
         self._calls: CallGate | None = None
         self.lost = False
+        self.broken = False
+        """This process failed to take in the engine's catalog or regions (`on_broken`)."""
 
     def on_catalog(self, listener: Any) -> None:
         self._catalog_listeners.append(listener)
@@ -105,6 +108,16 @@ class EngineClient:
     def on_lost(self, listener: Any) -> None:
         """Call `listener` once the engine is gone."""
         self._lost_listeners.append(listener)
+
+    def on_broken(self, listener: Any) -> None:
+        """Call `listener` once if this process fails to take in the engine's catalog or regions.
+
+        Such a front-end would serve from a view of the engine that is no longer true (or, at start, never
+        become ready), so its server stops (`server/app.py`, `serve`) and exits 1: its supervisor starts a fresh
+        one, which asks the engine for everything anew. The failure is a fault of this process (a bug, memory),
+        not of a request; the engine and the other front-ends go on.
+        """
+        self._broken_listeners.append(listener)
 
     def on_counts_wanted(self, listener: Any) -> None:
         """Call `listener` when the engine is about to read every process's counts (this front-end's metrics
@@ -311,11 +324,9 @@ class EngineClient:
             if isinstance(message, Result | Failure):
                 self._answer(message)
             elif isinstance(message, Catalog):
-                for listener in self._catalog_listeners:
-                    listener(message)
+                self._take_in(self._catalog_listeners, message, "catalog")
             elif isinstance(message, Regions):
-                for listener in self._region_listeners:
-                    listener(message.regions)
+                self._take_in(self._region_listeners, message.regions, "shared memory regions")
             elif isinstance(message, SendCounts):
                 for listener in self._counts_listeners:
                     listener()
@@ -327,6 +338,19 @@ class EngineClient:
                         future.set_exception(error_named(message.error, message.message))
                     else:
                         future.set_result(message.payload)
+
+    def _take_in(self, listeners: list[Any], state: object, what: str) -> None:
+        """Hand the engine's `state` to each listener; a failure breaks this front-end (`on_broken`)."""
+        if self.broken:
+            return
+        try:
+            for listener in listeners:
+                listener(state)
+        except Exception:
+            _log.exception("this front-end could not take in the engine's %s; it stops, to be started afresh", what)
+            self.broken = True
+            for listener in self._broken_listeners:
+                listener()
 
     def _answer(self, message: Result | Failure) -> None:
         pending = self._pending.pop(message.id, None)

@@ -8,6 +8,7 @@ input to the engine through its tensor arena (server/engine_client.py).
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 from cnnserve.server.engine_protocol import ENDPOINT_FILE
@@ -28,8 +29,8 @@ def run_frontend(settings: ServerSettings, run_dir: Path, index: int, log_level:
     die_with_parent()
     configure_logging(log_level, settings.log_format.value)
 
-    async def main() -> None:
+    async def main() -> int:
         engine = EngineClient(run_dir / ENDPOINT_FILE, TENSOR_ARENA_BYTES)
-        await serve(settings, engine)
+        return await serve(settings, engine)
 
-    asyncio.run(main())
+    sys.exit(asyncio.run(main()))

@@ -12,7 +12,8 @@ The supervisor:
   port stays ours across front-end restarts);
 - starts the engine and the front-ends, and writes the port file once the engine has loaded the models and every
   front-end listens;
-- restarts a front-end that dies (its own in-flight calls fail; the others never notice), up to
+- restarts a front-end that dies (its own in-flight calls fail; the others never notice) or exits (one that
+  cannot take in the engine's catalog drains and exits 1: server/engine_client.py, `on_broken`), up to
   `_RESTARTS_PER_MINUTE` a minute, after which it shuts the server down and exits 1;
 - when the engine dies, tells every front-end at once (SIGUSR1: each fails its waiting calls UNAVAILABLE and turns
   NOT_SERVING), stops them, and exits 1 so the orchestrator restarts the whole server: a fresh engine must load

@@ -354,6 +354,67 @@ def test_a_killed_front_end_is_restarted_and_only_its_own_calls_fail(model_repos
         assert server.process.poll() is None
 
 
+CATALOG_FAULT = Path(__file__).parent / "catalog_fault"
+
+
+def with_catalog_fault(trigger: Path) -> dict[str, str]:
+    """The server's environment for a front-end that fails to take in a catalog once `trigger` exists (see
+    catalog_fault/sitecustomize.py)."""
+    path = os.pathsep.join(filter(None, (str(CATALOG_FAULT), os.environ.get("PYTHONPATH"))))
+    return {"PYTHONPATH": path, "CNNSERVE_TEST_CATALOG_FAULT": str(trigger)}
+
+
+def test_a_front_end_that_cannot_take_in_the_first_catalog_is_started_afresh(
+    model_repository: Path, tmp_path: Path
+) -> None:
+    trigger = tmp_path / "fail-the-next-catalog"
+    trigger.touch()
+    env = with_catalog_fault(trigger)
+    with running_server(model_repository, *FRONTENDS, workdir=tmp_path, env=env) as server, ExitStack() as stack:
+        assert not trigger.exists(), "no front-end received a catalog"
+        log = server.log_path.read_text()
+        assert "could not take in the engine's catalog" in log
+        assert re.search(r"front-end \d \(pid \d+\) exited with 1; restarting it", log), log
+        wait_until(lambda: len(frontend_pids(server)) == 2, "both front-ends listen", timeout=30)
+        opened = [stack.enter_context(connection_to(server)) for _ in range(CHANNELS)]
+        for channel in opened:
+            answer = pb_grpc.ImageClassifierStub(channel).Classify(xo_request(render_o()), timeout=10)
+            assert answer.results[0].top[0].label == "O"
+        assert len(connected_frontends(server)) == 2
+
+
+def test_a_front_end_that_cannot_take_in_a_later_catalog_drains_and_is_started_afresh(
+    model_repository: Path, tmp_path: Path
+) -> None:
+    """A reload's catalog that one front-end fails on: that front-end answers what it accepted, stops and is
+    replaced; the other serves on, and nothing is left serving from the catalog before the reload."""
+    trigger = tmp_path / "fail-the-next-catalog"
+    env = with_catalog_fault(trigger)
+    with running_server(model_repository, *FRONTENDS, workdir=tmp_path, env=env) as server, ExitStack() as stack:
+        opened = [stack.enter_context(connection_to(server)) for _ in range(CHANNELS)]
+        for channel in opened:
+            pb_grpc.ImageClassifierStub(channel).Classify(xo_request(), timeout=10)
+        before = frontend_pids(server)
+        trigger.touch()
+        control = ipb_grpc.GRPCInferenceServiceStub(opened[0])
+        control.RepositoryModelUnload(ipb.RepositoryModelUnloadRequest(model_name="mnist_net"), timeout=30)
+        wait_until(lambda: not trigger.exists(), "a front-end received the new catalog", timeout=10)
+
+        def one_front_end_was_replaced() -> bool:
+            now = frontend_pids(server)
+            return len(now) == 2 and len(set(now) & set(before)) == 1
+
+        wait_until(one_front_end_was_replaced, "the broken front-end was replaced", timeout=60)
+        assert re.search(r"front-end \d \(pid \d+\) exited with 1; restarting it", server.log_path.read_text())
+        for _ in range(CHANNELS):
+            with connection_to(server) as fresh:
+                stub = ipb_grpc.GRPCInferenceServiceStub(fresh)
+                assert not stub.ModelReady(ipb.ModelReadyRequest(name="mnist_net"), timeout=10).ready
+                answer = pb_grpc.ImageClassifierStub(fresh).Classify(xo_request(render_o()), timeout=10)
+                assert answer.results[0].top[0].label == "O"
+        assert server.process.poll() is None
+
+
 def test_a_killed_engine_fails_every_call_unavailable_at_once_and_the_server_exits_1(
     model_repository: Path, tmp_path: Path
 ) -> None:
