@@ -26,6 +26,7 @@ from cnnserve.server.auth import BearerTokenInterceptor, read_tokens
 from cnnserve.server.dataplane import DataPlane
 from cnnserve.server.drain import CallGate
 from cnnserve.server.engine_client import EngineClient, RemoteRepository
+from cnnserve.server.heap import settle_heap
 from cnnserve.server.http_port import serve_health_and_metrics
 from cnnserve.server.launcher import write_port_file
 from cnnserve.server.metrics import ServerMetrics
@@ -254,6 +255,7 @@ async def serve(settings: ServerSettings, engine: EngineClient | None = None) ->
     await asyncio.wait({start, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
     if start.done():
         start.result()
+        settle_heap(settings.gc_young_threshold)
         await stop_wait
     else:
         start.cancel()

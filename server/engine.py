@@ -62,6 +62,7 @@ from cnnserve.server.errors import (
     UnavailableError,
     VersionRetiredError,
 )
+from cnnserve.server.heap import settle_heap
 from cnnserve.server.http_port import serve_health_and_metrics
 from cnnserve.server.launcher import write_port_file
 from cnnserve.server.message_socket import MessageListener, MessageSocket
@@ -185,6 +186,7 @@ class Engine:
         await self.repository.load_all()
         self._loaded = True
         self._publish_catalog()
+        settle_heap(self.settings.gc_young_threshold)
         poller = None
         if self.settings.repository_poll_seconds > 0:
             poller = asyncio.create_task(self.repository.poll(self.settings.repository_poll_seconds))

@@ -20,7 +20,26 @@ import grpc
 from cnnserve.server import launcher
 from cnnserve.server.launcher import ServerProcess, serve_command
 
-__all__ = ["ServerProcess", "channel_to", "metric", "queue_depth", "running_server", "serve_command", "wait_until"]
+__all__ = [
+    "ServerProcess",
+    "channel_to",
+    "metric",
+    "queue_depth",
+    "running_server",
+    "serve_command",
+    "wait_until",
+    "with_process_hooks",
+]
+
+
+PROCESS_HOOKS = Path(__file__).parent / "server" / "hooks"
+
+
+def with_process_hooks(**variables: str) -> dict[str, str]:
+    """Environment variables (`variables`, plus PYTHONPATH) that start every process of a server with the test
+    hooks of tests/server/hooks/sitecustomize.py; each hook is named there by its variable."""
+    path = os.pathsep.join(filter(None, (str(PROCESS_HOOKS), os.environ.get("PYTHONPATH"))))
+    return {"PYTHONPATH": path, **variables}
 
 
 def running_server(

@@ -2,14 +2,14 @@
 
     python -m load_tests.bench.loop_census [--frontends 0,1] [--duration 5] [--in-flight 64] [--top 12] [--json PATH]
 
-A sampling profiler attributes a loop's time to the innermost Python frame it sees, and grpc.aio's Cython core
-runs a handler's coroutine from inside its own steps, so a handler's work can show up as gRPC's. This measures
-instead: every process of the server, and of the bare server beside it (load_tests.bench.bare_grpc), starts with
+A sampling profiler attributes a loop's time to the innermost Python frame it sees, and grpc.aio's Cython core runs
+a handler's coroutine from inside its own steps, so a handler's work can show up as gRPC's. This measures instead:
+every process of the server, and of the bare server beside it (load_tests.bench.bare_grpc), starts with
 `census_hook` first on PYTHONPATH, which times every callback its asyncio loop runs (a task's step under its
-coroutine's name: grpc.aio's `_handle_exceptions` is the step that runs a call's handler) and counts the loop's
-turns and its time waiting in the selector. Totals are read before and after an h2load window (mnist_net's
-single-image ModelInfer, as load_tests.bench.h2load_compare sends) and divided by the calls the server answered
-over it.
+coroutine's name: grpc.aio's `_handle_exceptions` is the step that runs a call's handler), counts the loop's turns
+and its time waiting in the selector, and times the garbage collector's collections. Totals are read before and
+after an h2load window (mnist_net's single-image ModelInfer, as load_tests.bench.h2load_compare sends) and divided
+by the calls the server answered over it.
 
 The hook costs each callback a microsecond or so, alike in every process, so the figures compare the two servers
 of one run (which callbacks cnnserve adds, and how much longer its handler step takes than the bare one's), not
@@ -71,6 +71,10 @@ class ProcessCensus:
     """Time in the selector: idle, or the kernel's part of waking up."""
     callbacks: tuple[Callback, ...]
     """Every callback, most time first."""
+    collections_per_1000_calls: tuple[float, float, float]
+    """The garbage collector's collections of each generation (young, middle, oldest: the whole heap)."""
+    collection_microseconds_per_call: float
+    """Time in those collections, in any thread (mostly inside the loop's callbacks, whose time includes it)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,11 @@ def compare(before: dict, after: dict, role: str, pid: int, calls: int) -> Proce
         sum(callback.microseconds_per_call for callback in callbacks),
         (after["select_seconds"] - before["select_seconds"]) / per * 1e6,
         tuple(callbacks),
+        tuple(  # type: ignore[arg-type]
+            (end - start) / per * 1000
+            for start, end in zip(before["gc"]["collections"], after["gc"]["collections"], strict=True)
+        ),
+        (sum(after["gc"]["seconds"]) - sum(before["gc"]["seconds"])) / per * 1e6,
     )
 
 
@@ -208,7 +217,9 @@ def report(census: ServerCensus, top: int) -> str:
         lines.append(
             f"  {process.role} (pid {process.pid}): {process.callback_microseconds_per_call:.1f} us of callbacks "
             f"and {process.select_microseconds_per_call:.1f} us in select a call; {process.turns_per_call:.2f} "
-            f"turns, {process.callbacks_per_call:.2f} callbacks"
+            f"turns, {process.callbacks_per_call:.2f} callbacks; garbage collection "
+            f"{process.collection_microseconds_per_call:.1f} us a call (per 1,000 calls, by generation: "
+            f"{', '.join(f'{count:.1f}' for count in process.collections_per_1000_calls)})"
         )
         for callback in process.callbacks[:top]:
             lines.append(f"    {callback.microseconds_per_call:8.1f} us {callback.per_call:6.2f}x  {callback.name}")

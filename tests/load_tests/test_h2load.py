@@ -216,7 +216,7 @@ def test_the_await_floor_measures_the_bare_server_answering_at_once_and_awaiting
 def test_the_loop_census_times_each_process_callbacks_per_call_beside_the_bare_server(tmp_path: Path) -> None:
     """`python -m load_tests.bench.loop_census`: every process of a server with one front-end, and the bare server,
     runs with the hook; the front-end's handler steps and the engine's reading of Submits are found by name, and the
-    figures are per call that each server answered."""
+    figures (the garbage collector's too) are per call that each server answered."""
     output, figures = run_benchmark(
         "load_tests.bench.loop_census",
         *("--frontends", "1", "--duration", "1", "--top", "3"),
@@ -239,3 +239,7 @@ def test_the_loop_census_times_each_process_callbacks_per_call_beside_the_bare_s
     assert callbacks(bare_process)["task:_handle_exceptions"]["per_call"] == pytest.approx(2, abs=0.2)
     assert bare_process["turns_per_call"] > 0 and bare_process["select_microseconds_per_call"] >= 0
     assert "front-end 0 (pid" in output and "bare grpc.aio:" in output
+    front_end = roles["front-end 0"]
+    assert len(front_end["collections_per_1000_calls"]) == 3 and front_end["collection_microseconds_per_call"] >= 0
+    assert front_end["collections_per_1000_calls"][0] < 20, "the young generation is collected as rarely as set"
+    assert "garbage collection" in output

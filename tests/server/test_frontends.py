@@ -31,7 +31,7 @@ from cnnserve.export import render_o, render_x
 from cnnserve.v1 import classifier_pb2 as pb
 from cnnserve.v1 import classifier_pb2_grpc as pb_grpc
 from tests.conftest import png_bytes
-from tests.servers import ServerProcess, running_server, wait_until
+from tests.servers import ServerProcess, running_server, wait_until, with_process_hooks
 
 FRONTENDS = ("--frontends", "2")
 CHANNELS = 16
@@ -354,22 +354,12 @@ def test_a_killed_front_end_is_restarted_and_only_its_own_calls_fail(model_repos
         assert server.process.poll() is None
 
 
-CATALOG_FAULT = Path(__file__).parent / "catalog_fault"
-
-
-def with_catalog_fault(trigger: Path) -> dict[str, str]:
-    """The server's environment for a front-end that fails to take in a catalog once `trigger` exists (see
-    catalog_fault/sitecustomize.py)."""
-    path = os.pathsep.join(filter(None, (str(CATALOG_FAULT), os.environ.get("PYTHONPATH"))))
-    return {"PYTHONPATH": path, "CNNSERVE_TEST_CATALOG_FAULT": str(trigger)}
-
-
 def test_a_front_end_that_cannot_take_in_the_first_catalog_is_started_afresh(
     model_repository: Path, tmp_path: Path
 ) -> None:
     trigger = tmp_path / "fail-the-next-catalog"
     trigger.touch()
-    env = with_catalog_fault(trigger)
+    env = with_process_hooks(CNNSERVE_TEST_CATALOG_FAULT=str(trigger))
     with running_server(model_repository, *FRONTENDS, workdir=tmp_path, env=env) as server, ExitStack() as stack:
         assert not trigger.exists(), "no front-end received a catalog"
         log = server.log_path.read_text()
@@ -389,7 +379,7 @@ def test_a_front_end_that_cannot_take_in_a_later_catalog_drains_and_is_started_a
     """A reload's catalog that one front-end fails on: that front-end answers what it accepted, stops and is
     replaced; the other serves on, and nothing is left serving from the catalog before the reload."""
     trigger = tmp_path / "fail-the-next-catalog"
-    env = with_catalog_fault(trigger)
+    env = with_process_hooks(CNNSERVE_TEST_CATALOG_FAULT=str(trigger))
     with running_server(model_repository, *FRONTENDS, workdir=tmp_path, env=env) as server, ExitStack() as stack:
         opened = [stack.enter_context(connection_to(server)) for _ in range(CHANNELS)]
         for channel in opened:

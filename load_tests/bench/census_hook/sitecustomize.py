@@ -4,15 +4,18 @@ Python imports this module at start-up when its folder is first on PYTHONPATH; i
 CNNSERVE_LOOP_CENSUS_DIR names a folder. Then it wraps three places of asyncio, in this process only: each turn of
 the loop (`BaseEventLoop._run_once`), each callback the loop runs (`Handle._run`: a task's step is counted under its
 coroutine's name, any other callback under its own) and the selector's wait for events (the time the loop was idle
-or waiting for the kernel). On SIGUSR2 it writes the running totals to `<dir>/<pid>.json`, replacing the last ones
-in one rename. The wrappers cost each callback two clock readings and a dictionary update (about a microsecond),
-the same in every process measured, so figures compare between processes of one run and not with runs without it.
+or waiting for the kernel), and it times the garbage collector's collections by generation (`gc.callbacks`: they run
+in whichever thread allocates, mostly the loop's). On SIGUSR2 it writes the running totals to `<dir>/<pid>.json`,
+replacing the last ones in one rename. The wrappers cost each callback two clock readings and a dictionary update
+(about a microsecond), the same in every process measured, so figures compare between processes of one run and not
+with runs without it.
 """
 
 from __future__ import annotations
 
 import asyncio.base_events
 import asyncio.events
+import gc
 import json
 import os
 import selectors
@@ -60,9 +63,25 @@ def _install(directory: Path) -> None:
         finally:
             totals["select_seconds"] += clock() - started
 
+    collections = [0, 0, 0]
+    collecting = [0.0, 0.0, 0.0]
+    collection_started = [0.0]
+
+    def timing_collections(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collection_started[0] = clock()
+        else:
+            generation = info["generation"]
+            collections[generation] += 1
+            collecting[generation] += clock() - collection_started[0]
+
     def write(signum: int, frame: object) -> None:
         totals["snapshots"] += 1
-        figures = {**totals, "callbacks": {name: list(entry) for name, entry in callbacks.items()}}
+        figures = {
+            **totals,
+            "callbacks": {name: list(entry) for name, entry in callbacks.items()},
+            "gc": {"collections": collections, "seconds": collecting},
+        }
         partial = directory / f"{os.getpid()}.json.partial"
         partial.write_text(json.dumps(figures))
         os.replace(partial, directory / f"{os.getpid()}.json")
@@ -70,6 +89,7 @@ def _install(directory: Path) -> None:
     asyncio.base_events.BaseEventLoop._run_once = counting_turns  # type: ignore[method-assign]
     asyncio.events.Handle._run = timing_callbacks  # type: ignore[method-assign]
     selectors.DefaultSelector.select = timing_select  # type: ignore[method-assign]
+    gc.callbacks.append(timing_collections)
     signal.signal(signal.SIGUSR2, write)
 
 
