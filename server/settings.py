@@ -268,8 +268,8 @@ class ServerSettings(BaseSettings, BatchingSettings, RuntimeSettings):
     gc_young_threshold: int = Field(7000, ge=0)
     """Once a server process has started, it freezes the objects it made while starting and collects Python's
     young generation every this many net allocations (server/heap.py); 0 leaves the collector as Python sets it
-    (700, and every collection of the whole heap traversing everything). With Python's default a front-end spent
-    15-19 µs of its event loop per call collecting, and stalled 20 ms every 2,000 calls."""
+    (700, and every collection of the whole heap traversing everything). With Python's default a serving process
+    spent 15-23 µs of its event loop per call collecting, and stalled 20 ms every 2,000-2,500 calls."""
     repository_poll_seconds: float = Field(0.0, ge=0.0)
     """Poll the repository for new or removed versions this often; 0: never."""
     required_models: tuple[str, ...] = ()

@@ -16,8 +16,6 @@ import pytest
 
 from tests.servers import running_server, wait_until, with_process_hooks
 
-PYTHON_DEFAULT_THRESHOLD = 700
-
 
 def collector_states(pids: list[int], folder: Path) -> dict[int, dict]:
     """Each process's collector as the hook reports it on SIGUSR2."""
@@ -64,8 +62,7 @@ def test_a_threshold_of_0_leaves_the_collector_as_python_sets_it(model_repositor
     flags = ("--frontends", "0", "--gc-young-threshold", "0")
     with running_server(model_repository, *flags, workdir=tmp_path, env=env) as server:
         (state,) = collector_states([server.pid], report).values()
-    assert state == {"threshold": list(gc.get_threshold()), "frozen": 0}
-    assert state["threshold"][0] == PYTHON_DEFAULT_THRESHOLD
+    assert state == {"threshold": list(gc.get_threshold()), "frozen": 0}, "as in this process, which changed nothing"
 
 
 def test_settling_collects_the_garbage_of_the_start_before_freezing_the_rest() -> None:
