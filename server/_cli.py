@@ -311,7 +311,6 @@ def _run(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from cnnserve.server.app import serve
     from cnnserve.server.errors import ExecutionProviderError
 
     try:
@@ -322,9 +321,13 @@ def _run(args: argparse.Namespace) -> int:
     frontends = frontend_count(settings)
     settings = settings.model_copy(update={"frontends": frontends})
     if frontends > 0:
+        # Not the server's own modules: they import prometheus_client, which the supervisor may import only once
+        # it has set the metrics folder of every process (server/supervisor.py).
         from cnnserve.server.supervisor import supervise
 
         return asyncio.run(supervise(settings, frontends, args.log_level))
+    from cnnserve.server.app import serve
+
     try:
         return asyncio.run(serve(settings))
     except ExecutionProviderError as exc:

@@ -4,7 +4,7 @@ What operators decide from them, and which metric answers:
 
 - scale out: `cnnserve_queue_wait_seconds` (the HPA's p95), `cnnserve_queue_depth`, `cnnserve_requests_in_flight`;
 - page: `cnnserve_requests_total` by `code`, `cnnserve_rejections_total` by `reason`, `cnnserve_model_ready`,
-  `cnnserve_model_load_failures_total`;
+  `cnnserve_model_load_failures_total`, `cnnserve_frontend_restarts_total`;
 - does batching work: `cnnserve_batch_size` (a histogram of executed batches), and
   `cnnserve_inferences_total / cnnserve_executions_total`, the average batch size;
 - where the time goes: `cnnserve_request_duration_seconds` (end to end, successful requests) split into
@@ -275,6 +275,20 @@ class _ModelCollector(Collector):
         yield load
 
 
+def frontend_restarts(registry: CollectorRegistry | None) -> Counter:
+    """`cnnserve_frontend_restarts_total`: front-end processes the supervisor started again after one exited.
+
+    Every process of a server exports it (at 0: a single-process server's stays there); the supervisor counts
+    into its own, and /metrics sums every process's. Kubernetes does not see such restarts (the container keeps
+    running), so this is how an operator learns that front-ends die.
+    """
+    return Counter(
+        f"{PREFIX}_frontend_restarts",
+        "Front-end processes the supervisor started again after one died or exited (--frontends)",
+        registry=registry,
+    )
+
+
 class ServerMetrics:
     """Every metric the server exports; one instance per server process.
 
@@ -365,6 +379,7 @@ class ServerMetrics:
             ["model", "version", "method"],
             registry=r,
         )
+        self.frontend_restarts = frontend_restarts(r)
         self._series: dict[tuple[str, str, str], RequestSeries] = {}
         self._preprocess_series: dict[tuple[str, int], HistogramBuffer] = {}
         self._pending: list[RequestSeries | HistogramBuffer | _BatchSeries] = []

@@ -14,7 +14,8 @@ The supervisor:
   front-end listens;
 - restarts a front-end that dies (its own in-flight calls fail; the others never notice) or exits (one that
   cannot take in the engine's catalog drains and exits 1: server/engine_client.py, `on_broken`), up to
-  `_RESTARTS_PER_MINUTE` a minute, after which it shuts the server down and exits 1;
+  `_RESTARTS_PER_MINUTE` a minute, after which it shuts the server down and exits 1; it counts each restart in
+  `cnnserve_frontend_restarts_total`, which /metrics sums with every process's;
 - when the engine dies, tells every front-end at once (SIGUSR1: each fails its waiting calls UNAVAILABLE and turns
   NOT_SERVING), stops them, and exits 1 so the orchestrator restarts the whole server: a fresh engine must load
   and warm every model anyway, and a pod restart does that with its probes watching;
@@ -41,9 +42,13 @@ import time
 from collections.abc import Mapping
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cnnserve.server.launcher import write_port_file
 from cnnserve.server.settings import ExecutionProvider, ServerSettings
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
 
 _log = logging.getLogger(__name__)
 _RESTARTS_PER_MINUTE = 5
@@ -154,12 +159,17 @@ class Supervisor:
         self._engine: BaseProcess | None = None
         self._frontend_processes: dict[int, BaseProcess] = {}
         self._restarts: list[float] = []
+        self._restart_count: Counter | None = None
         self._port = 0
 
     async def run(self, stop_requested: asyncio.Event) -> int:
         """Start everything, supervise until a stop is requested or the engine dies; the exit code."""
-        # prometheus_client reads this when a process first imports it: set before any child starts.
+        # prometheus_client reads this when a process first imports it: set before any child starts, and before
+        # this process imports it (for the restart count below).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self._metrics_dir)
+        from cnnserve.server.metrics import frontend_restarts
+
+        self._restart_count = frontend_restarts(registry=None)
         reserved = reserve_port(self.settings.host, self.settings.grpc_port)
         self._port = reserved.getsockname()[1]
         try:
@@ -223,6 +233,8 @@ class Supervisor:
                     )
                     _mark_dead(process, self._metrics_dir)
                     self._frontend_processes[index] = self._start_frontend(index)
+                    assert self._restart_count is not None
+                    self._restart_count.inc()
             if not ready_written and self._all_listening():
                 ready_written = True
                 self._write_port_file()

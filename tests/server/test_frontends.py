@@ -86,6 +86,13 @@ def engine_pid(server: ServerProcess) -> int:
     raise AssertionError("no process of the server listens on the metrics port")
 
 
+def frontend_restarts(server: ServerProcess) -> float:
+    """`cnnserve_frontend_restarts_total` as /metrics says it (the supervisor counts; every process exports it)."""
+    found = re.search(r"^cnnserve_frontend_restarts_total (\S+)$", scrape(server), re.MULTILINE)
+    assert found, "the server does not export cnnserve_frontend_restarts_total"
+    return float(found.group(1))
+
+
 def connected_frontends(server: ServerProcess) -> set[int]:
     """Front-ends holding at least one established connection on the gRPC port."""
     return {
@@ -121,6 +128,7 @@ def test_the_supervisor_runs_two_front_ends_on_one_port_and_one_engine(batching:
     assert len(frontend_pids(batching)) == 2
     assert engine_pid(batching) not in frontend_pids(batching)
     assert "ready: 2 front-end(s)" in batching.log()
+    assert frontend_restarts(batching) == 0
 
 
 def test_calls_from_every_front_end_meet_in_one_batch(batching: ServerProcess, channels: list[grpc.Channel]) -> None:
@@ -347,6 +355,7 @@ def test_a_killed_front_end_is_restarted_and_only_its_own_calls_fail(model_repos
         assert codes.count(grpc.StatusCode.OK) >= len(survivors_connections)
         wait_until(lambda: len(frontend_pids(server)) == 2, "the front-end was restarted", timeout=30)
         assert victim not in frontend_pids(server) and survivor in frontend_pids(server)
+        assert frontend_restarts(server) == 1
         for _ in range(CHANNELS):
             with connection_to(server) as fresh:
                 answer = pb_grpc.ImageClassifierStub(fresh).Classify(xo_request(render_o()), timeout=10)
@@ -371,6 +380,7 @@ def test_a_front_end_that_cannot_take_in_the_first_catalog_is_started_afresh(
             answer = pb_grpc.ImageClassifierStub(channel).Classify(xo_request(render_o()), timeout=10)
             assert answer.results[0].top[0].label == "O"
         assert len(connected_frontends(server)) == 2
+        assert frontend_restarts(server) == 1
 
 
 def test_a_front_end_that_cannot_take_in_a_later_catalog_drains_and_is_started_afresh(
@@ -413,6 +423,7 @@ def test_a_front_end_that_cannot_take_in_a_later_catalog_drains_and_is_started_a
         assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, set(codes)
         assert codes.count(grpc.StatusCode.OK) > len(codes) // 2
         assert re.search(r"front-end \d \(pid \d+\) exited with 1; restarting it", server.log_path.read_text())
+        assert frontend_restarts(server) == 1
         for _ in range(CHANNELS):
             with connection_to(server) as fresh:
                 stub = ipb_grpc.GRPCInferenceServiceStub(fresh)

@@ -123,6 +123,7 @@ def test_metric_names_follow_prometheus_conventions_and_labels_are_bounded(batch
         "cnnserve_model_load_seconds": "gauge",
         "cnnserve_model_load_failures": "counter",
         "cnnserve_explanation_rows": "counter",
+        "cnnserve_frontend_restarts": "counter",
     }
     for family in families.values():
         for sample in family.samples:

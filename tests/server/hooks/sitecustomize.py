@@ -12,20 +12,49 @@ thresholds and the number of objects it froze (server/heap.py).
 
 import os
 
+
+def _after_import(name, patch):
+    """Run `patch(module)` once the process itself imports module `name`: importing it here, at start-up, would
+    import what it imports (prometheus_client) before the supervisor has set the metrics folder."""
+    import importlib.abc
+    import importlib.machinery
+    import sys
+
+    class _Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):
+            if fullname != name:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+            if spec is not None and spec.loader is not None:
+                execute = spec.loader.exec_module
+
+                def exec_module(module):
+                    execute(module)
+                    patch(module)
+
+                spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, _Finder())
+
+
 _catalog_fault = os.environ.get("CNNSERVE_TEST_CATALOG_FAULT")
 if _catalog_fault:
-    from cnnserve.server.engine_client import RemoteRepository
 
-    _take_in = RemoteRepository._apply
+    def _fail_a_catalog_once(engine_client):
+        take_in = engine_client.RemoteRepository._apply
 
-    def _apply_unless_triggered(self, catalog):
-        try:
-            os.unlink(_catalog_fault)
-        except FileNotFoundError:
-            return _take_in(self, catalog)
-        raise RuntimeError("a catalog this front-end cannot take in (the test's fault)")
+        def apply_unless_triggered(self, catalog):
+            try:
+                os.unlink(_catalog_fault)
+            except FileNotFoundError:
+                return take_in(self, catalog)
+            raise RuntimeError("a catalog this front-end cannot take in (the test's fault)")
 
-    RemoteRepository._apply = _apply_unless_triggered
+        engine_client.RemoteRepository._apply = apply_unless_triggered
+
+    _after_import("cnnserve.server.engine_client", _fail_a_catalog_once)
 
 _gc_report = os.environ.get("CNNSERVE_TEST_GC_REPORT")
 if _gc_report:
