@@ -93,6 +93,22 @@ def frontend_restarts(server: ServerProcess) -> float:
     return float(found.group(1))
 
 
+RESTARTED_AFTER_EXIT_1 = re.compile(r"front-end \d \(pid \d+\) exited with 1; restarting it")
+"""The supervisor's log line for a front-end that exited 1 (one that could not take in the engine's view)."""
+
+
+def fresh_connections(server: ServerProcess) -> Iterator[grpc.Channel]:
+    """CHANNELS new connections, one at a time, each to whichever front-end the kernel hands it."""
+    for _ in range(CHANNELS):
+        with connection_to(server) as fresh:
+            yield fresh
+
+
+def answers_o(channel: grpc.Channel) -> bool:
+    answer = pb_grpc.ImageClassifierStub(channel).Classify(xo_request(render_o()), timeout=10)
+    return answer.results[0].top[0].label == "O"
+
+
 def connected_frontends(server: ServerProcess) -> set[int]:
     """Front-ends holding at least one established connection on the gRPC port."""
     return {
@@ -356,10 +372,8 @@ def test_a_killed_front_end_is_restarted_and_only_its_own_calls_fail(model_repos
         wait_until(lambda: len(frontend_pids(server)) == 2, "the front-end was restarted", timeout=30)
         assert victim not in frontend_pids(server) and survivor in frontend_pids(server)
         assert frontend_restarts(server) == 1
-        for _ in range(CHANNELS):
-            with connection_to(server) as fresh:
-                answer = pb_grpc.ImageClassifierStub(fresh).Classify(xo_request(render_o()), timeout=10)
-                assert answer.results[0].top[0].label == "O"
+        for fresh in fresh_connections(server):
+            assert answers_o(fresh)
         assert server.process.poll() is None
 
 
@@ -373,12 +387,11 @@ def test_a_front_end_that_cannot_take_in_the_first_catalog_is_started_afresh(
         assert not trigger.exists(), "no front-end received a catalog"
         log = server.log_path.read_text()
         assert "could not take in the engine's catalog" in log
-        assert re.search(r"front-end \d \(pid \d+\) exited with 1; restarting it", log), log
+        assert RESTARTED_AFTER_EXIT_1.search(log), log
         wait_until(lambda: len(frontend_pids(server)) == 2, "both front-ends listen", timeout=30)
         opened = [stack.enter_context(connection_to(server)) for _ in range(CHANNELS)]
         for channel in opened:
-            answer = pb_grpc.ImageClassifierStub(channel).Classify(xo_request(render_o()), timeout=10)
-            assert answer.results[0].top[0].label == "O"
+            assert answers_o(channel)
         assert len(connected_frontends(server)) == 2
         assert frontend_restarts(server) == 1
 
@@ -422,14 +435,12 @@ def test_a_front_end_that_cannot_take_in_a_later_catalog_drains_and_is_started_a
             codes = [code for caller in calling for code in caller.result()]
         assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, set(codes)
         assert codes.count(grpc.StatusCode.OK) > len(codes) // 2
-        assert re.search(r"front-end \d \(pid \d+\) exited with 1; restarting it", server.log_path.read_text())
+        assert RESTARTED_AFTER_EXIT_1.search(server.log())
         assert frontend_restarts(server) == 1
-        for _ in range(CHANNELS):
-            with connection_to(server) as fresh:
-                stub = ipb_grpc.GRPCInferenceServiceStub(fresh)
-                assert not stub.ModelReady(ipb.ModelReadyRequest(name="mnist_net"), timeout=10).ready
-                answer = pb_grpc.ImageClassifierStub(fresh).Classify(xo_request(render_o()), timeout=10)
-                assert answer.results[0].top[0].label == "O"
+        for fresh in fresh_connections(server):
+            stub = ipb_grpc.GRPCInferenceServiceStub(fresh)
+            assert not stub.ModelReady(ipb.ModelReadyRequest(name="mnist_net"), timeout=10).ready
+            assert answers_o(fresh)
         assert server.process.poll() is None
 
 

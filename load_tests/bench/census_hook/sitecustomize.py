@@ -5,10 +5,10 @@ CNNSERVE_LOOP_CENSUS_DIR names a folder. Then it wraps three places of asyncio, 
 the loop (`BaseEventLoop._run_once`), each callback the loop runs (`Handle._run`: a task's step is counted under its
 coroutine's name, any other callback under its own) and the selector's wait for events (the time the loop was idle
 or waiting for the kernel), and it times the garbage collector's collections by generation (`gc.callbacks`: they run
-in whichever thread allocates, mostly the loop's). On SIGUSR2 it writes the running totals to `<dir>/<pid>.json`,
-replacing the last ones in one rename. The wrappers cost each callback two clock readings and a dictionary update
-(about a microsecond), the same in every process measured, so figures compare between processes of one run and not
-with runs without it.
+in whichever thread allocates, mostly the loop's) and reports its thresholds and frozen objects (server/heap.py). On
+SIGUSR2 it writes the running totals to `<dir>/<pid>.json`, replacing the last ones in one rename. The wrappers cost
+each callback two clock readings and a dictionary update (about a microsecond), the same in every process measured,
+so figures compare between processes of one run and not with runs without it.
 """
 
 from __future__ import annotations
@@ -80,7 +80,12 @@ def _install(directory: Path) -> None:
         figures = {
             **totals,
             "callbacks": {name: list(entry) for name, entry in callbacks.items()},
-            "gc": {"collections": collections, "seconds": collecting},
+            "gc": {
+                "collections": collections,
+                "seconds": collecting,
+                "threshold": gc.get_threshold(),
+                "frozen": gc.get_freeze_count(),
+            },
         }
         partial = directory / f"{os.getpid()}.json.partial"
         partial.write_text(json.dumps(figures))

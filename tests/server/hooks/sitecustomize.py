@@ -5,9 +5,6 @@ CNNSERVE_TEST_CATALOG_FAULT=FILE: the first front-end to receive a catalog from 
 fails to take it in, as a bug in the front-end would make it: that one process removes the file (removal is
 atomic, so exactly one wins), and the front-ends started later take in every catalog. A front-end cannot
 otherwise be made to fail there from outside: it takes in what the engine, running the same code, has served.
-
-CNNSERVE_TEST_GC_REPORT=FOLDER: on SIGUSR2 a process writes FOLDER/<pid>.json with its garbage collector's
-thresholds and the number of objects it froze (server/heap.py).
 """
 
 import os
@@ -55,18 +52,3 @@ if _catalog_fault:
         engine_client.RemoteRepository._apply = apply_unless_triggered
 
     _after_import("cnnserve.server.engine_client", _fail_a_catalog_once)
-
-_gc_report = os.environ.get("CNNSERVE_TEST_GC_REPORT")
-if _gc_report:
-    import gc
-    import json
-    import signal
-
-    def _report_gc(*_):
-        state = {"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count()}
-        staging = os.path.join(_gc_report, f".{os.getpid()}.json")
-        with open(staging, "w") as file:
-            json.dump(state, file)
-        os.replace(staging, os.path.join(_gc_report, f"{os.getpid()}.json"))
-
-    signal.signal(signal.SIGUSR2, _report_gc)
